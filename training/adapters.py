@@ -1,0 +1,141 @@
+"""Plumbing shared by every trainer that updates a LoRA adapter through TRL (DPO, KTO, GRPO).
+
+Each trainer starts from the serving version's adapter, lets TRL keep a frozen copy of it as the
+reference (the "ref" adapter), logs every step to a progress callback, and saves only the trained
+adapter. What differs between them (the data and TRL's config class) stays in their own modules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def load_base_model(base_model_path: str | Path, *, bf16: bool = False):  # -> PreTrainedModel
+    """Load the base causal LM in float32 (or bfloat16) for training an adapter on it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=dtype)
+
+
+def check_folders(adapter_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """The starting adapter must be complete and the output folder empty (or missing)."""
+    adapter = Path(adapter_path)
+    missing = [name for name in ADAPTER_FILES if not (adapter / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"adapter folder {adapter} lacks {missing}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"out_dir {out} is not empty")
+    return adapter, out
+
+
+def load_trainable_policy(base_model_path: str | Path, adapter_path: Path, *, bf16: bool):  # -> PeftModel
+    """The base model with the starting adapter, trainable."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_base_model(base_model_path, bf16=bf16), str(adapter_path), is_trainable=True)
+
+
+def trainer_arguments(config: Any) -> dict[str, Any]:
+    """TrainingArguments every adapter trainer shares: the config's optimisation settings, a log
+    line every step, and nothing written besides the adapter (no checkpoints, no reports)."""
+    return {
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.num_train_epochs,
+        "max_steps": config.max_steps if config.max_steps is not None else -1,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "use_cpu": config.use_cpu,
+        "bf16": config.bf16,
+        "logging_strategy": "steps",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+
+
+def progress_callback(progress: ProgressFn | None, history: list[dict[str, Any]]):  # -> TrainerCallback
+    """A callback that records each training-step log in ``history`` and passes a copy to ``progress``."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            # The end-of-training summary (train_loss, train_runtime, ...) has no "loss"; only step logs count.
+            if not logs or "loss" not in logs:
+                return
+            step, max_steps = int(state.global_step), int(state.max_steps)
+            entry: dict[str, Any] = {"step": step, "max_steps": max_steps, "fraction": step / max(max_steps, 1)}
+            entry.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k not in entry})
+            history.append(entry)
+            if progress is not None:
+                progress(dict(entry))
+
+    return ProgressCallback()
+
+
+def check_reference_adapter(model) -> None:  # model: PeftModel
+    """Fail loudly unless TRL set up the frozen "ref" copy of the starting adapter.
+
+    TRL 1.16's trainers, given a PeftModel with a trained "default" adapter, no `peft_config` and
+    no `ref_model`, add a second adapter "ref" with a copy of the starting weights and compute the
+    reference log-probs under it with no grad. "ref" is never active in the policy's forward pass
+    and is left out of the optimiser, so the reference is the policy that is serving now: what an
+    iterative loop wants (each round anchored to the policy the labels came from), for the cost of
+    one extra set of LoRA weights instead of a second base model. Passing `peft_config` instead
+    would make the bare base model the reference, anchoring every round to version 1.
+    """
+    if REF_ADAPTER not in model.peft_config:
+        raise RuntimeError(
+            f"TRL did not add the {REF_ADAPTER!r} reference adapter; the reference would be the bare base model"
+        )
+    ref_params = [(n, p) for n, p in model.named_parameters() if f".{REF_ADAPTER}." in n]
+    default_params = dict((n, p) for n, p in model.named_parameters() if ".default." in n)
+    if not ref_params or any(p.requires_grad for _, p in ref_params):
+        raise RuntimeError(f"the {REF_ADAPTER!r} reference adapter is missing or trainable")
+    for name, param in ref_params:
+        source = default_params.get(name.replace(f".{REF_ADAPTER}.", ".default."))
+        if source is None or not bool((source.detach() == param.detach()).all()):
+            raise RuntimeError(f"reference adapter weight {name} is not a copy of the starting adapter")
+
+
+def train_quietly(trainer, model, *, reference: bool) -> float:  # trainer: transformers.Trainer
+    """Train without printing every log line (a library should not), after checking the
+    reference adapter when the trainer uses one; return the training seconds."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if reference:
+        check_reference_adapter(model)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def save_adapter(model, out_dir: Path) -> Path:  # model: PeftModel
+    """Save only the trained "default" adapter, as vLLM and ``PeftModel.from_pretrained`` expect it."""
+    model.save_pretrained(str(out_dir), selected_adapters=["default"], save_embedding_layers=False)
+    missing = [name for name in ADAPTER_FILES if not (out_dir / name).is_file()]
+    if missing:
+        raise RuntimeError(f"saving the adapter to {out_dir} did not write {missing}")
+    return out_dir
+
+
+def save_trained(trainer, out: Path, history: list[dict[str, Any]], what: str) -> tuple[dict, dict]:
+    """Save the trained adapter; return the first and last step logs."""
+    if not history:
+        raise RuntimeError(f"{what} training logged no step; check max_steps and the data")
+    save_adapter(trainer.accelerator.unwrap_model(trainer.model), out)
+    return history[0], history[-1]

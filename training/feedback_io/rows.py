@@ -1,0 +1,213 @@
+"""Pure helpers that turn labels into export rows (plain dicts) in TRL's conversational formats.
+
+Every row's ``prompt`` is the chat context (messages ending with a user turn); answers are
+one-message assistant turns ``[{"role": "assistant", "content": ...}]``. Row shapes, by export
+kind (see :mod:`.writers`):
+
+- ``preference``: ``{"prompt", "chosen", "rejected", "margin"}`` (DPO, reward models);
+- ``kto``: ``{"prompt", "completion", "label"}`` (KTO: desirable or not, unpaired);
+- ``prompt``: ``{"prompt"}`` (GRPO / online RL);
+- ``listwise``: ``{"prompt", "completions", "ranks"}`` (best first; ties share a rank);
+- ``critique``: ``{"prompt", "completion", "critique", "rewrite"}``.
+
+Margin: TRL's ``RewardTrainer`` uses a ``margin`` column as ``-log sigmoid(r_chosen - r_rejected
+- margin)``; DPO ignores it. A label's strength maps to the Llama 2 style small margins
+``STRENGTH_MARGIN``: 1 (slightly better) -> 1/3, 2 -> 2/3, 3 (clearly better) -> 1.0; no strength
+(and pairs derived from rankings or rewrites) -> 0.0, the plain Bradley-Terry loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from .records import ImportedItem
+
+Messages = list[dict[str, str]]
+EXPORT_KINDS = ("preference", "kto", "prompt", "listwise", "critique", "raw")
+STRENGTH_MARGIN = {1: 1 / 3, 2: 2 / 3, 3: 1.0}
+
+
+def margin_from_strength(strength: int | None) -> float:
+    """The reward margin for a pairwise strength (see the module docstring); None -> 0.0."""
+    if strength is None:
+        return 0.0
+    if strength not in STRENGTH_MARGIN:
+        raise ValueError(f"strength must be None or one of {sorted(STRENGTH_MARGIN)}, got {strength!r}")
+    return STRENGTH_MARGIN[strength]
+
+
+def assistant_turn(text: str) -> Messages:
+    """``[{"role": "assistant", "content": text}]``."""
+    return [{"role": "assistant", "content": text}]
+
+
+def _copy(prompt: Sequence[dict[str, str]]) -> Messages:
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def pairs_from_ranking(groups: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """All (winner, loser) index pairs between different groups of a ranking (best group first).
+
+    Candidates in one group are tied and give no pair: ``[[2], [0, 1]]`` -> ``[(2, 0), (2, 1)]``.
+    """
+    return [
+        (winner, loser)
+        for i, better in enumerate(groups)
+        for worse in groups[i + 1 :]
+        for winner in better
+        for loser in worse
+    ]
+
+
+def preference_row(
+    prompt: Sequence[dict[str, str]], chosen: str, rejected: str, strength: int | None = None
+) -> dict[str, Any]:
+    """One ``preference`` row; ``margin`` from ``strength``."""
+    return {
+        "prompt": _copy(prompt),
+        "chosen": assistant_turn(chosen),
+        "rejected": assistant_turn(rejected),
+        "margin": margin_from_strength(strength),
+    }
+
+
+def preference_rows_from_pairwise(
+    prompt: Sequence[dict[str, str]], candidates: Sequence[str], choice: str, strength: int | None = None
+) -> list[dict[str, Any]]:
+    """The preference row of a pairwise choice over ``candidates`` = (A, B): one row for "a" or "b",
+    none for "tie" or "both_bad" (they say nothing about which is better)."""
+    if len(candidates) != 2:
+        raise ValueError(f"a pairwise choice needs 2 candidates, got {len(candidates)}")
+    if choice == "a":
+        return [preference_row(prompt, candidates[0], candidates[1], strength)]
+    if choice == "b":
+        return [preference_row(prompt, candidates[1], candidates[0], strength)]
+    if choice in ("tie", "both_bad"):
+        return []
+    raise ValueError(f"unknown pairwise choice {choice!r}")
+
+
+def preference_rows_from_ranking(
+    prompt: Sequence[dict[str, str]], candidates: Sequence[str], groups: Sequence[Sequence[int]]
+) -> list[dict[str, Any]]:
+    """One preference row (margin 0) per pair of :func:`pairs_from_ranking`."""
+    return [preference_row(prompt, candidates[w], candidates[lo]) for w, lo in pairs_from_ranking(groups)]
+
+
+def preference_rows_from_rewrite(
+    prompt: Sequence[dict[str, str]], completion: str, rewrite: str | None
+) -> list[dict[str, Any]]:
+    """A human-corrected rewrite is preferred over the answer it corrects (margin 0); none without one."""
+    if rewrite is None or rewrite == completion:
+        return []
+    return [preference_row(prompt, rewrite, completion)]
+
+
+def kto_row(prompt: Sequence[dict[str, str]], completion: str, label: bool) -> dict[str, Any]:
+    """One ``kto`` row: ``label`` True = desirable."""
+    return {"prompt": _copy(prompt), "completion": assistant_turn(completion), "label": bool(label)}
+
+
+def kto_rows_from_pairwise(
+    prompt: Sequence[dict[str, str]], candidates: Sequence[str], choice: str
+) -> list[dict[str, Any]]:
+    """Unpaired rows from a pairwise choice: "a"/"b" -> the winner desirable and the loser not;
+    "both_bad" -> both undesirable; "tie" -> none (a tie says nothing about absolute quality)."""
+    if len(candidates) != 2:
+        raise ValueError(f"a pairwise choice needs 2 candidates, got {len(candidates)}")
+    if choice in ("a", "b"):
+        win = 0 if choice == "a" else 1
+        return [kto_row(prompt, candidates[win], True), kto_row(prompt, candidates[1 - win], False)]
+    if choice == "both_bad":
+        return [kto_row(prompt, text, False) for text in candidates]
+    if choice == "tie":
+        return []
+    raise ValueError(f"unknown pairwise choice {choice!r}")
+
+
+def kto_rows_from_ranking(
+    prompt: Sequence[dict[str, str]], candidates: Sequence[str], groups: Sequence[Sequence[int]]
+) -> list[dict[str, Any]]:
+    """Unpaired rows from a ranking: the best group desirable, the worst group not, the middle
+    left out; a ranking with a single group (all tied) gives none."""
+    if len(groups) < 2:
+        return []
+    return [kto_row(prompt, candidates[i], True) for i in groups[0]] + [
+        kto_row(prompt, candidates[i], False) for i in groups[-1]
+    ]
+
+
+def prompt_row(prompt: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """One ``prompt`` row."""
+    return {"prompt": _copy(prompt)}
+
+
+def listwise_row(
+    prompt: Sequence[dict[str, str]], candidates: Sequence[str], groups: Sequence[Sequence[int]]
+) -> dict[str, Any]:
+    """One ``listwise`` row: completions best first, ``ranks[i]`` = the group position of
+    completion ``i`` (0 = best; tied completions share a rank)."""
+    completions, ranks = [], []
+    for rank, group in enumerate(groups):
+        for index in sorted(group):
+            completions.append(assistant_turn(candidates[index]))
+            ranks.append(rank)
+    return {"prompt": _copy(prompt), "completions": completions, "ranks": ranks}
+
+
+def critique_row(
+    prompt: Sequence[dict[str, str]], completion: str, critique: str, rewrite: str | None = None
+) -> dict[str, Any]:
+    """One ``critique`` row (``rewrite`` None when the labeller wrote none)."""
+    return {"prompt": _copy(prompt), "completion": assistant_turn(completion), "critique": critique, "rewrite": rewrite}
+
+
+def rows_from_item(item: ImportedItem, kind: str) -> list[dict[str, Any]]:
+    """Export rows of ``kind`` from one item, one label at a time (several annotators of one item
+    give several rows; aggregate labels first for one row per item).
+
+    ``preference``: pairwise labels, rankings (all pairs) and critique rewrites; ``kto``: pairwise
+    labels, rankings and critique rewrites (rewrite desirable, original not); ``listwise``: ranking
+    labels; ``critique``: critique labels; ``prompt``: one row per item; ``raw``: the item as a dict.
+    """
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"unknown export kind {kind!r}; expected one of {EXPORT_KINDS}")
+    texts = [c.text for c in item.candidates]
+    prompt = item.messages
+    if kind == "prompt":
+        return [prompt_row(prompt)]
+    if kind == "raw":
+        return [asdict(item)]
+    rows: list[dict[str, Any]] = []
+    for label in item.labels:
+        if kind == "preference":
+            if label.kind == "pairwise" and label.choice is not None:
+                rows += preference_rows_from_pairwise(prompt, texts, label.choice, label.strength)
+            elif label.kind == "ranking" and label.ranking is not None:
+                rows += preference_rows_from_ranking(prompt, texts, label.ranking)
+            elif label.kind == "critique" and texts:
+                rows += preference_rows_from_rewrite(prompt, texts[0], label.rewrite)
+        elif kind == "kto":
+            if label.kind == "pairwise" and label.choice is not None:
+                rows += kto_rows_from_pairwise(prompt, texts, label.choice)
+            elif label.kind == "ranking" and label.ranking is not None:
+                rows += kto_rows_from_ranking(prompt, texts, label.ranking)
+            elif label.kind == "critique" and texts and label.rewrite is not None and label.rewrite != texts[0]:
+                rows += [kto_row(prompt, label.rewrite, True), kto_row(prompt, texts[0], False)]
+        elif kind == "listwise":
+            if label.kind == "ranking" and label.ranking is not None:
+                rows.append(listwise_row(prompt, texts, label.ranking))
+        elif kind == "critique":
+            if label.kind == "critique" and texts and label.critique is not None:
+                rows.append(critique_row(prompt, texts[0], label.critique, label.rewrite))
+    return rows
+
+
+def rows_from_items(items: Iterable[ImportedItem | Any], kind: str) -> Iterator[dict[str, Any]]:
+    """Stream :func:`rows_from_item` over ``items``, skipping anything that is not an ImportedItem
+    (e.g. the BadRecords of a reader)."""
+    for item in items:
+        if isinstance(item, ImportedItem):
+            yield from rows_from_item(item, kind)

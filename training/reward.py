@@ -1,0 +1,1004 @@
+"""Reward models from human preferences: pairs (with strength and ties) and rankings, on any backbone.
+
+A reward model here is a sequence-classification model with one output (``num_labels=1``) on top
+of any backbone that ``AutoModelForSequenceClassification`` can load: a causal LM (the score is
+read at the last token, e.g. the tiny Qwen2 policy) or an encoder (the score is read from the
+pooled first token, e.g. MiniLM). It is trained with a subclass of TRL's ``RewardTrainer`` (its
+optimiser, schedule, logging, dropout handling and model set-up), whose loss is:
+
+* pairs: Bradley-Terry, ``-log sigmoid(r_c - r_r - m)``, with the margin ``m`` from the labeller's
+  strength (``RewardConfig.margin_from_strength``; no strength -> 0), exactly TRL's ``margin`` column;
+* ties (and "both bad", see :func:`examples_from_items`): with ``tie_policy="equal"`` (the
+  default) the symmetric Bradley-Terry loss ``½[-log sigmoid(r_a - r_b) - log sigmoid(r_b - r_a)]``, i.e. the
+  Bradley-Terry likelihood with target probability ½. Its gradient ``sigmoid(d) - ½`` pulls the two
+  scores together and vanishes when they are equal, and its scale is that of a pair's loss, so ties
+  cannot dominate. We keep ties rather than drop them because a tie is a label too: "these two are
+  equally good" is what stops a reward model from inventing large differences between answers
+  that people could not tell apart (dropping ties leaves the model free to spread them
+  arbitrarily). ``tie_policy="drop"`` drops them instead (what TRL's preference format does);
+* rankings: the Plackett-Luce negative log-likelihood of the whole ranked list (ties within a
+  list allowed), :func:`training.losses.plackett_luce_loss`.
+
+Truncation is ours, deliberate, and never drops an example (TRL 1.16's ``RewardTrainer`` silently
+drops every pair with a side longer than ``max_length``). In multi-turn human-feedback data the two
+sides of a pair share the whole conversation and differ only in the last assistant reply; cutting
+the end of a long input (what tokenizers do by default) removes exactly the part that differs and
+leaves two identical inputs. So each input is built as [context][reply]: the reply is kept whole
+(only a reply longer than ``max_length - min_context_tokens`` loses its end, and two replies that
+differ do so from their first tokens on, so the difference survives), and the context is cut from
+the left, keeping the end of the conversation: the last user turn and the turns just before it.
+
+Ensembles: ``ensemble_size`` members trained from different seeds (head initialisation and data
+order) or on bootstrap resamples of the examples; :class:`RewardEnsemble` loads them and combines
+their scores with :func:`training.losses.ensemble_score`.
+
+Heavy libraries are imported inside the functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from training.adapters import ProgressFn, progress_callback
+from training.feedback_io.records import ImportedItem, validate_messages
+from training.feedback_io.rows import STRENGTH_MARGIN
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+TIE_POLICIES = ("equal", "drop")
+ENSEMBLE_METHODS = ("seeds", "bootstrap")
+# Written next to each trained model: how its inputs were built, so scoring builds them the same way.
+REWARD_META_FILE = "prefloop_reward.json"
+# Role names for backbones without a chat template (encoders, base LMs): "User: ...", "Assistant: ...".
+ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@dataclass
+class PreferenceExample:
+    """One pairwise judgement: for ``prompt``, ``chosen`` was preferred to ``rejected`` (or a tie)."""
+
+    prompt: list[dict[str, str]] = field(
+        metadata={"help": "Chat messages ({'role', 'content'}) before the answer; the last one is the user's turn."}
+    )
+    chosen: str = field(metadata={"help": "The preferred answer (for a tie: either answer)."})
+    rejected: str = field(metadata={"help": "The other answer."})
+    strength: int | None = field(
+        default=None,
+        metadata={"help": "How strongly chosen was preferred: 1 (slightly) to 3 (clearly), or None (unknown)."},
+    )
+    tie: bool = field(default=False, metadata={"help": "True if the labeller judged the two answers equally good."})
+    group: str | None = field(
+        default=None, metadata={"help": "Optional slice name (task, source, annotator...) for per-group accuracy."}
+    )
+
+    def __post_init__(self) -> None:
+        validate_messages(self.prompt)
+        for name in ("chosen", "rejected"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.tie, bool):
+            raise ValueError(f"tie must be True or False, got {self.tie!r}")
+        if self.strength is not None and (
+            isinstance(self.strength, bool) or not isinstance(self.strength, int) or not 1 <= self.strength <= 3
+        ):
+            raise ValueError(f"strength must be None or an integer from 1 to 3, got {self.strength!r}")
+        if self.tie and self.strength is not None:
+            raise ValueError(f"a tie has no strength, got strength={self.strength!r}")
+        if not self.tie and self.chosen == self.rejected:
+            raise ValueError(
+                f"chosen and rejected are the same text ({self.chosen!r:.60}); mark it tie=True or drop it"
+            )
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise ValueError(f"group must be None or a non-empty string, got {self.group!r}")
+
+
+@dataclass
+class RankingExample:
+    """One listwise judgement: ``completions`` for ``prompt`` ranked by ``ranks`` (0 = best, equal = tie)."""
+
+    prompt: list[dict[str, str]] = field(
+        metadata={"help": "Chat messages ({'role', 'content'}) before the answers; the last one is the user's turn."}
+    )
+    completions: list[str] = field(metadata={"help": "Two or more answers."})
+    ranks: list[int] = field(metadata={"help": "One rank per answer: 0 = best; equal ranks are ties; gaps allowed."})
+    group: str | None = field(
+        default=None, metadata={"help": "Optional slice name (task, source, annotator...) for per-group accuracy."}
+    )
+
+    def __post_init__(self) -> None:
+        validate_messages(self.prompt)
+        if not isinstance(self.completions, list) or len(self.completions) < 2:
+            raise ValueError(f"completions must be a list of two or more answers, got {self.completions!r:.80}")
+        if not all(isinstance(c, str) for c in self.completions):
+            raise ValueError("every completion must be a string")
+        if not isinstance(self.ranks, list) or len(self.ranks) != len(self.completions):
+            raise ValueError(
+                f"ranks={self.ranks!r} must be a list with one rank per completion ({len(self.completions)})"
+            )
+        if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in self.ranks):
+            raise ValueError(f"ranks={self.ranks!r} must be integers >= 0 (0 = best)")
+        if len(set(self.ranks)) < 2:
+            raise ValueError(f"ranks={self.ranks!r} are all equal: the ranking orders nothing")
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise ValueError(f"group must be None or a non-empty string, got {self.group!r}")
+
+
+Example = PreferenceExample | RankingExample
+
+
+def examples_from_items(
+    items: Iterable[Any], *, group: Callable[[ImportedItem], str | None] | None = None
+) -> list[Example]:
+    """Training examples from imported items (:func:`training.feedback_io.read_feedback`), in order.
+
+    Each pairwise label gives one :class:`PreferenceExample`: "a"/"b" -> chosen/rejected with the
+    label's strength; "tie" -> ``tie=True``; "both_bad" -> ``tie=True`` too, because for a reward
+    that only orders answers, "both are bad" says that neither is better, which is what a tie says
+    (how bad both are is not something a pairwise loss can learn). Each ranking label gives one
+    :class:`RankingExample` (ranking groups -> ranks). Other labels and :class:`BadRecord` entries
+    are skipped. ``group(item)``, if given, names each example's group.
+    """
+    examples: list[Example] = []
+    for item in items:
+        if not isinstance(item, ImportedItem):
+            continue
+        name = group(item) if group is not None else None
+        texts = [c.text for c in item.candidates]
+        for label in item.labels:
+            if label.kind == "pairwise" and item.kind == "pairwise":
+                a, b = texts
+                if label.choice in ("tie", "both_bad"):
+                    if a != b:
+                        examples.append(PreferenceExample(item.messages, a, b, tie=True, group=name))
+                    continue
+                chosen, rejected = (a, b) if label.choice == "a" else (b, a)
+                if chosen != rejected:
+                    examples.append(PreferenceExample(item.messages, chosen, rejected, label.strength, group=name))
+            elif label.kind == "ranking" and label.ranking is not None:
+                ranks = [0] * len(texts)
+                for level, members in enumerate(label.ranking):
+                    for index in members:
+                        ranks[index] = level
+                if len(set(ranks)) >= 2:
+                    examples.append(RankingExample(item.messages, list(texts), ranks, group=name))
+    return examples
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class RewardConfig:
+    """Settings for training a reward model (or an ensemble of them).
+
+    The defaults suit a small encoder or a 0.5B-1.5B LM and a few hundred to a few thousand
+    pairs: full fine-tuning at 5e-5 with linear decay, one epoch, batches of 8. For the tiny CPU
+    demo policy raise the learning rate (1e-3) and the epochs.
+    """
+
+    backbone: str = field(
+        metadata={"help": "Path of the backbone: any model AutoModelForSequenceClassification loads (LM or encoder)."}
+    )
+    max_length: int = field(
+        default=512,
+        metadata={
+            "help": "Longest input in tokens; longer ones are truncated (context cut from the left), never dropped."
+        },
+    )
+    min_context_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "Context tokens always kept next to a very long reply, the reply's end being cut instead "
+            "(at most half of max_length)."
+        },
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate (linear decay to 0)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the examples (ignored if max_steps)."})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "If set, train exactly this many optimiser steps instead of by epochs."}
+    )
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Examples (pairs or lists) per forward pass."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Forward passes per optimiser step."})
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "Batch examples of similar length together (Trainer's LengthGroupedSampler, shuffled "
+            "groups): far less padding, so faster on a CPU."
+        },
+    )
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of steps with a linear warm-up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    margin_from_strength: dict[int, float] = field(
+        default_factory=lambda: dict(STRENGTH_MARGIN),
+        metadata={
+            "help": "Bradley-Terry margin for each strength (1 slightly .. 3 clearly better); no strength -> 0. "
+            "Use {1: 0, 2: 0, 3: 0} for the plain loss."
+        },
+    )
+    tie_policy: str = field(
+        default="equal",
+        metadata={"help": f"Pairwise ties: one of {TIE_POLICIES} ('equal': pull the two scores together; 'drop')."},
+    )
+    center_rewards_coefficient: float | None = field(
+        default=0.01,
+        metadata={
+            "help": "Weight of mean(r^2) over all scores (TRL's centring, Eisenstein et al. 2023): keeps scores "
+            "near 0, so ensemble members share an offset and their spread measures disagreement. None = off."
+        },
+    )
+    ensemble_size: int = field(default=1, metadata={"help": "Number of reward models to train (1 = a single one)."})
+    ensemble_method: str = field(
+        default="seeds",
+        metadata={"help": f"How members differ: one of {ENSEMBLE_METHODS} (seed k = seed + k; bootstrap resamples)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the first member (head initialisation, data order)."})
+    scoring_batch_size: int = field(default=16, metadata={"help": "Inputs per forward pass when scoring."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward to save memory on large models."}
+    )
+    use_cpu: bool = field(default=True, metadata={"help": "Train on the CPU even if an accelerator is visible."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (for GPUs that support it)."})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, (str, Path)) or not str(self.backbone):
+            raise ValueError(f"backbone={self.backbone!r} must be a non-empty path")
+        self.backbone = str(self.backbone)
+        for name in ("max_length", "min_context_tokens", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}={value!r} must be an integer")
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length!r} must be >= 8")
+        if self.min_context_tokens < 0:
+            raise ValueError(f"min_context_tokens={self.min_context_tokens!r} must be >= 0")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "scoring_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)) or (
+            self.learning_rate <= 0
+        ):
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be a positive number")
+        if not (isinstance(self.num_train_epochs, (int, float)) and math.isfinite(self.num_train_epochs)) or (
+            self.num_train_epochs <= 0
+        ):
+            raise ValueError(f"num_train_epochs={self.num_train_epochs!r} must be positive")
+        if self.max_steps is not None and (
+            isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1
+        ):
+            raise ValueError(f"max_steps={self.max_steps!r} must be None or a positive integer")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if not self.weight_decay >= 0.0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        margins = {int(k): v for k, v in dict(self.margin_from_strength).items()}  # JSON round trips give "1" keys
+        if set(margins) != {1, 2, 3}:
+            raise ValueError(f"margin_from_strength={self.margin_from_strength!r} must map each of 1, 2, 3")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in margins.values()):
+            raise ValueError(f"margin_from_strength={self.margin_from_strength!r} must hold finite numbers >= 0")
+        self.margin_from_strength = {k: float(v) for k, v in sorted(margins.items())}
+        if self.tie_policy not in TIE_POLICIES:
+            raise ValueError(f"tie_policy={self.tie_policy!r} must be one of {TIE_POLICIES}")
+        if self.center_rewards_coefficient is not None and not (
+            math.isfinite(self.center_rewards_coefficient) and self.center_rewards_coefficient >= 0
+        ):
+            raise ValueError(f"center_rewards_coefficient={self.center_rewards_coefficient!r} must be None or >= 0")
+        if isinstance(self.ensemble_size, bool) or not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size={self.ensemble_size!r} must be a positive integer")
+        if self.ensemble_method not in ENSEMBLE_METHODS:
+            raise ValueError(f"ensemble_method={self.ensemble_method!r} must be one of {ENSEMBLE_METHODS}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r} must be an integer")
+        if self.bf16 and self.use_cpu:
+            raise ValueError("bf16=True needs use_cpu=False (bfloat16 mixed precision is for accelerators)")
+
+    def margin(self, strength: int | None) -> float:
+        """The Bradley-Terry margin for a pair's strength (None -> 0.0)."""
+        return 0.0 if strength is None else self.margin_from_strength[strength]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, e.g. for ``VersionMeta.config``."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Layout:
+    """How one (context, reply) input is laid out for a tokenizer, found once per tokenizer."""
+
+    chat_template: bool  # render with the tokenizer's chat template (else "User: ..." plain text)
+    prefix: list[int]  # special tokens before the context, e.g. [CLS]
+    middle: list[int]  # between context and reply, e.g. [SEP]
+    suffix: list[int]  # after the reply, e.g. [SEP]
+    type_ids: tuple[list[int], list[int]] | None  # token types of (prefix + context + middle, reply + suffix)
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def _find(haystack: list[int], needle: list[int], start: int = 0) -> int:
+    for i in range(start, len(haystack) - len(needle) + 1):
+        if haystack[i : i + len(needle)] == needle:
+            return i
+    return -1
+
+
+def _layout(tokenizer) -> _Layout:
+    """Probe ``tokenizer`` for its pair layout.
+
+    A chat template already writes every special token into the text, so chat models get none
+    added. Otherwise the tokenizer's own sentence-pair layout is used (``[CLS] a [SEP] b [SEP]``
+    with token types 0/1 for BERT-like encoders, a BOS or nothing for base LMs): it is read off
+    an encoded probe pair, so truncation can work on token ids and add the special tokens after.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return _Layout(True, [], [], [], None)
+    probe_a, probe_b = "first words", "second words"
+    a = tokenizer(probe_a, add_special_tokens=False)["input_ids"]
+    b = tokenizer(probe_b, add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(probe_a, probe_b, add_special_tokens=True)
+    ids = list(encoded["input_ids"])
+    i = _find(ids, a)
+    j = _find(ids, b, i + len(a)) if i >= 0 else -1
+    if i < 0 or j < 0:
+        raise ValueError(f"cannot find the layout of a sentence pair for tokenizer {type(tokenizer).__name__}")
+    prefix, middle, suffix = ids[:i], ids[i + len(a) : j], ids[j + len(b) :]
+    type_ids = None
+    if "token_type_ids" in encoded and "token_type_ids" in getattr(tokenizer, "model_input_names", []):
+        types = list(encoded["token_type_ids"])
+        type_ids = ([types[0]], [types[j]])  # one type for the first segment, one for the second
+    return _Layout(False, prefix, middle, suffix, type_ids)
+
+
+def _render(tokenizer, layout: _Layout, prompt: list[dict[str, str]], completion: str) -> tuple[str, str]:
+    """The input as (context text, reply text); the reply text holds everything after the shared context."""
+    if layout.chat_template:
+        context = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": completion}], tokenize=False)
+        cut = 0
+        while cut < min(len(context), len(full)) and context[cut] == full[cut]:
+            cut += 1
+        return full[:cut], full[cut:]
+    turns = [f"{ROLE_LABELS[m['role']]}: {m['content']}" for m in prompt]
+    return "\n\n".join([*turns, "Assistant:"]), " " + completion
+
+
+def _encode(
+    tokenizer, layout: _Layout, prompt: list[dict[str, str]], completion: str, max_length: int, min_context_tokens: int
+) -> tuple[list[int], list[int] | None, bool]:
+    """Token ids (and token types, if the model uses them) of one input, at most ``max_length`` long.
+
+    Returns ``(input_ids, token_type_ids or None, truncated)``. See the module docstring for why
+    the context is cut from the left and the reply is kept.
+    """
+    context_text, reply_text = _render(tokenizer, layout, prompt, completion)
+    context = tokenizer(context_text, add_special_tokens=False)["input_ids"]
+    reply = tokenizer(reply_text, add_special_tokens=False)["input_ids"]
+    budget = max_length - layout.n_special
+    if budget < 2:
+        raise ValueError(f"max_length={max_length} leaves no room next to {layout.n_special} special tokens")
+    truncated = len(context) + len(reply) > budget
+    # A reply may use all the room but the last min_context_tokens (or half, for tiny max_length).
+    reserve = min(len(context), min_context_tokens, budget // 2)
+    if len(reply) > budget - reserve:
+        reply = reply[: budget - reserve]  # the end of a very long reply goes; its beginning differs and stays
+    keep = budget - len(reply)
+    context = context[len(context) - keep :] if 0 < keep < len(context) else (context if keep > 0 else [])
+    ids = [*layout.prefix, *context, *layout.middle, *reply, *layout.suffix]
+    types = None
+    if layout.type_ids is not None:
+        first, second = layout.type_ids
+        n_first = len(layout.prefix) + len(context) + len(layout.middle)
+        types = first * n_first + second * (len(reply) + len(layout.suffix))
+    return ids, types, truncated
+
+
+def encode_input(
+    tokenizer, prompt: list[dict[str, str]], completion: str, *, max_length: int, min_context_tokens: int = 64
+) -> dict[str, Any]:
+    """The model input for one (prompt, completion), exactly as training and scoring build it.
+
+    Returns ``{"input_ids", "token_type_ids" (None unless the model uses token types), "truncated"}``;
+    at most ``max_length`` tokens, the context cut from the left (see the module docstring).
+    """
+    ids, types, truncated = _encode(tokenizer, _layout(tokenizer), prompt, completion, max_length, min_context_tokens)
+    return {"input_ids": ids, "token_type_ids": types, "truncated": truncated}
+
+
+def _tokenizer_with_pad(path: str):  # -> PreTrainedTokenizerBase
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"the tokenizer at {path} has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' expected warnings: the new score head of a backbone, and "sequence longer
+    than the model's maximum" while a whole conversation is tokenised before it is truncated here."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _load_scoring_model(path: str, *, dtype=None):  # -> PreTrainedModel
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    with suppress_seqcls_warning(), _quiet_transformers():  # the score head is new; a causal LM's lm_head unused
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype or torch.float32)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _rows(
+    examples: Sequence[Example], tokenizer, layout: _Layout, config: RewardConfig
+) -> tuple[list[dict[str, Any]], int]:
+    """One training row per example: token ids of every answer, ranks, margin and tie flag."""
+    rows, n_truncated = [], 0
+    for example in examples:
+        if isinstance(example, PreferenceExample):
+            texts, ranks = [example.chosen, example.rejected], [0, 0] if example.tie else [0, 1]
+            margin, tie = (0.0 if example.tie else config.margin(example.strength)), example.tie
+        else:
+            texts, ranks, margin, tie = list(example.completions), list(example.ranks), 0.0, False
+        ids, types = [], []
+        for text in texts:
+            input_ids, type_ids, truncated = _encode(
+                tokenizer, layout, example.prompt, text, config.max_length, config.min_context_tokens
+            )
+            ids.append(input_ids)
+            types.append(type_ids or [])
+            n_truncated += truncated
+        row: dict[str, Any] = {
+            "completion_ids": ids,
+            "ranks": ranks,
+            "margin": float(margin),
+            "tie": tie,
+            "length": sum(len(i) for i in ids),  # for group_by_length
+        }
+        if layout.type_ids is not None:
+            row["completion_type_ids"] = types
+        rows.append(row)
+    return rows, n_truncated
+
+
+@dataclass
+class _ListCollator:
+    """Pads every answer of a batch of rows into one (answers, length) batch, right-padded as TRL does."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        sequences = [ids for row in rows for ids in row["completion_ids"]]
+        length = max(len(ids) for ids in sequences)
+        n_max = max(len(row["completion_ids"]) for row in rows)
+        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)  # (answers, length)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        index = torch.full((len(rows), n_max), -1, dtype=torch.long)  # (batch, n_max): row of each answer, -1 = none
+        ranks = torch.zeros((len(rows), n_max), dtype=torch.long)
+        for i, ids in enumerate(sequences):
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, : len(ids)] = 1
+        offset = 0
+        for b, row in enumerate(rows):
+            n = len(row["completion_ids"])
+            index[b, :n] = torch.arange(offset, offset + n)
+            ranks[b, :n] = torch.tensor(row["ranks"], dtype=torch.long)
+            offset += n
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "index": index,
+            "ranks": ranks,
+            "margin": torch.tensor([row["margin"] for row in rows], dtype=torch.float),
+            "tie": torch.tensor([bool(row["tie"]) for row in rows], dtype=torch.bool),
+        }
+        if "completion_type_ids" in rows[0]:
+            token_type_ids = torch.zeros((len(sequences), length), dtype=torch.long)
+            types = [t for row in rows for t in row["completion_type_ids"]]
+            for i, t in enumerate(types):
+                token_type_ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+            batch["token_type_ids"] = token_type_ids
+        return batch
+
+
+def preference_loss(
+    scores: Tensor,
+    index: Tensor,
+    ranks: Tensor,
+    margin: Tensor,
+    tie: Tensor,
+    center_rewards_coefficient: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The reward-model loss of one batch of rows (pairs, ties and ranked lists mixed).
+
+    Args:
+        scores: ``(answers,)`` the model's score of every answer in the batch.
+        index: ``(batch, n_max)`` position in ``scores`` of each row's answers (-1 = no answer).
+        ranks: ``(batch, n_max)`` 0 = best; a pair is ``[0, 1]`` (chosen first), a tie ``[0, 0]``.
+        margin: ``(batch,)`` Bradley-Terry margins of the pairs.
+        tie: ``(batch,)`` True for a tied pair.
+
+    Rows of two answers are pairs: Bradley-Terry with margin, or for a tie the symmetric
+    Bradley-Terry loss (target ½); longer rows are Plackett-Luce lists. The loss is the mean over
+    rows of each row's loss, plus ``center_rewards_coefficient * mean(scores²)``.
+    Returns ``(loss, diagnostics)`` with plain floats.
+    """
+    import torch
+
+    from training.losses import bradley_terry_loss, plackett_luce_loss
+
+    mask = index >= 0  # (batch, n_max)
+    per_row = scores[index.clamp(min=0)]  # (batch, n_max); padded entries hold a copy of answer 0, masked below
+    n_answers = mask.sum(dim=1)  # (batch,)
+    pair = (n_answers == 2) & ~tie
+    tied = (n_answers == 2) & tie
+    listed = n_answers > 2
+    total = scores.new_zeros(())
+    diagnostics: dict[str, float] = {}
+    if bool(pair.any()):
+        chosen, rejected = per_row[pair, 0], per_row[pair, 1]
+        loss, diag = bradley_terry_loss(chosen, rejected, margin[pair])
+        total = total + loss * int(pair.sum())
+        diagnostics["accuracy"] = float(diag["rewards/accuracies"])
+        diagnostics["margin"] = float(diag["rewards/margins"])
+    if bool(tied.any()):
+        a, b = per_row[tied, 0], per_row[tied, 1]
+        forward, _ = bradley_terry_loss(a, b)
+        backward, _ = bradley_terry_loss(b, a)
+        total = total + 0.5 * (forward + backward) * int(tied.sum())
+        diagnostics["tie_abs_diff"] = float((a - b).detach().abs().mean())
+    if bool(listed.any()):
+        loss, diag = plackett_luce_loss(per_row[listed], ranks[listed], mask[listed])
+        total = total + loss * int(listed.sum())
+        diagnostics["ranking_pair_accuracy"] = float(diag["ranking/pair_accuracy"])
+    loss = total / index.shape[0]
+    if center_rewards_coefficient:
+        loss = loss + center_rewards_coefficient * torch.mean(scores**2)
+    diagnostics["mean_reward"] = float(scores.detach().mean())
+    return loss, diagnostics
+
+
+def _trainer_class():  # -> type[RewardTrainer]
+    from trl import RewardTrainer
+
+    class PrefloopRewardTrainer(RewardTrainer):
+        """TRL's RewardTrainer on rows already tokenised and truncated by this module.
+
+        What changes: the dataset is used as is (TRL would re-tokenise it and drop long pairs, and
+        it knows neither ties nor lists), batches come from :class:`_ListCollator`, and the loss is
+        :func:`preference_loss` (Bradley-Terry with margins exactly as TRL's, plus ties and
+        Plackett-Luce lists).
+        """
+
+        center_coefficient: float | None = None
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "completion_ids" not in dataset.column_names:
+                raise ValueError(f"the {dataset_name} dataset must come from training.reward (completion_ids)")
+            return dataset
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["completion_ids", "completion_type_ids", "ranks", "margin", "tie", "length"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+            if "token_type_ids" in inputs:
+                model_inputs["token_type_ids"] = inputs["token_type_ids"]
+            outputs = model(**model_inputs)
+            scores = outputs.logits.squeeze(-1).float()  # (answers,)
+            loss, diagnostics = preference_loss(
+                scores, inputs["index"], inputs["ranks"], inputs["margin"], inputs["tie"], self.center_coefficient
+            )
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            for key, value in diagnostics.items():
+                self._metrics[mode][key].append(value)
+            return (loss, outputs) if return_outputs else loss
+
+    return PrefloopRewardTrainer
+
+
+def _member_examples(examples: list[Example], config: RewardConfig, member: int) -> list[Example]:
+    if config.ensemble_method == "seeds" or config.ensemble_size == 1:
+        return examples
+    rng = random.Random(config.seed + member)
+    return [examples[rng.randrange(len(examples))] for _ in examples]  # a bootstrap resample, with replacement
+
+
+def _train_member(
+    rows: list[dict[str, Any]], tokenizer, config: RewardConfig, seed: int, out: Path, progress: ProgressFn | None
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from trl import RewardConfig as TRLRewardConfig
+
+    set_seed(seed)  # before loading: the new score head is drawn from this seed
+    model = _load_scoring_model(config.backbone)
+    history: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="prefloop-reward-") as scratch:
+        args = TRLRewardConfig(
+            output_dir=scratch,  # required by the Trainer; nothing is written there (no checkpoints, no reports)
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.num_train_epochs,
+            max_steps=config.max_steps if config.max_steps is not None else -1,
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a fraction of the steps
+            weight_decay=config.weight_decay,
+            max_length=None,  # our rows are truncated already; TRL must not filter them
+            center_rewards_coefficient=config.center_rewards_coefficient,
+            seed=seed,
+            data_seed=seed,
+            gradient_checkpointing=config.gradient_checkpointing,
+            use_cpu=config.use_cpu,
+            bf16=config.bf16,
+            remove_unused_columns=True,
+            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+            length_column_name="length",
+            logging_strategy="steps",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
+        trainer = _trainer_class()(
+            model=model,
+            args=args,
+            data_collator=_ListCollator(pad_token_id=tokenizer.pad_token_id),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[progress_callback(progress, history)],
+        )
+        trainer.center_coefficient = config.center_rewards_coefficient
+        trainer.remove_callback(PrinterCallback)  # with tqdm disabled the Trainer would print every log line
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    if not history:
+        raise RuntimeError("reward-model training logged no step; check max_steps and the data")
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    out.mkdir(parents=True, exist_ok=True)
+    trained.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    meta = {"max_length": config.max_length, "min_context_tokens": config.min_context_tokens, "seed": seed}
+    (out / REWARD_META_FILE).write_text(json.dumps({**meta, "config": config.to_dict()}, indent=2))
+    return {
+        "path": str(out),
+        "seed": seed,
+        "steps": int(trainer.state.global_step),
+        "first_loss": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+        "train_seconds": round(seconds, 3),
+    }
+
+
+def train_reward_model(
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    config: RewardConfig,
+    progress: ProgressFn | None = None,
+    *,
+    eval_examples: Sequence[PreferenceExample] | None = None,
+) -> dict[str, Any]:
+    """Train a reward model (or ``config.ensemble_size`` of them) on ``examples``; save into ``out_dir``.
+
+    One member is saved in ``out_dir`` itself; an ensemble in ``out_dir/member-0``, ``member-1``...
+    Each folder holds the model, its tokenizer and ``prefloop_reward.json`` (how inputs are built),
+    and loads with :meth:`RewardEnsemble.load`. Nothing is dropped for length (see the module
+    docstring); ties follow ``config.tie_policy``.
+
+    ``progress``, if given, is called after every optimiser step with ``member``, ``members``,
+    ``step``, ``max_steps``, ``fraction``, ``loss``, ``accuracy`` (on the batch's pairs),
+    ``learning_rate``... An exception raised by ``progress`` stops training and propagates.
+
+    Returns plain metrics: ``n_examples``, ``n_pairs``, ``n_ties``, ``n_ties_dropped``,
+    ``n_rankings``, ``n_inputs_truncated``, ``members`` (per member: ``path``, ``seed``,
+    ``steps``, ``first_loss``, ``final_loss``, ``train_seconds``), ``member_paths``,
+    ``train_seconds``, and, when ``eval_examples`` are given, ``eval`` (see
+    :func:`evaluate_pairs`, with the ensemble's mean score).
+    """
+    examples = list(examples)
+    for i, example in enumerate(examples):
+        if not isinstance(example, (PreferenceExample, RankingExample)):
+            raise TypeError(
+                f"examples[{i}] must be a PreferenceExample or RankingExample, got {type(example).__name__}"
+            )
+    n_ties = sum(isinstance(e, PreferenceExample) and e.tie for e in examples)
+    if config.tie_policy == "drop":
+        examples = [e for e in examples if not (isinstance(e, PreferenceExample) and e.tie)]
+    if not examples:
+        raise ValueError("train_reward_model needs at least one example (after dropping ties), got none")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"out_dir {out} is not empty")
+
+    tokenizer = _tokenizer_with_pad(config.backbone)
+    layout = _layout(tokenizer)
+    with _quiet_transformers():
+        rows, n_truncated = _rows(examples, tokenizer, layout, config)
+    position = {id(e): i for i, e in enumerate(examples)}
+    members = []
+    for k in range(config.ensemble_size):
+        member_examples = _member_examples(examples, config, k)
+        member_rows = [rows[position[id(e)]] for e in member_examples]
+        target = out if config.ensemble_size == 1 else out / f"member-{k}"
+
+        def member_progress(entry: dict[str, Any], k: int = k) -> None:
+            if progress is not None:
+                progress({"member": k, "members": config.ensemble_size, **entry})
+
+        members.append(_train_member(member_rows, tokenizer, config, config.seed + k, target, member_progress))
+
+    metrics: dict[str, Any] = {
+        "n_examples": len(examples),
+        "n_pairs": sum(isinstance(e, PreferenceExample) and not e.tie for e in examples),
+        "n_ties": n_ties,
+        "n_ties_dropped": n_ties if config.tie_policy == "drop" else 0,
+        "n_rankings": sum(isinstance(e, RankingExample) for e in examples),
+        "n_inputs_truncated": n_truncated,
+        "members": members,
+        "member_paths": [m["path"] for m in members],
+        "train_seconds": round(sum(m["train_seconds"] for m in members), 3),
+    }
+    if eval_examples:
+        ensemble = RewardEnsemble.load(metrics["member_paths"], batch_size=config.scoring_batch_size)
+        metrics["eval"] = evaluate_pairs(ensemble, eval_examples)
+    return metrics
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class RewardScorer:
+    """One trained reward model: scores (prompt, completion) inputs built exactly as in training."""
+
+    def __init__(self, model, tokenizer, *, max_length: int, min_context_tokens: int, batch_size: int = 16) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.layout = _layout(tokenizer)
+        self.max_length = max_length
+        self.min_context_tokens = min_context_tokens
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path: str | Path, *, batch_size: int = 16, device: str = "cpu") -> RewardScorer:
+        """Load a model saved by :func:`train_reward_model` onto ``device``."""
+        path = Path(path)
+        meta_file = path / REWARD_META_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} has no {REWARD_META_FILE}; it was not saved by train_reward_model")
+        meta = json.loads(meta_file.read_text())
+        model = _load_scoring_model(str(path)).to(device)
+        tokenizer = _tokenizer_with_pad(str(path))
+        return cls(
+            model,
+            tokenizer,
+            max_length=int(meta["max_length"]),
+            min_context_tokens=int(meta["min_context_tokens"]),
+            batch_size=batch_size,
+        )
+
+    def score(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[float]:
+        """One score per (prompt, completion), in order. Batches are formed by length to pad little."""
+        import torch
+
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        with _quiet_transformers():
+            encoded = [
+                _encode(self.tokenizer, self.layout, list(p), c, self.max_length, self.min_context_tokens)
+                for p, c in zip(prompts, completions, strict=True)
+            ]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        scores = [0.0] * len(encoded)
+        pad = self.tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                length = max(len(encoded[i][0]) for i in chunk)
+                input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)  # (chunk, length)
+                attention_mask = torch.zeros((len(chunk), length), dtype=torch.long)
+                token_type_ids = torch.zeros((len(chunk), length), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    ids, types, _ = encoded[i]
+                    input_ids[row, : len(ids)] = torch.tensor(ids)
+                    attention_mask[row, : len(ids)] = 1
+                    if types is not None:
+                        token_type_ids[row, : len(types)] = torch.tensor(types)
+                inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+                if self.layout.type_ids is not None:
+                    inputs["token_type_ids"] = token_type_ids.to(device)
+                logits = self.model(**inputs).logits.squeeze(-1).float()  # (chunk,)
+                for row, i in enumerate(chunk):
+                    scores[i] = float(logits[row])
+        return scores
+
+
+class RewardEnsemble:
+    """Several reward models scored together; one model is an ensemble of one."""
+
+    def __init__(self, members: Sequence[RewardScorer], *, lam: float = 1.0) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member, got none")
+        if not (math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"lam={lam!r} must be a finite number >= 0")
+        self.members = list(members)
+        self.lam = lam
+
+    @classmethod
+    def load(
+        cls, paths: Sequence[str | Path], *, lam: float = 1.0, batch_size: int = 16, device: str = "cpu"
+    ) -> RewardEnsemble:
+        """Load the members saved at ``paths`` (each a folder written by :func:`train_reward_model`)."""
+        if isinstance(paths, (str, Path)):
+            raise TypeError(f"paths must be a list of folders, not the single path {paths!r}")
+        return cls([RewardScorer.load(p, batch_size=batch_size, device=device) for p in paths], lam=lam)
+
+    def score(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> dict[str, list[Any]]:
+        """Scores of each (prompt, completion) pair, combined over the members.
+
+        Returns ``{"mean", "std", "min", "uwo", "members"}``: the first four are lists with one
+        value per input, from :func:`training.losses.ensemble_score` (``uwo`` = mean - lam x
+        variance; ``std`` is the members' population standard deviation, 0 for one member);
+        ``members`` holds each member's own scores (members x inputs).
+        """
+        import torch
+
+        from training.losses import ensemble_score
+
+        per_member = [member.score(prompts, completions) for member in self.members]
+        scores = torch.tensor(per_member, dtype=torch.float64).reshape(len(self.members), len(completions))
+        mean = ensemble_score(scores, mode="mean")
+        return {
+            "mean": mean.tolist(),
+            "std": (mean - ensemble_score(scores, mode="std", lam=1.0)).tolist(),
+            "min": ensemble_score(scores, mode="min").tolist(),
+            "uwo": ensemble_score(scores, mode="uwo", lam=self.lam).tolist(),
+            "members": per_member,
+        }
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def preference_probabilities(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> list[float]:
+    """The model's probability that chosen beats rejected, ``sigmoid(r_c - r_r)``, for each pair."""
+    if len(chosen_scores) != len(rejected_scores):
+        raise ValueError(f"got {len(chosen_scores)} chosen scores but {len(rejected_scores)} rejected scores")
+    return [_sigmoid(float(c) - float(r)) for c, r in zip(chosen_scores, rejected_scores, strict=True)]
+
+
+def pairwise_accuracy(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> float:
+    """Share of pairs where the chosen answer scores higher; an exact tie of scores counts ½."""
+    if len(chosen_scores) != len(rejected_scores):
+        raise ValueError(f"got {len(chosen_scores)} chosen scores but {len(rejected_scores)} rejected scores")
+    if not chosen_scores:
+        raise ValueError("pairwise_accuracy needs at least one pair")
+    hits = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen_scores, rejected_scores, strict=True)]
+    return sum(hits) / len(hits)
+
+
+def expected_calibration_error(probabilities: Sequence[float], n_bins: int = 10) -> float:
+    """ECE of pairwise predictions ``p = sigmoid(r_c - r_r)`` (each pair's true winner is the chosen side).
+
+    Every label is "chosen wins", so the plain binary ECE would only measure how close ``p`` is to 1.
+    This is the usual top-label ECE instead: the model predicts the side it favours, with confidence
+    ``max(p, 1 - p)``, and is right when ``p > ½`` (½ credit at ``p = ½``). Confidences fall in
+    ``n_bins`` equal bins over [½, 1]; ECE = Σ_bins (n_bin / n) · |accuracy_bin - mean confidence_bin|.
+    0 is perfectly calibrated; a model that says 0.9 and is right 60% of the time scores 0.3.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins={n_bins!r} must be a positive integer")
+    if not probabilities:
+        raise ValueError("expected_calibration_error needs at least one probability")
+    bins: list[list[tuple[float, float]]] = [[] for _ in range(n_bins)]
+    for p in probabilities:
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"probabilities must be in [0, 1], got {p!r}")
+        confidence = max(p, 1.0 - p)
+        correct = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+        index = min(int((confidence - 0.5) * 2 * n_bins), n_bins - 1)
+        bins[index].append((confidence, correct))
+    n = len(probabilities)
+    return sum(len(b) / n * abs(sum(c for _, c in b) / len(b) - sum(conf for conf, _ in b) / len(b)) for b in bins if b)
+
+
+def accuracy_by_group(
+    chosen_scores: Sequence[float], rejected_scores: Sequence[float], groups: Sequence[str | None]
+) -> dict[str, dict[str, float]]:
+    """Pairwise accuracy within each group: ``{group: {"accuracy", "n"}}``; pairs without a group are skipped."""
+    if not len(chosen_scores) == len(rejected_scores) == len(groups):
+        raise ValueError(
+            f"got {len(chosen_scores)} chosen scores, {len(rejected_scores)} rejected scores and {len(groups)} groups"
+        )
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g is not None:
+            members.setdefault(g, []).append(i)
+    return {
+        g: {
+            "accuracy": pairwise_accuracy([chosen_scores[i] for i in idx], [rejected_scores[i] for i in idx]),
+            "n": len(idx),
+        }
+        for g, idx in sorted(members.items())
+    }
+
+
+def pairwise_metrics(
+    chosen_scores: Sequence[float], rejected_scores: Sequence[float], groups: Sequence[str | None] | None = None
+) -> dict[str, Any]:
+    """``{"n", "accuracy", "ece", "by_group"}`` for pairs scored (chosen, rejected)."""
+    groups = list(groups) if groups is not None else [None] * len(chosen_scores)
+    return {
+        "n": len(chosen_scores),
+        "accuracy": pairwise_accuracy(chosen_scores, rejected_scores),
+        "ece": expected_calibration_error(preference_probabilities(chosen_scores, rejected_scores)),
+        "by_group": accuracy_by_group(chosen_scores, rejected_scores, groups),
+    }
+
+
+def evaluate_pairs(
+    ensemble: RewardEnsemble, examples: Sequence[PreferenceExample], *, mode: str = "mean"
+) -> dict[str, Any]:
+    """Accuracy, ECE and per-group accuracy of ``ensemble`` (its ``mode`` score) on the non-tie pairs.
+
+    Returns :func:`pairwise_metrics` plus ``"members"``: the same metrics for each member alone
+    (without ``by_group``).
+    """
+    pairs = [e for e in examples if isinstance(e, PreferenceExample) and not e.tie]
+    if not pairs:
+        raise ValueError("evaluate_pairs needs at least one non-tie PreferenceExample")
+    prompts = [p.prompt for p in pairs] * 2
+    scored = ensemble.score(prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    if mode not in scored or mode == "members":
+        raise ValueError(f"mode={mode!r} must be one of ('mean', 'std', 'min', 'uwo')")
+    n = len(pairs)
+    combined = scored[mode]
+    metrics = pairwise_metrics(combined[:n], combined[n:], [p.group for p in pairs])
+    metrics["members"] = [
+        {k: v for k, v in pairwise_metrics(s[:n], s[n:]).items() if k != "by_group"} for s in scored["members"]
+    ]
+    return metrics

@@ -1,0 +1,459 @@
+"""REST endpoints: one operation, one class, with input and output serializers."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.utils.text import slugify
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, status
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from training.feedback_io import EXPORT_KINDS, FORMATS, read_feedback
+from webapp.api.permissions import AdminForWrites, IsPrefloopAdmin
+from webapp.api.serializers import (
+    AssignmentSerializer,
+    CandidateSerializer,
+    JudgmentSerializer,
+    LabelInputSerializer,
+    LabelSerializer,
+    ModelVersionSerializer,
+    ProjectSerializer,
+    PromptInputSerializer,
+    PromptSerializer,
+    SkipSerializer,
+    TaskBulkSerializer,
+    TaskSerializer,
+    ThumbsSerializer,
+    TrainingRunSerializer,
+)
+from webapp.core.http import api_user
+from webapp.feedback import assignments
+from webapp.feedback import services as feedback_services
+from webapp.feedback.assignments import label_create
+from webapp.feedback.models import Assignment, Candidate, Label, Message, Project, Prompt
+from webapp.feedback.quality import project_quality
+from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
+from webapp.feedback.transfer import export_rows, import_items
+from webapp.runs import services as run_services
+from webapp.runs.models import TrainingRun
+from webapp.runs.selectors import run_list, version_list
+
+BULK_LIMIT = 1000
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Any unique string; a retry with the same key returns the first result instead of a second label.",
+)
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if len(key) > 200:
+        raise ValidationError({"Idempotency-Key": "at most 200 characters"})
+    return key
+
+
+def _filter(queryset: QuerySet[Any], request: Request, fields: dict[str, str]) -> QuerySet[Any]:
+    """Apply `?name=value` filters; a malformed number is a 400, not a 500."""
+    for param, lookup in fields.items():
+        value = request.query_params.get(param)
+        if value is None or value == "":
+            continue
+        if lookup.endswith("_id") or lookup == "task_id":
+            if not value.isdigit():
+                raise ValidationError({param: f"must be a number, got {value!r}"})
+        if lookup == "is_gold":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValidationError({param: "must be true or false"})
+            value = value.lower() in ("true", "1")  # type: ignore[assignment]
+        queryset = queryset.filter(**{lookup: value})
+    return queryset
+
+
+def _prompts_for(request: Request) -> QuerySet[Prompt]:
+    prompts = Prompt.objects.all()
+    return prompts if api_user(request).is_prefloop_admin else prompts.filter(created_by=api_user(request))
+
+
+class PromptListCreateApi(APIView):
+    @extend_schema(responses=PromptSerializer(many=True), summary="List prompts")
+    def get(self, request: Request) -> Response:
+        paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
+        page = paginator.paginate_queryset(_prompts_for(request).order_by("-id"), request, view=self)
+        return paginator.get_paginated_response(PromptSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=PromptInputSerializer,
+        responses={201: PromptSerializer},
+        summary="Create a prompt, or up to 1,000 at once (send a list)",
+    )
+    def post(self, request: Request) -> Response:
+        many = isinstance(request.data, list)
+        if many and not 1 <= len(request.data) <= BULK_LIMIT:
+            raise ValidationError({"detail": f"send 1 to {BULK_LIMIT} prompts at once, not {len(request.data)}"})
+        serializer = PromptInputSerializer(data=request.data, many=many)
+        serializer.is_valid(raise_exception=True)
+        rows = serializer.validated_data if many else [serializer.validated_data]
+        user = api_user(request)
+        allowed = set(projects_for(user).values_list("pk", flat=True))
+        if any(row["project"] is not None and row["project"].pk not in allowed for row in rows):
+            raise PermissionDenied("you are not a member of that project")
+        with transaction.atomic():
+            prompts = [
+                feedback_services.prompt_create(
+                    messages=row["messages"], created_by=user, source=Prompt.Source.API, project=row["project"]
+                )
+                for row in rows
+            ]
+        data = PromptSerializer(prompts, many=True).data
+        return Response(data if many else data[0], status=status.HTTP_201_CREATED)
+
+
+class PromptTaskCreateApi(APIView):
+    @extend_schema(request=None, responses={201: TaskSerializer}, summary="Generate two candidates as a pairwise task")
+    def post(self, request: Request, prompt_id: int) -> Response:
+        prompt = get_object_or_404(_prompts_for(request), pk=prompt_id)
+        task = feedback_services.prompt_task_create(prompt=prompt, created_by=api_user(request))
+        task = task_list_for(user=api_user(request)).get(pk=task.pk)
+        return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+
+
+class CandidateListApi(generics.ListAPIView):
+    serializer_class = CandidateSerializer
+
+    def get_queryset(self) -> QuerySet[Candidate]:
+        candidates = Candidate.objects.filter(prompt__in=_prompts_for(self.request)).select_related("policy_version")
+        prompt = self.request.query_params.get("prompt")
+        if prompt is not None:
+            candidates = candidates.filter(prompt_id=int(prompt)) if prompt.isdigit() else candidates.none()
+        return candidates.order_by("id")
+
+
+class TaskListApi(generics.ListAPIView):
+    """Tasks you made or were served (admins: all), filtered by `project`, `kind` and `is_gold`."""
+
+    serializer_class = TaskSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        tasks = task_list_for(user=api_user(self.request)).order_by("-id")
+        return _filter(tasks, self.request, {"project": "project_id", "kind": "kind", "is_gold": "is_gold"})
+
+
+class TaskDetailApi(generics.RetrieveAPIView):
+    serializer_class = TaskSerializer
+    lookup_url_kwarg = "task_id"
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return task_list_for(user=api_user(self.request))
+
+
+class LabelListCreateApi(APIView):
+    @extend_schema(
+        responses=LabelSerializer(many=True),
+        summary="List labels (your own; admins see all), filtered by project, kind, task and annotator",
+    )
+    def get(self, request: Request) -> Response:
+        labels = _filter(
+            label_list_for(user=api_user(request)).order_by("-id"),
+            request,
+            {"project": "task__project_id", "kind": "kind", "task": "task_id", "annotator": "annotator__username"},
+        )
+        paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
+        page = paginator.paginate_queryset(labels, request, view=self)
+        return paginator.get_paginated_response(LabelSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=LabelInputSerializer,
+        responses={201: LabelSerializer, 200: LabelSerializer},
+        parameters=[IDEMPOTENCY_KEY],
+        summary="Submit a judgment of a task you made or were served (a repeat returns the first, with 200)",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = LabelInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        user = api_user(request)
+        task = get_object_or_404(task_list_for(user=user), pk=data.pop("task").pk)
+        assignment = task.assignments.filter(annotator=user).first()
+        label, created = label_create(
+            task=task,
+            annotator=user,
+            data=data,
+            source=Label.Source.API,
+            assignment=assignment,
+            idempotency_key=_idempotency_key(request),
+        )
+        return _label_response(label, created, data, task_id=task.pk)
+
+
+def _label_response(label: Label, created: bool, data: dict[str, Any], *, task_id: int) -> Response:
+    """201 for a new label; 200 for a repeat of the same judgment; 409 for a different one."""
+    if not created:
+        stored = LabelSerializer(label).data
+        differs = [
+            k
+            for k in ("choice", "strength", "ranking", "critique", "rewrite", "rating")
+            if k in data and data[k] not in (None, "") and data[k] != stored.get(k)
+        ]
+        if differs and label.task_id == task_id:
+            return Response(
+                {
+                    "error": {
+                        "code": "already_labelled",
+                        "message": f"You already judged task {task_id} ({', '.join(differs)} differ); "
+                        "labels are kept as given.",
+                        "label": stored,
+                    }
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
+    return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class ProjectListCreateApi(APIView):
+    permission_classes = [AdminForWrites]
+
+    @extend_schema(responses=ProjectSerializer(many=True), summary="Projects open to you")
+    def get(self, request: Request) -> Response:
+        paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
+        page = paginator.paginate_queryset(projects_for(api_user(request)).order_by("id"), request, view=self)
+        return paginator.get_paginated_response(ProjectSerializer(page, many=True).data)
+
+    @extend_schema(request=ProjectSerializer, responses={201: ProjectSerializer}, summary="Create a project (admins)")
+    def post(self, request: Request) -> Response:
+        serializer = ProjectSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        project = serializer.save()
+        return Response(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
+
+
+class ProjectDetailApi(generics.RetrieveAPIView):
+    serializer_class = ProjectSerializer
+    lookup_url_kwarg = "project_id"
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return projects_for(api_user(self.request))
+
+
+class ProjectQualityApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Agreement, aggregates and annotator trust (admins)")
+    def get(self, request: Request, project_id: int) -> Response:
+        return Response(project_quality(project=get_object_or_404(Project, pk=project_id)))
+
+
+class ProjectNextApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: AssignmentSerializer, 204: None},
+        summary="Serve your next task of this project under a lease (204 when nothing is left)",
+    )
+    def post(self, request: Request, project_id: int) -> Response:
+        user = api_user(request)
+        project = get_object_or_404(projects_for(user), pk=project_id)
+        assignment = assignments.assignment_next(project=project, annotator=user)
+        if assignment is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        assignment.task = task_list_for(user=user).get(pk=assignment.task_id)
+        return Response(AssignmentSerializer(assignment).data)
+
+
+class AssignmentSubmitApi(APIView):
+    @extend_schema(
+        request=JudgmentSerializer,
+        responses={201: LabelSerializer, 200: LabelSerializer},
+        parameters=[IDEMPOTENCY_KEY],
+        summary="Judge a task you were served",
+    )
+    def post(self, request: Request, assignment_id: int) -> Response:
+        user = api_user(request)
+        assignment = get_object_or_404(
+            Assignment.objects.select_related("task__project"), pk=assignment_id, annotator=user
+        )
+        serializer = JudgmentSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        try:
+            label, created = assignments.assignment_submit(
+                assignment=assignment, data=data, source=Label.Source.API, idempotency_key=_idempotency_key(request)
+            )
+        except ValueError as exc:
+            return Response({"error": {"code": "conflict", "message": str(exc)}}, status=status.HTTP_409_CONFLICT)
+        return _label_response(label, created, data, task_id=assignment.task_id)
+
+
+class AssignmentSkipApi(APIView):
+    @extend_schema(request=SkipSerializer, responses={200: None}, summary="Skip a task you were served, with a reason")
+    def post(self, request: Request, assignment_id: int) -> Response:
+        assignment = get_object_or_404(Assignment, pk=assignment_id, annotator=api_user(request))
+        serializer = SkipSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            assignments.assignment_skip(assignment=assignment, reason=serializer.validated_data["reason"])
+        except ValueError as exc:
+            return Response({"error": {"code": "conflict", "message": str(exc)}}, status=status.HTTP_409_CONFLICT)
+        return Response({"id": assignment.pk, "status": "skipped"})
+
+
+class TaskBulkCreateApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        request=TaskBulkSerializer,
+        responses={201: OpenApiTypes.OBJECT},
+        summary="Create up to 1,000 tasks with their candidates (admins); known external ids are skipped",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TaskBulkSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = feedback_services.tasks_bulk_create(
+            project=serializer.validated_data["project"],
+            items=serializer.validated_data["items"],
+            created_by=api_user(request),
+        )
+        return Response(
+            {"created": [t.pk for t in result.tasks], "skipped": result.skipped}, status=status.HTTP_201_CREATED
+        )
+
+
+class MessageThumbsApi(APIView):
+    @extend_schema(
+        request=ThumbsSerializer,
+        responses={200: OpenApiTypes.OBJECT},
+        summary="Thumbs up or down on an answer in one of your chats",
+    )
+    def post(self, request: Request, message_id: int) -> Response:
+        user = api_user(request)
+        message = get_object_or_404(Message, pk=message_id, conversation__owner=user)
+        serializer = ThumbsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        feedback = feedback_services.message_feedback_set(message=message, user=user, **serializer.validated_data)
+        return Response({"message": message.pk, "value": feedback.value, "reason": feedback.reason})
+
+
+class RunListCreateApi(APIView):
+    permission_classes = [AdminForWrites]
+
+    @extend_schema(responses=TrainingRunSerializer(many=True), summary="List training runs")
+    def get(self, request: Request) -> Response:
+        paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
+        page = paginator.paginate_queryset(run_list(), request, view=self)
+        return paginator.get_paginated_response(TrainingRunSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=None,
+        responses={201: TrainingRunSerializer, 200: TrainingRunSerializer},
+        summary="Launch a training run (returns the active one, with 200, if a run is already queued or running)",
+    )
+    def post(self, request: Request) -> Response:
+        run, created = run_services.run_create(trigger=TrainingRun.Trigger.API, created_by=api_user(request))
+        return Response(
+            TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class RunDetailApi(generics.RetrieveAPIView):
+    serializer_class = TrainingRunSerializer
+    lookup_url_kwarg = "run_id"
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return run_list()
+
+
+class VersionListApi(generics.ListAPIView):
+    serializer_class = ModelVersionSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return version_list()
+
+
+class ProjectImportApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "format": {"type": "string", "enum": sorted(FORMATS)},
+                },
+            }
+        },
+        responses={200: OpenApiTypes.OBJECT},
+        summary="Import a feedback file into this project (admins); a re-upload skips what is already in",
+    )
+    def post(self, request: Request, project_id: int) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        upload, fmt = request.FILES.get("file"), request.POST.get("format")
+        if upload is None:
+            raise ValidationError({"file": "attach the file to import"})
+        if fmt not in FORMATS:
+            raise ValidationError({"format": f"one of {', '.join(sorted(FORMATS))}"})
+        with tempfile.NamedTemporaryFile(suffix=Path(upload.name or "upload").suffix) as tmp:
+            for chunk in upload.chunks():
+                tmp.write(chunk)
+            tmp.flush()
+            try:
+                report = import_items(project=project, records=read_feedback(tmp.name, fmt))
+            except (OSError, ValueError) as exc:
+                raise ValidationError({"file": f"cannot read it as {fmt}: {exc}"}) from exc
+        return Response(
+            {
+                "items": report.items,
+                "created_tasks": report.created_tasks,
+                "created_prompts": report.created_prompts,
+                "skipped": report.skipped,
+                "labels": report.labels,
+                "bad_lines": len(report.bad),
+                "bad": [{"line": b.line, "message": b.message} for b in report.bad[:100]],
+            }
+        )
+
+
+class ProjectExportApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("kind", str, enum=sorted(EXPORT_KINDS), required=True),
+            OpenApiParameter("min_agreement", float, required=False),
+        ],
+        responses={(200, "application/x-ndjson"): OpenApiTypes.STR},
+        summary="Stream this project's labels in one of TRL's formats as JSON lines (admins)",
+    )
+    def get(self, request: Request, project_id: int) -> StreamingHttpResponse:
+        project = get_object_or_404(Project, pk=project_id)
+        # `kind`, not `format`: DRF reads ?format= to choose a renderer.
+        kind = request.query_params.get("kind", "")
+        if kind not in EXPORT_KINDS:
+            raise ValidationError({"kind": f"one of {', '.join(sorted(EXPORT_KINDS))}"})
+        try:
+            min_agreement = float(request.query_params.get("min_agreement") or 0)
+        except ValueError:
+            raise ValidationError({"min_agreement": "a number from 0 to 1"}) from None
+        if not 0 <= min_agreement <= 1:
+            raise ValidationError({"min_agreement": "a number from 0 to 1"})
+        rows = export_rows(kind=kind, project=project, min_agreement=min_agreement)
+        response = StreamingHttpResponse(
+            (json.dumps(row, ensure_ascii=False) + "\n" for row in rows), content_type="application/x-ndjson"
+        )
+        response["Content-Disposition"] = f'attachment; filename="{slugify(project.name)}-{kind}.jsonl"'
+        return response

@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from webapp.feedback.models import (
+    Assignment,
+    Candidate,
+    FeedbackKind,
+    Label,
+    MessageFeedback,
+    Project,
+    Prompt,
+    Task,
+)
+from webapp.feedback.validation import clean_messages
+from webapp.runs.models import ModelVersion, TrainingRun
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant"])
+    content = serializers.CharField()
+
+
+class PromptInputSerializer(serializers.Serializer):
+    """Either `messages` (a chat ending with a user turn) or `text` (one user turn)."""
+
+    messages = MessageSerializer(many=True, required=False)
+    text = serializers.CharField(required=False, max_length=20_000)
+    project = serializers.PrimaryKeyRelatedField(queryset=Project.objects.all(), required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("messages" in attrs) == ("text" in attrs):
+            raise serializers.ValidationError("give exactly one of 'messages' or 'text'")
+        messages = attrs.get("messages") or [{"role": "user", "content": attrs["text"]}]
+        try:
+            return {"messages": clean_messages([dict(m) for m in messages]), "project": attrs.get("project")}
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"messages": exc.messages}) from None
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = [
+            "id",
+            "name",
+            "guidelines",
+            "feedback_types",
+            "overlap",
+            "gold_rate",
+            "allow_partial_ranking",
+            "lease_seconds",
+            "created_at",
+        ]
+
+    def validate_feedback_types(self, value: Any) -> list[str]:
+        allowed = set(FeedbackKind.values)
+        if not isinstance(value, list) or not value or not set(value) <= allowed:
+            raise serializers.ValidationError(f"a non-empty list drawn from {', '.join(sorted(allowed))}")
+        return list(dict.fromkeys(value))
+
+    def validate_overlap(self, value: int) -> int:
+        if not 1 <= value <= 20:
+            raise serializers.ValidationError("overlap must be 1 to 20")
+        return value
+
+    def validate_gold_rate(self, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise serializers.ValidationError("gold_rate must be between 0 and 1")
+        return value
+
+
+class TaskBulkItemSerializer(PromptInputSerializer):
+    """One item of a bulk task upload: a context, its candidates, and optionally a gold answer."""
+
+    project = None  # type: ignore[assignment]
+    kind = serializers.ChoiceField(choices=[k for k in FeedbackKind.values if k != "thumbs"], default="pairwise")
+    candidates = serializers.ListField(child=serializers.CharField(max_length=20_000), min_length=1, max_length=9)
+    is_gold = serializers.BooleanField(default=False)
+    gold = serializers.JSONField(required=False, allow_null=True)
+    external_id = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        kind, candidates = attrs["kind"], attrs["candidates"]
+        wanted = {"pairwise": (2, 2), "ranking": (2, 9), "critique": (1, 1), "rating": (1, 1)}[kind]
+        if not wanted[0] <= len(candidates) <= wanted[1]:
+            raise serializers.ValidationError(
+                f"a {kind} task takes {wanted[0]}"
+                + (f" to {wanted[1]}" if wanted[1] != wanted[0] else "")
+                + f" candidates, got {len(candidates)}"
+            )
+        if attrs["is_gold"] and not attrs.get("gold"):
+            raise serializers.ValidationError("a gold item needs its answer in 'gold'")
+        base = super().validate(attrs)
+        return {**attrs, "messages": base["messages"]}
+
+
+class TaskBulkSerializer(serializers.Serializer):
+    project = serializers.PrimaryKeyRelatedField(queryset=Project.objects.all())
+    items = TaskBulkItemSerializer(many=True, max_length=1000, min_length=1)  # type: ignore[call-arg]
+
+
+class AssignmentSerializer(serializers.ModelSerializer):
+    task = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Assignment
+        fields = ["id", "status", "task", "leased_at", "expires_at"]
+
+    def get_task(self, assignment: Assignment) -> dict[str, Any]:
+        return TaskSerializer(assignment.task).data
+
+
+class SkipSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class ThumbsSerializer(serializers.Serializer):
+    value = serializers.ChoiceField(choices=MessageFeedback.Value.choices)
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class PromptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Prompt
+        fields = ["id", "project", "messages", "source", "external_id", "created_at"]
+
+
+class CandidateSerializer(serializers.ModelSerializer):
+    policy_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="number", read_only=True
+    )
+
+    class Meta:
+        model = Candidate
+        fields = ["id", "prompt", "text", "origin", "policy_version", "created_at"]
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    candidates = serializers.SerializerMethodField()
+    prompt = PromptSerializer(read_only=True)
+
+    class Meta:
+        model = Task
+        fields = ["id", "project", "kind", "prompt", "candidates", "required_labels", "is_gold", "created_at"]
+
+    def get_candidates(self, task: Task) -> list[dict[str, Any]]:
+        slots = sorted(task.slots.all(), key=lambda s: s.position)
+        return [CandidateSerializer(slot.candidate).data for slot in slots]
+
+
+class JudgmentSerializer(serializers.Serializer):
+    """The fields of a judgment; which ones a task needs depends on its kind."""
+
+    choice = serializers.ChoiceField(choices=Label.Choice.choices, required=False)
+    strength = serializers.IntegerField(min_value=1, max_value=3, required=False, allow_null=True)
+    ranking = serializers.JSONField(required=False, help_text="Groups of candidate ids, best first: [[3], [1, 2]].")
+    critique = serializers.CharField(required=False, allow_blank=True, max_length=20_000)
+    rewrite = serializers.CharField(required=False, allow_blank=True, max_length=20_000)
+    rating = serializers.IntegerField(min_value=1, max_value=7, required=False)
+    rationale = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class LabelInputSerializer(JudgmentSerializer):
+    task = serializers.PrimaryKeyRelatedField(queryset=Task.objects.all())
+
+
+class LabelSerializer(serializers.ModelSerializer):
+    annotator: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Label
+        fields = [
+            "id",
+            "task",
+            "annotator",
+            "kind",
+            "source",
+            "choice",
+            "strength",
+            "ranking",
+            "critique",
+            "rewrite",
+            "rating",
+            "rationale",
+            "gold_correct",
+            "created_at",
+        ]
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="number", read_only=True)  # type: ignore[assignment,var-annotated]
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "number",
+            "name",
+            "status",
+            "parent",
+            "kind",
+            "base_model",
+            "artifact_path",
+            "metrics",
+            "data_hash",
+            "created_at",
+            "promoted_at",
+        ]
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    parent_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="number", read_only=True
+    )
+    result_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="number", read_only=True
+    )
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "trigger",
+            "progress",
+            "n_labels",
+            "n_pairs",
+            "metrics",
+            "error",
+            "parent_version",
+            "result_version",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]

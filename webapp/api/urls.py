@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+
+from webapp.api import apis
+
+urlpatterns = [
+    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("prompts/", apis.PromptListCreateApi.as_view(), name="api-prompts"),
+    path("prompts/<int:prompt_id>/tasks/", apis.PromptTaskCreateApi.as_view(), name="api-prompt-tasks"),
+    path("candidates/", apis.CandidateListApi.as_view(), name="api-candidates"),
+    path("tasks/", apis.TaskListApi.as_view(), name="api-tasks"),
+    path("tasks/<int:task_id>/", apis.TaskDetailApi.as_view(), name="api-task"),
+    path("labels/", apis.LabelListCreateApi.as_view(), name="api-labels"),
+    path("runs/", apis.RunListCreateApi.as_view(), name="api-runs"),
+    path("runs/<int:run_id>/", apis.RunDetailApi.as_view(), name="api-run"),
+    path("versions/", apis.VersionListApi.as_view(), name="api-versions"),
+    path("projects/", apis.ProjectListCreateApi.as_view(), name="api-projects"),
+    path("projects/<int:project_id>/", apis.ProjectDetailApi.as_view(), name="api-project"),
+    path("projects/<int:project_id>/next/", apis.ProjectNextApi.as_view(), name="api-project-next"),
+    path("projects/<int:project_id>/import/", apis.ProjectImportApi.as_view(), name="api-project-import"),
+    path("projects/<int:project_id>/export/", apis.ProjectExportApi.as_view(), name="api-project-export"),
+    path("projects/<int:project_id>/quality/", apis.ProjectQualityApi.as_view(), name="api-project-quality"),
+    path("assignments/<int:assignment_id>/submit/", apis.AssignmentSubmitApi.as_view(), name="api-assignment-submit"),
+    path("assignments/<int:assignment_id>/skip/", apis.AssignmentSkipApi.as_view(), name="api-assignment-skip"),
+    path("tasks/bulk/", apis.TaskBulkCreateApi.as_view(), name="api-tasks-bulk"),
+    path("messages/<int:message_id>/thumbs/", apis.MessageThumbsApi.as_view(), name="api-message-thumbs"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

@@ -1,0 +1,127 @@
+"""Start the whole system on this machine: policy server, Celery worker and web server.
+
+Ctrl-C (or any of them dying) stops all three.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from webapp.core.policy import policy_client
+from webapp.runs.models import ModelVersion
+from webapp.runs.selectors import version_serving
+
+
+class Command(BaseCommand):
+    help = "Run the policy server, a Celery worker and the web server together (what `make run` does)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--addr", default=os.environ.get("PREFLOOP_ADDR", "127.0.0.1:8000"))
+        parser.add_argument(
+            "--policy-server",
+            choices=["builtin", "vllm", "external"],
+            default=os.environ.get("POLICY_SERVER", "builtin"),
+            help="builtin: the small transformers server; vllm: a vLLM server; external: one already running "
+            "at POLICY_SERVER_URL.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        serving = version_serving()
+        if serving is None:
+            raise CommandError("No policy version is serving: run `python manage.py prefloop_setup` first.")
+        procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        stopping = False
+
+        def stop(*_: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            if options["policy_server"] != "external":
+                argv, env = self._policy_server_command(options["policy_server"], serving)
+                procs.append(
+                    ("policy server", subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True))
+                )
+            self.stdout.write(f"Waiting for the policy server at {settings.POLICY_SERVER_URL} …")
+            policy_client().wait_ready(timeout=300)
+            worker = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery",
+                "worker",
+                "-Q",
+                "cpu,gpu,generate",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+            ]
+            procs.append(("worker", subprocess.Popen(worker, start_new_session=True)))
+            web = [sys.executable, "manage.py", "runserver", "--noreload", options["addr"]]
+            procs.append(("web", subprocess.Popen(web, start_new_session=True)))
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"\nPrefloop is running: http://{options['addr']}/\n"
+                    f"  policy {serving} served by the {options['policy_server']} server "
+                    f"at {settings.POLICY_SERVER_URL}\n"
+                    "  log in as admin / prefloop-admin or annotator / prefloop-annotator (unless you changed them)\n"
+                    "  Ctrl-C stops everything.\n"
+                )
+            )
+            while not stopping:
+                for name, proc in procs:
+                    if proc.poll() is not None:
+                        self.stderr.write(f"The {name} exited with code {proc.returncode}; stopping.")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            for _, proc in reversed(procs):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            for _, proc in procs:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            self.stdout.write("Stopped.")
+
+    def _policy_server_command(self, kind: str, serving: ModelVersion) -> tuple[list[str], dict[str, str]]:
+        url = urlparse(settings.POLICY_SERVER_URL)
+        host, port = url.hostname or "127.0.0.1", url.port or 8100
+        lora = {serving.adapter_name: serving.artifact_path}
+        if kind == "vllm":
+            from training.vllm_server import vllm_command
+
+            return vllm_command(
+                settings.POLICY_BASE_MODEL, host=host, port=port, served_model_name="base", lora_modules=lora
+            )
+        argv = [
+            sys.executable,
+            "-m",
+            "training.policy_server",
+            "--model",
+            settings.POLICY_BASE_MODEL,
+            "--served-model-name",
+            "base",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--lora-modules",
+            f"{serving.adapter_name}={serving.artifact_path}",
+        ]
+        return argv, {}

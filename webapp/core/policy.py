@@ -1,0 +1,87 @@
+"""The web app's and the worker's one way to reach the policy server (vLLM or the built-in one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+from django.conf import settings
+
+from training.policy_client import PolicyClient, PolicyServerError
+from webapp.runs.models import ModelVersion
+
+__all__ = [
+    "PolicyServerError",
+    "adapter_load",
+    "adapters_retire",
+    "generate",
+    "generate_distinct_pair",
+    "policy_client",
+    "stream",
+]
+
+
+def policy_client() -> PolicyClient:
+    """The process's client for the configured server (its connection pool is shared by threads)."""
+    return _client(settings.POLICY_SERVER_URL, float(settings.POLICY_TIMEOUT_S))
+
+
+@lru_cache(maxsize=8)
+def _client(url: str, timeout: float) -> PolicyClient:
+    return PolicyClient(url, timeout=timeout)
+
+
+def generate(messages: list[dict[str, str]], *, n: int, version: ModelVersion, temperature: float = 0.8) -> list[str]:
+    """`n` sampled answers from policy `version`."""
+    return policy_client().chat(
+        messages, model=version.adapter_name, n=n, max_tokens=settings.POLICY_MAX_TOKENS, temperature=temperature
+    )
+
+
+def generate_distinct_pair(messages: list[dict[str, str]], *, version: ModelVersion) -> list[str]:
+    """Two answers for a side-by-side comparison, different from each other when the policy can
+    give two: a confident policy often samples the same text twice, and a pair of twins teaches
+    nothing. Resamples hotter (up to twice) before settling for a twin pair."""
+    texts = generate(messages, n=2, version=version)
+    for temperature in (1.0, 1.3):
+        if texts[0].strip() != texts[1].strip():
+            break
+        others = [
+            t
+            for t in generate(messages, n=4, version=version, temperature=temperature)
+            if t.strip() != texts[0].strip()
+        ]
+        if others:
+            texts = [texts[0], others[0]]
+    return texts
+
+
+def stream(messages: list[dict[str, str]], *, version: ModelVersion) -> Iterator[str]:
+    """Policy `version`'s answer, as text deltas while it is written."""
+    return policy_client().chat_stream(messages, model=version.adapter_name, max_tokens=settings.POLICY_MAX_TOKENS)
+
+
+def adapter_load(version: ModelVersion) -> None:
+    """Make the policy server serve `version` under its own name (a no-op when it already does)."""
+    client = policy_client()
+    if client.adapter_root(version.adapter_name) == version.artifact_path:
+        return
+    client.load_lora_adapter(version.adapter_name, version.artifact_path, load_inplace=True)
+
+
+def adapters_retire(*, keep: list[ModelVersion]) -> list[str]:
+    """Unload every version adapter but those in `keep`; return the names unloaded.
+
+    The previous version is normally kept: answers it is still writing finish, and a rollback to
+    it is instant.
+    """
+    client = policy_client()
+    prefix = f"{settings.POLICY_MODEL_NAME}-v"
+    keep_names = {v.adapter_name for v in keep}
+    gone = []
+    for entry in client.models():
+        name = str(entry.get("id", ""))
+        if name.startswith(prefix) and name not in keep_names:
+            client.unload_lora_adapter(name)
+            gone.append(name)
+    return gone

@@ -1,0 +1,241 @@
+"""The annotation queue: serve the next task under a lease, take a judgment, skip, expire.
+
+Rules (each one a test in tests/webapp/feedback/test_assignments.py):
+- an item is served to at most `required_labels` people at once (leased or submitted);
+- never the same item twice to one person (a database constraint), nor a chat of their own;
+- leases expire; an expired lease frees its slot for someone else;
+- gold items are mixed in at the project's rate and scored when judged;
+- a second submit of the same assignment returns the first label.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
+
+from webapp.accounts.models import User
+from webapp.feedback.models import Assignment, Label, Project, Task
+from webapp.feedback.validation import clean_label
+from webapp.runs.services import run_maybe_trigger
+
+OPEN_STATUSES = (Assignment.Status.LEASED, Assignment.Status.SUBMITTED)
+
+
+def leases_expire(*, now: Any = None) -> int:
+    """Mark every lease past its time as expired; return how many."""
+    now = now or timezone.now()
+    return Assignment.objects.filter(status=Assignment.Status.LEASED, expires_at__lt=now).update(
+        status=Assignment.Status.EXPIRED, finished_at=now
+    )
+
+
+def _servable(*, project: Project, annotator: User, gold: bool) -> QuerySet[Task]:
+    """Tasks this person may be served now: not seen by them, not their own chat, with a free slot."""
+    tasks = (
+        Task.objects.filter(project=project, is_gold=gold)
+        .exclude(assignments__annotator=annotator)
+        .exclude(labels__annotator=annotator)
+        .exclude(prompt__conversation__owner=annotator)
+        .exclude(created_by=annotator, message__isnull=False)
+    )
+    if not gold:  # gold items may be served to everyone; the others to `required_labels` people
+        tasks = tasks.annotate(
+            taken=Count("assignments", filter=Q(assignments__status__in=OPEN_STATUSES), distinct=True)
+        ).filter(taken__lt=F("required_labels"))
+    return tasks
+
+
+def assignment_current(*, project: Project, annotator: User) -> Assignment | None:
+    """The person's unexpired lease in this project, if any (a reload shows the same task)."""
+    return (
+        Assignment.objects.filter(
+            task__project=project, annotator=annotator, status=Assignment.Status.LEASED, expires_at__gte=timezone.now()
+        )
+        .select_related("task")
+        .first()
+    )
+
+
+def assignment_next(*, project: Project, annotator: User, rng: random.Random | None = None) -> Assignment | None:
+    """Serve the next task to `annotator` under a lease, or None when nothing is left for them.
+
+    Safe under concurrent calls: candidate tasks are locked (SKIP LOCKED first, then waiting for
+    the rows that were busy) and their open slots are counted again under the lock, so no item is
+    ever held by more than `required_labels` people and nobody is sent away while a slot is free
+    (PostgreSQL; on SQLite the database serialises writers).
+    """
+    current = assignment_current(project=project, annotator=annotator)
+    if current is not None:
+        return current
+    leases_expire()
+    rng = rng or random.Random()
+    want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
+    for gold in (want_gold, not want_gold):
+        assignment = _claim(project=project, annotator=annotator, gold=gold)
+        if assignment is not None:
+            return assignment
+    return None
+
+
+def _claim(*, project: Project, annotator: User, gold: bool) -> Assignment | None:
+    ids = list(
+        _servable(project=project, annotator=annotator, gold=gold)
+        .order_by("-required_labels", "created_at", "id")
+        .values_list("id", flat=True)[:50]
+    )
+    # First pass: skip rows another claim holds right now, so parallel claims spread over items.
+    # Second pass over the skipped ones: wait for the lock (it is held for one short
+    # transaction), so nobody is told "nothing left" while an item still has a free slot.
+    busy: list[int] = []
+    for task_id in ids:
+        assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=False)
+        if assignment is _BUSY:
+            busy.append(task_id)
+        elif assignment is not None:
+            return assignment
+    for task_id in busy:
+        assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=True)
+        if isinstance(assignment, Assignment):
+            return assignment
+    return None
+
+
+_BUSY = object()
+
+
+def _claim_one(*, task_id: int, project: Project, annotator: User, gold: bool, wait: bool) -> Any:
+    """Lease one task under its row lock; None when it is full, `_BUSY` when locked and not `wait`.
+
+    Each claim locks a single row at a time, so two claims can never deadlock.
+    """
+    with transaction.atomic():
+        task = Task.objects.select_for_update(skip_locked=not wait).filter(pk=task_id).first()
+        if task is None:
+            return None if wait else _BUSY
+        taken = task.assignments.filter(status__in=OPEN_STATUSES).count()
+        if not gold and taken >= task.required_labels:
+            return None
+        try:
+            with transaction.atomic():
+                return Assignment.objects.create(
+                    task=task,
+                    annotator=annotator,
+                    expires_at=timezone.now() + timedelta(seconds=project.lease_seconds),
+                )
+        except IntegrityError:  # this person already has it (a concurrent request of theirs)
+            return None
+
+
+def _gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
+    if not task.is_gold or not task.gold:
+        return None
+    if task.kind == Task.Kind.PAIRWISE:
+        return fields.get("choice") == task.gold.get("choice")
+    if task.kind == Task.Kind.RANKING:
+        expected = task.gold.get("ranking") or []
+        return bool(expected) and set(fields["ranking"][0]) == set(expected[0])
+    if task.kind == Task.Kind.RATING:
+        return abs(int(fields["rating"]) - int(task.gold.get("rating", 0))) <= 1
+    return None
+
+
+def label_create(
+    *,
+    task: Task,
+    annotator: User,
+    data: dict[str, Any],
+    source: str,
+    assignment: Assignment | None = None,
+    idempotency_key: str = "",
+) -> tuple[Label, bool]:
+    """Validate and store one raw judgment of `task`; return it and whether it is new.
+
+    The same person judging the same task again, or reusing an idempotency key, gets the first
+    label back: a double submit is harmless. Raises ValidationError for bad input.
+    """
+    if idempotency_key:
+        existing = Label.objects.filter(annotator=annotator, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    slots = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
+    fields = clean_label(
+        kind=task.kind, data=data, candidate_ids=slots, allow_partial_ranking=task.project.allow_partial_ranking
+    )
+    try:
+        with transaction.atomic():
+            label = Label.objects.create(
+                task=task,
+                annotator=annotator,
+                assignment=assignment,
+                kind=task.kind,
+                source=source,
+                gold_correct=_gold_correct(task, fields),
+                idempotency_key=idempotency_key,
+                **fields,
+            )
+            if assignment is not None:
+                Assignment.objects.filter(pk=assignment.pk).update(
+                    status=Assignment.Status.SUBMITTED, finished_at=timezone.now()
+                )
+    except IntegrityError:
+        existing = (
+            Label.objects.filter(task=task, annotator=annotator).first()
+            or Label.objects.filter(annotator=annotator, idempotency_key=idempotency_key).first()
+        )
+        if existing is None:
+            raise
+        return existing, False
+    run_maybe_trigger()
+    return label, True
+
+
+def assignment_submit(
+    *, assignment: Assignment, data: dict[str, Any], source: str = Label.Source.UI, idempotency_key: str = ""
+) -> tuple[Label, bool]:
+    """Take the judgment for a served task. A lease that expired meanwhile still counts: the work
+    is done and is kept (the item may then end with one label more than its overlap)."""
+    if assignment.status == Assignment.Status.SKIPPED:
+        raise ValueError("this task was skipped; ask for the next one")
+    return label_create(
+        task=assignment.task,
+        annotator=assignment.annotator,
+        data=data,
+        source=source,
+        assignment=assignment,
+        idempotency_key=idempotency_key,
+    )
+
+
+def assignment_skip(*, assignment: Assignment, reason: str) -> Assignment:
+    """Give a served task back with a reason; it is not served to this person again."""
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError("say why you skip this task (for example: 'not my language', 'offensive')")
+    updated = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
+        status=Assignment.Status.SKIPPED, skip_reason=reason[:500], finished_at=timezone.now()
+    )
+    assignment.refresh_from_db()
+    if not updated and assignment.status != Assignment.Status.SKIPPED:
+        raise ValueError(f"this task is already {assignment.status}")
+    return assignment
+
+
+def project_progress(*, project: Project, annotator: User) -> dict[str, int]:
+    """What the person did in this project, and how many tasks still need labels."""
+    done = Label.objects.filter(task__project=project, annotator=annotator).count()
+    skipped = Assignment.objects.filter(
+        task__project=project, annotator=annotator, status=Assignment.Status.SKIPPED
+    ).count()
+    open_tasks = (
+        Task.objects.filter(project=project, is_gold=False)
+        .annotate(n=Count("labels", distinct=True))
+        .filter(n__lt=F("required_labels"))
+        .count()
+    )
+    return {"done": done, "skipped": skipped, "open": open_tasks}

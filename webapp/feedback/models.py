@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Role(models.TextChoices):
+    SYSTEM = "system", "System"
+    USER = "user", "User"
+    ASSISTANT = "assistant", "Assistant"
+
+
+class FeedbackKind(models.TextChoices):
+    PAIRWISE = "pairwise", "Pairwise"
+    RANKING = "ranking", "Ranking"
+    CRITIQUE = "critique", "Critique"
+    RATING = "rating", "Rating"
+    THUMBS = "thumbs", "Thumbs in chat"
+
+
+class Project(models.Model):
+    """A feedback campaign: its guidelines, the judgments it asks for, and how many people judge each item."""
+
+    name = models.CharField(max_length=120, unique=True)
+    guidelines = models.TextField(blank=True, help_text="Markdown shown beside every task.")
+    feedback_types = models.JSONField(default=list, help_text="Enabled kinds: pairwise, ranking, critique, rating.")
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="How many annotators judge each item (k).")
+    gold_rate = models.FloatField(default=0.0, help_text="Share of served tasks that are gold items (0 to 1).")
+    allow_partial_ranking = models.BooleanField(default=False, help_text="Allow ranking only the top k answers.")
+    lease_seconds = models.PositiveIntegerField(default=900, help_text="How long a served task is held for one person.")
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="ProjectMember", related_name="projects")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(overlap__gte=1) & Q(overlap__lte=20), name="feedback_overlap_1_to_20"),
+            models.CheckConstraint(
+                condition=Q(gold_rate__gte=0.0) & Q(gold_rate__lte=1.0), name="feedback_gold_rate_0_to_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProjectMember(models.Model):
+    class Role(models.TextChoices):
+        ANNOTATOR = "annotator", "Annotator"
+        REVIEWER = "reviewer", "Reviewer"
+        ADMIN = "admin", "Admin"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="feedback_one_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.project_id} as {self.role}"
+
+
+class Conversation(models.Model):
+    """A chat between one person and the policy."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class Message(models.Model):
+    """One turn of a conversation. `parent` makes conversations trees (branches share a prefix)."""
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete", "Complete"
+        STREAMING = "streaming", "Streaming"
+        FAILED = "failed", "Failed"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    policy_version = models.ForeignKey(
+        "runs.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"
+
+
+class Prompt(models.Model):
+    """A context to answer: chat messages that end with a user turn."""
+
+    class Source(models.TextChoices):
+        CHAT = "chat", "Chat"
+        API = "api", "API"
+        IMPORT = "import", "Import"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField()
+    source = models.CharField(max_length=16, choices=Source.choices)
+    external_id = models.CharField(max_length=200, blank=True, help_text="Id in an imported file; re-imports skip it.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="prompts"
+    )
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="prompts"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "external_id"], condition=~Q(external_id=""), name="feedback_prompt_external_id"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        last = self.messages[-1]["content"] if self.messages else ""
+        return f"Prompt {self.pk}: {last[:40]}"
+
+
+class Candidate(models.Model):
+    """One answer to a prompt, with where it came from."""
+
+    class Origin(models.TextChoices):
+        POLICY = "policy", "Policy"
+        HUMAN = "human", "Human"
+        IMPORT = "import", "Import"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="candidates")
+    text = models.TextField()
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.POLICY)
+    policy_version = models.ForeignKey(
+        "runs.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="candidates"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Candidate {self.pk}: {self.text[:40]}"
+
+
+class Task(models.Model):
+    """A judgment to make over a prompt's candidates, served to `required_labels` annotators."""
+
+    Kind = FeedbackKind
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    kind = models.CharField(max_length=16, choices=FeedbackKind.choices, default=FeedbackKind.PAIRWISE)
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    candidates = models.ManyToManyField(Candidate, through="TaskCandidate", related_name="tasks")
+    required_labels = models.PositiveSmallIntegerField(default=1, help_text="Overlap: labels wanted for this item.")
+    is_gold = models.BooleanField(default=False)
+    gold = models.JSONField(null=True, blank=True, help_text='The known answer of a gold item, e.g. {"choice": "a"}.')
+    message = models.ForeignKey(
+        Message,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        help_text="The chat turn this comparison was asked for, when it came from the chat.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["project", "kind", "is_gold"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} task {self.pk}"
+
+
+class TaskCandidate(models.Model):
+    """A candidate's place in a task: position 0 is shown as A, 1 as B."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    candidate = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "position"], name="feedback_task_position_unique"),
+            models.UniqueConstraint(fields=["task", "candidate"], name="feedback_task_candidate_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} slot {self.position}: candidate {self.candidate_id}"
+
+
+class Assignment(models.Model):
+    """One task served to one annotator, held under a lease that expires."""
+
+    class Status(models.TextChoices):
+        LEASED = "leased", "Leased"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.LEASED)
+    leased_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-leased_at", "-id"]
+        constraints = [
+            # Never the same item twice to one person.
+            models.UniqueConstraint(fields=["task", "annotator"], name="feedback_one_assignment_per_annotator"),
+        ]
+        indexes = [models.Index(fields=["status", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"assignment {self.pk}: task {self.task_id} to {self.annotator_id} ({self.status})"
+
+
+class Label(models.Model):
+    """One annotator's raw judgment, kept exactly as given. Aggregates are derived, never stored here."""
+
+    class Choice(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+
+    class Source(models.TextChoices):
+        UI = "ui", "Web page"
+        API = "api", "REST API"
+        IMPORT = "import", "Import"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="labels")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="labels")
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="label"
+    )
+    kind = models.CharField(max_length=16, choices=FeedbackKind.choices, default=FeedbackKind.PAIRWISE)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.UI)
+    # pairwise
+    choice = models.CharField(max_length=16, choices=Choice.choices, blank=True)
+    strength = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(3)],
+        help_text="1 slightly, 2 clearly, 3 much better; empty for ties.",
+    )
+    # ranking: groups of candidate ids, best first; a group of several is a tie
+    ranking = models.JSONField(null=True, blank=True)
+    # critique
+    critique = models.TextField(blank=True)
+    rewrite = models.TextField(blank=True)
+    # rating
+    rating = models.PositiveSmallIntegerField(null=True, blank=True)
+    rationale = models.TextField(blank=True)
+    gold_correct = models.BooleanField(null=True, blank=True, help_text="For gold items: did it match the answer?")
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "annotator"], name="feedback_one_label_per_annotator"),
+            models.UniqueConstraint(
+                fields=["annotator", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="feedback_label_idempotency_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(strength__isnull=True) | (Q(strength__gte=1) & Q(strength__lte=3)),
+                name="feedback_label_strength_1_to_3",
+            ),
+            models.CheckConstraint(
+                condition=Q(rating__isnull=True) | (Q(rating__gte=1) & Q(rating__lte=7)),
+                name="feedback_label_rating_1_to_7",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="pairwise") | ~Q(choice=""), name="feedback_pairwise_label_has_choice"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} label {self.pk}"
+
+
+class MessageFeedback(models.Model):
+    """Thumbs up or down on an assistant message in the chat, with an optional reason."""
+
+    class Value(models.TextChoices):
+        UP = "up", "Thumbs up"
+        DOWN = "down", "Thumbs down"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="message_feedback")
+    value = models.CharField(max_length=8, choices=Value.choices)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "user"], name="feedback_one_thumb_per_message")]
+
+    def __str__(self) -> str:
+        return f"{self.value} on message {self.message_id}"

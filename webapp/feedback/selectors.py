@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from webapp.accounts.models import User
+from webapp.feedback.models import Conversation, Label, Message, Project, Task
+from webapp.runs.models import TrainingRun
+
+
+def conversation_list(*, owner: User) -> QuerySet[Conversation]:
+    return Conversation.objects.filter(owner=owner)
+
+
+def conversation_messages(*, conversation: Conversation) -> list[Message]:
+    return list(conversation.messages.select_related("policy_version").order_by("created_at", "id"))
+
+
+def context_before(*, message: Message) -> list[dict[str, str]]:
+    """The chat messages that led to `message` (its ancestors, oldest first), as the model sees them."""
+    chain: list[Message] = []
+    by_id = {m.pk: m for m in message.conversation.messages.all()}
+    current = by_id.get(message.parent_id) if message.parent_id else None
+    while current is not None:
+        chain.append(current)
+        current = by_id.get(current.parent_id) if current.parent_id else None
+    return [{"role": m.role, "content": m.content} for m in reversed(chain) if m.status == m.Status.COMPLETE]
+
+
+def task_with_candidates(*, task_id: int) -> Task:
+    return Task.objects.select_related("prompt").prefetch_related("slots__candidate__policy_version").get(pk=task_id)
+
+
+def task_list_for(*, user: User) -> QuerySet[Task]:
+    """Admins see every task; others the tasks they made (chat comparisons) or were served."""
+    tasks = Task.objects.select_related("prompt", "project").prefetch_related("slots__candidate__policy_version")
+    if user.is_prefloop_admin:
+        return tasks
+    return tasks.filter(Q(created_by=user) | Q(assignments__annotator=user)).distinct()
+
+
+def label_list_for(*, user: User) -> QuerySet[Label]:
+    labels = Label.objects.select_related("task", "annotator")
+    return labels if user.is_prefloop_admin else labels.filter(annotator=user)
+
+
+def label_count() -> int:
+    return Label.objects.count()
+
+
+def labels_since_last_run() -> int:
+    last = TrainingRun.objects.order_by("-created_at").first()
+    labels = Label.objects.all()
+    if last is not None:
+        labels = labels.filter(created_at__gt=last.created_at)
+    return labels.count()
+
+
+def preference_pairs() -> list[dict[str, Any]]:
+    """Every preference the raw labels express, as pairs of plain data for `training`.
+
+    - pairwise: A over B or B over A (ties and "both bad" carry no preference and are left out);
+    - ranking: every answer over every answer in a lower group (answers in one group are tied);
+    - critique with a rewrite: the rewrite over the critiqued answer.
+    Labels stay as given; each annotator's label gives its own pairs, so overlap counts as
+    evidence. A pair of two identical texts is dropped: it teaches nothing.
+    """
+    labels = (
+        Label.objects.filter(
+            Q(kind=Task.Kind.PAIRWISE, choice__in=[Label.Choice.A, Label.Choice.B])
+            | Q(kind=Task.Kind.RANKING, ranking__isnull=False)
+            | (Q(kind=Task.Kind.CRITIQUE) & ~Q(rewrite=""))
+        )
+        .select_related("task__prompt")
+        .prefetch_related("task__slots__candidate")
+        .order_by("id")
+    )
+    pairs = []
+    for label in labels:
+        texts = {slot.candidate_id: slot.candidate.text for slot in label.task.slots.all()}
+        order = [slot.candidate_id for slot in sorted(label.task.slots.all(), key=lambda s: s.position)]
+        for chosen, rejected, strength in _label_preferences(label, texts, order):
+            if chosen.strip() != rejected.strip():
+                pairs.append(
+                    {
+                        "label_id": label.pk,
+                        "prompt": label.task.prompt.messages,
+                        "chosen": chosen,
+                        "rejected": rejected,
+                        "strength": strength,
+                    }
+                )
+    return pairs
+
+
+def _label_preferences(label: Label, texts: dict[int, str], order: list[int]) -> list[tuple[str, str, int]]:
+    if label.kind == Task.Kind.PAIRWISE:
+        a, b = texts[order[0]], texts[order[1]]
+        return [(a, b, label.strength or 1)] if label.choice == Label.Choice.A else [(b, a, label.strength or 1)]
+    if label.kind == Task.Kind.RANKING:
+        groups = label.ranking or []
+        return [
+            (texts[winner], texts[loser], 1)
+            for i, upper in enumerate(groups)
+            for lower in groups[i + 1 :]
+            for winner in upper
+            for loser in lower
+        ]
+    if label.kind == Task.Kind.CRITIQUE and label.rewrite:
+        return [(label.rewrite, texts[order[0]], 1)]
+    return []
+
+
+def projects_for(user: User) -> QuerySet[Project]:
+    """Projects a person may annotate: admins all; others those they belong to or that have no members."""
+    if user.is_prefloop_admin:
+        return Project.objects.all()
+    return Project.objects.filter(Q(members=user) | Q(members__isnull=True)).distinct()

@@ -1,0 +1,253 @@
+"""Every write to conversations, prompts, candidates, tasks and labels goes through these functions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from webapp.accounts.models import User
+from webapp.core import policy
+from webapp.feedback.assignments import label_create
+from webapp.feedback.models import (
+    Candidate,
+    Conversation,
+    Label,
+    Message,
+    MessageFeedback,
+    Project,
+    Prompt,
+    Task,
+    TaskCandidate,
+)
+from webapp.feedback.validation import clean_messages, clean_user_text
+from webapp.runs.models import ModelVersion
+from webapp.runs.selectors import version_serving
+
+DEFAULT_PROJECT_NAME = "Chat"
+DEFAULT_GUIDELINES = (
+    "Judge which answer is more helpful, honest and harmless for the conversation so far. "
+    "Choose *tie* when both are equally good and *both bad* when neither is acceptable."
+)
+
+logger = logging.getLogger(__name__)
+
+
+def conversation_create(*, owner: User, title: str = "") -> Conversation:
+    return Conversation.objects.create(owner=owner, title=title[:200])
+
+
+@transaction.atomic
+def chat_turn_start(*, conversation: Conversation, text: str) -> tuple[Message, Message]:
+    """Store the user's turn and an empty assistant turn that the stream will fill.
+
+    The assistant turn records the serving policy version that is asked to write it.
+    """
+    content = clean_user_text(text)
+    last = conversation.messages.order_by("-created_at", "-id").first()
+    user_message = Message.objects.create(conversation=conversation, parent=last, role="user", content=content)
+    reply = Message.objects.create(
+        conversation=conversation,
+        parent=user_message,
+        role="assistant",
+        status=Message.Status.STREAMING,
+        policy_version=version_serving(),
+    )
+    if not conversation.title:
+        conversation.title = content[:80]
+    conversation.save(update_fields=["title", "updated_at"])
+    return user_message, reply
+
+
+def chat_reply_finish(*, message: Message, content: str, failed: bool = False) -> Message:
+    message.content = content
+    message.status = Message.Status.FAILED if failed else Message.Status.COMPLETE
+    message.save(update_fields=["content", "status"])
+    return message
+
+
+def pairwise_task_create(
+    *,
+    messages: list[dict[str, str]],
+    created_by: User,
+    source: str,
+    conversation: Conversation | None = None,
+    message: Message | None = None,
+) -> Task:
+    """Ask the serving policy for two answers to `messages` and store them as a pairwise task.
+
+    The policy server is called before the transaction opens, so no database lock is held while
+    the model writes. Raises `PolicyServerError` when the server cannot answer.
+    """
+    context = clean_messages(messages)
+    version = _serving_or_fail()
+    texts = policy.generate_distinct_pair(context, version=version)
+    with transaction.atomic():
+        prompt = Prompt.objects.create(
+            project=project_default(), messages=context, source=source, created_by=created_by, conversation=conversation
+        )
+        return _pairwise_task_store(prompt=prompt, texts=texts, version=version, created_by=created_by, message=message)
+
+
+def _serving_or_fail() -> ModelVersion:
+    version = version_serving()
+    if version is None:
+        raise ValidationError("no policy version is serving yet: run `manage.py prefloop_setup`")
+    return version
+
+
+def prompt_create(
+    *, messages: list[dict[str, str]], created_by: User, source: str, project: Project | None = None
+) -> Prompt:
+    return Prompt.objects.create(
+        project=project or project_default(), messages=clean_messages(messages), source=source, created_by=created_by
+    )
+
+
+def prompt_task_create(*, prompt: Prompt, created_by: User) -> Task:
+    """Generate two candidates for an existing prompt and make a pairwise task of them."""
+    version = _serving_or_fail()
+    texts = policy.generate_distinct_pair(prompt.messages, version=version)
+    with transaction.atomic():
+        return _pairwise_task_store(prompt=prompt, texts=texts, version=version, created_by=created_by)
+
+
+def _pairwise_task_store(
+    *, prompt: Prompt, texts: list[str], version: ModelVersion | None, created_by: User, message: Message | None = None
+) -> Task:
+    """Call inside a transaction: the task, its candidates (A then B) and their places."""
+    task = Task.objects.create(
+        project=prompt.project,
+        kind=Task.Kind.PAIRWISE,
+        prompt=prompt,
+        message=message,
+        created_by=created_by,
+        required_labels=prompt.project.overlap,
+    )
+    for position, text in enumerate(texts):
+        candidate = Candidate.objects.create(prompt=prompt, text=text, policy_version=version)
+        TaskCandidate.objects.create(task=task, candidate=candidate, position=position)
+    return task
+
+
+def label_submit(
+    *, task: Task, annotator: User, choice: str, strength: int | None = 1, rationale: str = ""
+) -> tuple[Label, bool]:
+    """Store one annotator's pairwise judgment from the chat; return it and whether it is new.
+
+    A second submit by the same annotator returns the first label unchanged, so a double click or
+    a retried request is harmless. Raises ValidationError for a bad choice or strength.
+    """
+    return label_create(
+        task=task,
+        annotator=annotator,
+        data={"choice": choice, "strength": strength, "rationale": rationale},
+        source=Label.Source.UI,
+    )
+
+
+def project_default() -> Project:
+    """The project that chat comparisons and prompts without a project belong to."""
+    project, _ = Project.objects.get_or_create(
+        name=DEFAULT_PROJECT_NAME,
+        defaults={"feedback_types": ["pairwise", "thumbs"], "guidelines": DEFAULT_GUIDELINES},
+    )
+    return project
+
+
+def message_feedback_set(*, message: Message, user: User, value: str, reason: str = "") -> MessageFeedback:
+    """Thumbs up or down on an assistant message; a person's latest thumb on a message counts."""
+    if message.role != "assistant":
+        raise ValidationError("thumbs go on answers of the policy only")
+    if value not in MessageFeedback.Value.values:
+        raise ValidationError(f"value must be up or down (got {value!r})")
+    feedback, _ = MessageFeedback.objects.update_or_create(
+        message=message, user=user, defaults={"value": value, "reason": reason.strip()[:2000]}
+    )
+    return feedback
+
+
+@dataclass
+class BulkCreated:
+    tasks: list[Task]  # with `prepared_slots`: their TaskCandidate rows, A first
+    items: list[dict[str, Any]]  # the item each task was made from, in the same order
+    skipped: list[str]  # external ids the project already had
+
+
+@transaction.atomic
+def tasks_bulk_create(
+    *, project: Project, items: list[dict[str, Any]], created_by: User | None, source: str = Prompt.Source.API
+) -> BulkCreated:
+    """Create tasks with their prompts and candidates in a few queries; all or nothing.
+
+    Each item: `messages`, `kind`, `candidates` (texts, shown in this order), optional `is_gold`,
+    `gold` and `external_id`. An item whose external id the project already has, or that repeats
+    an earlier item's id, is skipped (so a re-run of an import adds nothing twice).
+    """
+    disabled = sorted({item["kind"] for item in items} - set(project.feedback_types))
+    if disabled:
+        raise ValidationError(
+            f"project {project.name!r} does not ask for {', '.join(disabled)} judgments "
+            f"(it asks for {', '.join(project.feedback_types) or 'none'})"
+        )
+    ids = [item.get("external_id") or "" for item in items]
+    known = set(
+        Prompt.objects.filter(project=project, external_id__in=[i for i in ids if i]).values_list(
+            "external_id", flat=True
+        )
+    )
+    fresh, skipped = [], []
+    for item, ext in zip(items, ids, strict=True):
+        if ext and ext in known:
+            skipped.append(ext)
+            continue
+        if ext:
+            known.add(ext)
+        fresh.append(item)
+    prompts = Prompt.objects.bulk_create(
+        [
+            Prompt(
+                project=project,
+                messages=item["messages"],
+                source=source,
+                created_by=created_by,
+                external_id=item.get("external_id") or "",
+            )
+            for item in fresh
+        ]
+    )
+    tasks = Task.objects.bulk_create(
+        [
+            Task(
+                project=project,
+                kind=item["kind"],
+                prompt=prompt,
+                required_labels=project.overlap,
+                is_gold=bool(item.get("is_gold")),
+                gold=item.get("gold"),
+                created_by=created_by,
+            )
+            for item, prompt in zip(fresh, prompts, strict=True)
+        ]
+    )
+    origin = Candidate.Origin.IMPORT if source == Prompt.Source.IMPORT else Candidate.Origin.HUMAN
+    candidates = Candidate.objects.bulk_create(
+        [
+            Candidate(prompt=prompt, text=text, origin=origin)
+            for item, prompt in zip(fresh, prompts, strict=True)
+            for text in item["candidates"]
+        ]
+    )
+    slots, cursor = [], 0
+    for item, task in zip(fresh, tasks, strict=True):
+        task.prepared_slots = []  # type: ignore[attr-defined]
+        for position in range(len(item["candidates"])):
+            slot = TaskCandidate(task=task, candidate=candidates[cursor], position=position)
+            task.prepared_slots.append(slot)  # type: ignore[attr-defined]
+            slots.append(slot)
+            cursor += 1
+    TaskCandidate.objects.bulk_create(slots)
+    return BulkCreated(tasks=tasks, items=fresh, skipped=skipped)

@@ -1,0 +1,258 @@
+"""Import feedback files into a project, and export a project's labels in TRL's formats.
+
+Reading and writing the files is `training.feedback_io` (plain Python, streaming); this module
+maps its records to rows of the database and back, in atomic batches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+
+from training.feedback_io import BadRecord, ImportedCandidate, ImportedItem, ImportedLabel, rows_from_item
+from webapp.accounts.models import User
+from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
+from webapp.feedback.selectors import context_before
+from webapp.feedback.services import tasks_bulk_create
+
+IMPORTED_USER_PREFIX = "import-"
+EXPORT_CHUNK = 500
+
+
+@dataclass
+class ImportReport:
+    items: int = 0
+    created_tasks: int = 0
+    created_prompts: int = 0
+    skipped: int = 0
+    labels: int = 0
+    bad: list[BadRecord] = field(default_factory=list)
+
+
+def _annotator(name: str, cache: dict[str, User]) -> User:
+    """The user standing for an annotator named in a file (it cannot log in)."""
+    username = f"{IMPORTED_USER_PREFIX}{name}"[:150]
+    if username not in cache:
+        user, created = User.objects.get_or_create(username=username, defaults={"role": User.Role.ANNOTATOR})
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        cache[username] = user
+    return cache[username]
+
+
+def _label_fields(label: ImportedLabel, candidate_ids: list[int]) -> dict[str, Any]:
+    if label.kind == "pairwise":
+        return {"choice": label.choice or "", "strength": label.strength}
+    if label.kind == "ranking":
+        return {"ranking": [[candidate_ids[i] for i in group] for group in (label.ranking or [])]}
+    if label.kind == "critique":
+        return {"critique": label.critique or "", "rewrite": label.rewrite or ""}
+    return {"rating": label.rating}
+
+
+def import_items(
+    *,
+    project: Project,
+    records: Iterable[ImportedItem | BadRecord],
+    batch_size: int = 500,
+    progress: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
+    """Store every good record of `records` in `project`, batch by batch; collect the bad ones.
+
+    Each batch is one transaction, so an interruption leaves whole batches only, and a re-run
+    skips the items whose external id the project already has. Labels in the file are stored as
+    raw labels of users named `import-<annotator>`.
+    """
+    report = ImportReport()
+    users: dict[str, User] = {}
+    batch: list[ImportedItem] = []
+    for record in records:
+        if isinstance(record, BadRecord):
+            report.bad.append(record)
+            continue
+        batch.append(record)
+        if len(batch) >= batch_size:
+            _import_batch(project, batch, report, users)
+            batch = []
+            if progress:
+                progress(report)
+    if batch:
+        _import_batch(project, batch, report, users)
+        if progress:
+            progress(report)
+    return report
+
+
+@transaction.atomic
+def _import_batch(project: Project, batch: list[ImportedItem], report: ImportReport, users: dict[str, User]) -> None:
+    report.items += len(batch)
+    unique: dict[str, ImportedItem] = {}
+    for item in batch:  # the same id twice in one file: the first one counts
+        unique.setdefault(item.external_id, item)
+    prompts_only = [i for i in unique.values() if i.kind == "prompt"]
+    with_tasks = [i for i in unique.values() if i.kind != "prompt"]
+    known = set(
+        Prompt.objects.filter(project=project, external_id__in=[i.external_id for i in prompts_only]).values_list(
+            "external_id", flat=True
+        )
+    )
+    fresh_prompts = [i for i in prompts_only if i.external_id not in known]
+    Prompt.objects.bulk_create(
+        [
+            Prompt(project=project, messages=i.messages, source=Prompt.Source.IMPORT, external_id=i.external_id)
+            for i in fresh_prompts
+        ]
+    )
+    report.created_prompts += len(fresh_prompts)
+    report.skipped += len(batch) - len(fresh_prompts) - len(with_tasks)
+    result = tasks_bulk_create(
+        project=project,
+        items=[
+            {
+                "kind": i.kind,
+                "messages": i.messages,
+                "candidates": [c.text for c in i.candidates],
+                "external_id": i.external_id,
+            }
+            for i in with_tasks
+        ],
+        created_by=None,
+        source=Prompt.Source.IMPORT,
+    )
+    report.created_tasks += len(result.tasks)
+    report.skipped += len(result.skipped)
+    by_id = {i.external_id: i for i in with_tasks}
+    labels = []
+    for task, spec in zip(result.tasks, result.items, strict=True):
+        item = by_id[spec["external_id"]]
+        candidate_ids = [slot.candidate_id for slot in task.prepared_slots]  # type: ignore[attr-defined]
+        for label in item.labels:
+            if label.kind != task.kind:
+                continue  # e.g. a rating attached to a pairwise item: not a judgment this task asks for
+            labels.append(
+                Label(
+                    task=task,
+                    annotator=_annotator(label.annotator, users),
+                    kind=task.kind,
+                    source=Label.Source.IMPORT,
+                    **_label_fields(label, candidate_ids),
+                )
+            )
+    Label.objects.bulk_create(labels)
+    report.labels += len(labels)
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def _item_of(task: Task, labels: list[Label]) -> ImportedItem:
+    slots = sorted(task.slots.all(), key=lambda s: s.position)
+    index = {slot.candidate_id: i for i, slot in enumerate(slots)}
+    return ImportedItem(
+        line=0,
+        external_id=task.prompt.external_id or f"task:{task.pk}",
+        kind=task.kind if task.kind != "rating" else "critique",
+        messages=task.prompt.messages,
+        candidates=[ImportedCandidate(text=slot.candidate.text) for slot in slots],
+        labels=[
+            ImportedLabel(
+                annotator=label.annotator.username,
+                kind=label.kind,
+                choice=label.choice or None,
+                strength=label.strength,
+                ranking=_full_ranking(label.ranking, index) if label.ranking else None,
+                critique=label.critique or None,
+                rewrite=label.rewrite or None,
+                rating=label.rating,
+            )
+            for label in labels
+        ],
+        meta={"task_id": task.pk, "project": task.project.name},
+    )
+
+
+def _full_ranking(groups: list[list[int]], index: dict[int, int]) -> list[list[int]]:
+    """Candidate ids to indexes; a partial (top-k) ranking gets its unranked answers as a last,
+    tied group: ranked above unranked is all a top-k ranking says."""
+    ranked = [[index[c] for c in group] for group in groups]
+    placed = {i for group in ranked for i in group}
+    rest = [i for i in sorted(index.values()) if i not in placed]
+    return [*ranked, rest] if rest else ranked
+
+
+def _agreement(labels: list[Label]) -> float:
+    """Share of an item's labels that agree with its most common judgment (1.0 for one label)."""
+    keys = [(lbl.choice, lbl.rating, str(lbl.ranking[0]) if lbl.ranking else None) for lbl in labels]
+    return Counter(keys).most_common(1)[0][1] / len(keys)
+
+
+def export_rows(*, kind: str, project: Project | None = None, min_agreement: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Rows of export `kind` (TRL's formats) from the raw labels, streamed task by task.
+
+    `min_agreement` keeps only items whose labels agree at least that much (see `_agreement`).
+    Thumbs from the chat also feed `kto` (up: desirable). Gold items are left out.
+    """
+    tasks = Task.objects.filter(is_gold=False).select_related("prompt", "project").order_by("id")
+    if project is not None:
+        tasks = tasks.filter(project=project)
+    if kind == "prompt":
+        prompts = Prompt.objects.order_by("id")
+        if project is not None:
+            prompts = prompts.filter(project=project)
+        for prompt in prompts.iterator(chunk_size=EXPORT_CHUNK):
+            yield {"prompt": prompt.messages}
+        return
+    if kind != "raw":
+        tasks = tasks.filter(labels__isnull=False).distinct()
+    for task in tasks.prefetch_related("slots__candidate", "labels__annotator").iterator(chunk_size=EXPORT_CHUNK):
+        labels = sorted(task.labels.all(), key=lambda lbl: lbl.pk)
+        if labels and min_agreement > 0 and _agreement(labels) < min_agreement:
+            continue
+        if kind == "raw":
+            for label in labels:
+                yield _raw_row(task, label)
+            continue
+        yield from rows_from_item(_item_of(task, labels), kind)
+    if kind == "kto":
+        yield from _thumb_rows(project)
+
+
+def _raw_row(task: Task, label: Label) -> dict[str, Any]:
+    slots = sorted(task.slots.all(), key=lambda s: s.position)
+    return {
+        "label_id": label.pk,
+        "task_id": task.pk,
+        "project": task.project.name,
+        "kind": label.kind,
+        "annotator": label.annotator.username,
+        "source": label.source,
+        "prompt": task.prompt.messages,
+        "candidates": [{"id": s.candidate_id, "text": s.candidate.text} for s in slots],
+        "choice": label.choice or None,
+        "strength": label.strength,
+        "ranking": label.ranking,
+        "critique": label.critique or None,
+        "rewrite": label.rewrite or None,
+        "rating": label.rating,
+        "rationale": label.rationale or None,
+        "created_at": label.created_at.isoformat(),
+    }
+
+
+def _thumb_rows(project: Project | None) -> Iterator[dict[str, Any]]:
+    if project is not None and project.name != "Chat":
+        return
+    thumbs = MessageFeedback.objects.select_related("message__conversation").order_by("id")
+    for thumb in thumbs.iterator(chunk_size=EXPORT_CHUNK):
+        context = context_before(message=thumb.message)
+        if context and thumb.message.content.strip():
+            yield {
+                "prompt": context,
+                "completion": [{"role": "assistant", "content": thumb.message.content}],
+                "label": thumb.value == MessageFeedback.Value.UP,
+            }

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ModelVersion(models.Model):
+    """A policy version: the base model plus one LoRA adapter in the artifact store."""
+
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate", "Candidate"
+        SERVING = "serving", "Serving"
+        RETIRED = "retired", "Retired"
+
+    number = models.PositiveIntegerField(unique=True)
+    kind = models.CharField(max_length=16, default="lora")
+    base_model = models.CharField(max_length=500)
+    artifact_path = models.CharField(max_length=1000)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CANDIDATE)
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    data_hash = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=Q(status="serving"), name="runs_one_serving_version"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number}"
+
+    @property
+    def adapter_name(self) -> str:
+        """The name the policy server serves this version under, e.g. ``policy-v2``.
+
+        Each version gets its own name rather than replacing one adapter's weights in place: vLLM
+        swaps weights in place between decoding steps, so an answer being written during the swap
+        would end with the new weights. With one name per version an answer comes from one
+        version from its first token to its last.
+        """
+        return f"{settings.POLICY_MODEL_NAME}-v{self.number}"
+
+
+class TrainingRun(models.Model):
+    """One training job: queued by an admin, the API or the label threshold; run by a worker."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        API = "api", "API"
+        THRESHOLD = "threshold", "Label threshold"
+
+    class Kind(models.TextChoices):
+        DPO = "dpo", "DPO"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DPO)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    parent_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    result_version = models.OneToOneField(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="run"
+    )
+    progress = models.FloatField(default=0.0)
+    metrics = models.JSONField(default=dict, blank=True)
+    history = models.JSONField(default=list, blank=True)
+    n_labels = models.PositiveIntegerField(default=0)
+    n_pairs = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # At most one queued-or-running run per kind: a double click queues one run.
+            models.UniqueConstraint(
+                fields=["kind"], condition=Q(status__in=["queued", "running"]), name="runs_one_active_run_per_kind"
+            ),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0.0) & Q(progress__lte=1.0), name="runs_progress_between_0_and_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.kind}, {self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES

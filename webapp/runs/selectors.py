@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from webapp.runs.models import ModelVersion, TrainingRun
+
+
+def version_serving() -> ModelVersion | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).first()
+
+
+def version_list() -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.select_related("parent").order_by("-number")
+
+
+def run_list() -> QuerySet[TrainingRun]:
+    return TrainingRun.objects.select_related("parent_version", "result_version", "created_by")
+
+
+def run_active(*, kind: str = TrainingRun.Kind.DPO) -> TrainingRun | None:
+    return TrainingRun.objects.filter(kind=kind, status__in=TrainingRun.ACTIVE_STATUSES).first()
+
+
+def run_get(*, run_id: int) -> TrainingRun:
+    return run_list().get(pk=run_id)

@@ -1,0 +1,184 @@
+"""Every write to training runs and policy versions goes through one of these functions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from webapp.accounts.models import User
+from webapp.runs.models import ModelVersion, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+TRAIN_TASK_NAME = "prefloop.train_policy"
+HISTORY_LIMIT = 500
+
+
+def version_register(
+    *,
+    artifact_path: str,
+    base_model: str,
+    parent: ModelVersion | None,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    data_hash: str = "",
+) -> ModelVersion:
+    """Register a complete version folder under the next free number (status: candidate)."""
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                number = (ModelVersion.objects.aggregate(m=Max("number"))["m"] or 0) + 1
+                return ModelVersion.objects.create(
+                    number=number,
+                    artifact_path=artifact_path,
+                    base_model=base_model,
+                    parent=parent,
+                    config=config or {},
+                    metrics=metrics or {},
+                    data_hash=data_hash,
+                )
+        except IntegrityError:  # another writer took the number; take the next one
+            continue
+    raise RuntimeError("could not allocate a version number after 5 tries")
+
+
+def version_serve(*, version: ModelVersion) -> ModelVersion:
+    """Load `version` into the policy server under its own name, promote it, and unload the
+    adapters older than the one it replaces. No restart: the next request simply names it."""
+    from webapp.core import policy
+
+    previous = ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).exclude(pk=version.pk).first()
+    policy.adapter_load(version)
+    version = version_promote(version=version)
+    try:
+        policy.adapters_retire(keep=[v for v in (version, previous) if v is not None])
+    except policy.PolicyServerError as exc:  # stale adapters cost memory, not correctness
+        logger.warning("could not unload old adapters: %s", exc)
+    return version
+
+
+@transaction.atomic
+def version_promote(*, version: ModelVersion) -> ModelVersion:
+    """Make `version` the serving one; the previous serving version is retired.
+
+    Call after the policy server has loaded the version's adapter, so the table never names a
+    version the server does not have.
+    """
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.SERVING).exclude(pk=version.pk).update(
+        status=ModelVersion.Status.RETIRED
+    )
+    version.status = ModelVersion.Status.SERVING
+    version.promoted_at = timezone.now()
+    version.save(update_fields=["status", "promoted_at"])
+    return version
+
+
+def run_create(*, trigger: str, created_by: User | None = None) -> tuple[TrainingRun, bool]:
+    """Queue a training run, or return the one already queued or running (a double submit is harmless).
+
+    The worker task is enqueued after the transaction commits.
+    """
+    try:
+        with transaction.atomic():
+            active = (
+                TrainingRun.objects.select_for_update()
+                .filter(kind=TrainingRun.Kind.DPO, status__in=TrainingRun.ACTIVE_STATUSES)
+                .first()
+            )
+            if active is not None:
+                return active, False
+            run = TrainingRun.objects.create(trigger=trigger, created_by=created_by)
+            transaction.on_commit(lambda: run_enqueue(run_id=run.pk))
+            return run, True
+    except IntegrityError:  # a concurrent request created it between our check and insert
+        active = TrainingRun.objects.get(kind=TrainingRun.Kind.DPO, status__in=TrainingRun.ACTIVE_STATUSES)
+        return active, False
+
+
+def run_enqueue(*, run_id: int) -> None:
+    """Send the training task to the broker by name (the web app never imports the worker's tasks)."""
+    from worker.celery import app
+
+    app.send_task(TRAIN_TASK_NAME, args=[run_id], queue="gpu")
+
+
+@transaction.atomic
+def run_start(*, run_id: int, parent_version: ModelVersion | None) -> TrainingRun | None:
+    """Move a queued run to running; return None when another delivery already finished it.
+
+    A run found RUNNING was started by a worker that died before acknowledging the task (tasks
+    are acknowledged late), so the redelivered task starts it again rather than leaving it stuck.
+    """
+    run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+    if run is None or run.status not in TrainingRun.ACTIVE_STATUSES:
+        return None
+    run.status = TrainingRun.Status.RUNNING
+    run.started_at = timezone.now()
+    run.parent_version = parent_version
+    run.progress = 0.0
+    run.error = ""
+    run.save(update_fields=["status", "started_at", "parent_version", "progress", "error"])
+    return run
+
+
+def run_record_data(*, run: TrainingRun, n_labels: int, n_pairs: int) -> None:
+    run.n_labels = n_labels
+    run.n_pairs = n_pairs
+    run.save(update_fields=["n_labels", "n_pairs"])
+
+
+def run_progress(*, run_id: int, progress: float, metrics: dict[str, Any]) -> None:
+    """Record progress (0..1) and the latest logged metrics; keep a bounded history for charts."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if run.status != TrainingRun.Status.RUNNING:
+            return
+        run.progress = min(max(progress, 0.0), 1.0)
+        run.metrics = {**run.metrics, **metrics}
+        run.history = [*run.history, metrics][-HISTORY_LIMIT:]
+        run.save(update_fields=["progress", "metrics", "history"])
+
+
+@transaction.atomic
+def run_succeed(*, run_id: int, version: ModelVersion, metrics: dict[str, Any]) -> TrainingRun:
+    run = TrainingRun.objects.select_for_update().get(pk=run_id)
+    run.status = TrainingRun.Status.SUCCEEDED
+    run.result_version = version
+    run.progress = 1.0
+    run.metrics = {**run.metrics, **metrics}
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "result_version", "progress", "metrics", "finished_at"])
+    return run
+
+
+@transaction.atomic
+def run_fail(*, run_id: int, error: str) -> TrainingRun | None:
+    run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+    if run is None or not run.is_active:
+        return run
+    run.status = TrainingRun.Status.FAILED
+    run.error = error[:10_000]
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "error", "finished_at"])
+    return run
+
+
+def run_maybe_trigger() -> TrainingRun | None:
+    """Queue a run when `TRAIN_EVERY_N_LABELS` labels arrived since the last one (0 = never)."""
+    from webapp.feedback.selectors import labels_since_last_run
+
+    every = settings.TRAIN_EVERY_N_LABELS
+    if every <= 0 or TrainingRun.objects.filter(status__in=TrainingRun.ACTIVE_STATUSES).exists():
+        return None
+    if labels_since_last_run() < every:
+        return None
+    run, created = run_create(trigger=TrainingRun.Trigger.THRESHOLD)
+    if created:
+        logger.info("queued %s after %d new labels", run, every)
+    return run

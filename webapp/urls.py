@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="chat:index", permanent=False)),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("chat/", include("webapp.chat.urls")),
+    path("annotate/", include("webapp.feedback.urls")),
+    path("dashboard/", include("webapp.dashboard.urls")),
+    path("api/", include("webapp.api.urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,109 @@
+"""Celery tasks: thin adapters that load rows by id, call `training`, and write through services."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from django.conf import settings
+
+from training.artifacts import ArtifactStore, VersionMeta, data_hash
+from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
+from webapp.feedback.selectors import label_count, preference_pairs
+from webapp.runs import services
+from webapp.runs.selectors import run_get, version_serving
+from worker.celery import app
+
+logger = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 1.0
+
+
+@app.task(name="prefloop.train_policy", queue="gpu", acks_late=True, ignore_result=True)
+def train_policy(run_id: int) -> None:
+    """Train a new policy version from every decisive pairwise label, serve it, and record the run.
+
+    Idempotent: a run that is already finished is left alone, so a redelivered message does no
+    harm. Any error moves the run to FAILED with its text; the serving version stays as it was.
+    """
+    parent = version_serving()
+    run = services.run_start(run_id=run_id, parent_version=parent)
+    if run is None:
+        logger.info("run %s is not active; nothing to do", run_id)
+        return
+    try:
+        _train_and_serve(run_id=run_id, parent=parent)
+    except Exception as exc:  # the run must never stay RUNNING: record why it failed
+        logger.exception("run %s failed", run_id)
+        services.run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+
+
+def _train_and_serve(*, run_id: int, parent: Any) -> None:
+    if parent is None:
+        raise RuntimeError("no serving policy version: run `manage.py prefloop_setup` first")
+    rows = preference_pairs()
+    run = run_get(run_id=run_id)
+    services.run_record_data(run=run, n_labels=label_count(), n_pairs=len(rows))
+    if not rows:
+        raise ValueError("no decisive pairwise labels yet (ties and 'both bad' carry no preference)")
+    pairs = [
+        PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"])
+        for r in rows
+    ]
+    config = DPOTrainConfig()
+    store = ArtifactStore(settings.ARTIFACT_DIR)
+    name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
+    last_report = [0.0]
+
+    def progress(logs: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last_report[0] >= PROGRESS_EVERY_S or logs.get("fraction", 0) >= 1:
+            last_report[0] = now
+            services.run_progress(run_id=run_id, progress=float(logs.get("fraction", 0.0)), metrics=logs)
+
+    with store.write_version(name) as folder:
+        metrics = train_dpo(
+            base_model_path=settings.POLICY_BASE_MODEL,
+            adapter_path=parent.artifact_path,
+            pairs=pairs,
+            out_dir=folder,
+            config=config,
+            progress=progress,
+        )
+        digest = data_hash(rows)
+        store.write_meta(
+            folder,
+            VersionMeta(
+                name=name,
+                parent=parent.name,
+                kind="lora",
+                base_model=settings.POLICY_BASE_MODEL,
+                config=asdict(config),
+                metrics=metrics,
+                data_hash=digest,
+            ),
+        )
+    path = str(store.version_path(name))
+    version = services.version_register(
+        artifact_path=path,
+        base_model=settings.POLICY_BASE_MODEL,
+        parent=parent,
+        config=asdict(config),
+        metrics=metrics,
+        data_hash=digest,
+    )
+    # Hot swap with no restart: the server loads the version under its own name, new requests
+    # name it, and older adapters are unloaded.
+    services.version_serve(version=version)
+    services.run_succeed(run_id=run_id, version=version, metrics=metrics)
+    logger.info("run %s served %s from %d pairs", run_id, version, len(pairs))
+
+
+@app.task(name="prefloop.check_training_threshold", queue="cpu", ignore_result=True)
+def check_training_threshold() -> None:
+    """Scheduled by beat: queue a run when enough labels arrived (covers labels written without a
+    submit hook, such as bulk imports)."""
+    services.run_maybe_trigger()
