@@ -6,8 +6,10 @@ that a bad value fails at start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -56,3 +58,17 @@ def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     path = Path(raw) if raw else default
     return path if path.is_absolute() else (BASE_DIR / path)
+
+
+def env_json_object(name: str) -> dict[str, Any]:
+    """A JSON object (e.g. ``{"endpoint_url": "http://minio:9000"}``); empty when unset."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value

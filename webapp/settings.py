@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dj_database_url
 
-from webapp.env import BASE_DIR, env_bool, env_int, env_list, env_path, env_str
+from webapp.env import BASE_DIR, env_bool, env_int, env_json_object, env_list, env_path, env_str
 
 VAR_DIR = env_path("PREFLOOP_VAR_DIR", BASE_DIR / "var")
 
@@ -116,6 +116,12 @@ SPECTACULAR_SETTINGS = {
 
 # --- Prefloop: the loop ---------------------------------------------------------------------
 ARTIFACT_DIR = env_path("ARTIFACT_DIR", VAR_DIR / "artifacts")
+# Where policy versions are stored: empty for ARTIFACT_DIR, or an fsspec URL such as
+# s3://bucket/prefix (S3-compatible stores: set AWS_ENDPOINT_URL or ARTIFACT_STORE_OPTIONS).
+ARTIFACT_STORE_URL = env_str("ARTIFACT_STORE_URL", "")
+ARTIFACT_STORE_OPTIONS = env_json_object("ARTIFACT_STORE_OPTIONS")  # fsspec storage options, as JSON
+# Local copies of remote versions, for the trainer and the policy server (share it with the latter).
+ARTIFACT_CACHE_DIR = env_path("ARTIFACT_CACHE_DIR", VAR_DIR / "artifact-cache")
 # A local folder or a hub id; the default is the tiny policy that `manage.py prefloop_setup` builds.
 POLICY_BASE_MODEL = env_str("POLICY_BASE_MODEL", str(ARTIFACT_DIR / "base" / "tiny-policy"))
 POLICY_SERVER_URL = env_str("POLICY_SERVER_URL", "http://127.0.0.1:8100")

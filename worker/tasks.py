@@ -11,10 +11,11 @@ from typing import Any
 
 from django.conf import settings
 
-from training.artifacts import ArtifactStore, VersionMeta, data_hash
+from training.artifacts import VersionMeta, data_hash
 from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
 from webapp.feedback.selectors import label_count, preference_pairs
 from webapp.runs import services
+from webapp.runs.artifacts import artifact_store, version_local_path
 from webapp.runs.selectors import run_get, version_serving
 from worker.celery import app
 
@@ -54,7 +55,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
         for r in rows
     ]
     config = DPOTrainConfig()
-    store = ArtifactStore(settings.ARTIFACT_DIR)
+    store = artifact_store()
     name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
     last_report = [0.0]
 
@@ -67,7 +68,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
     with store.write_version(name) as folder:
         metrics = train_dpo(
             base_model_path=settings.POLICY_BASE_MODEL,
-            adapter_path=parent.artifact_path,
+            adapter_path=version_local_path(parent),
             pairs=pairs,
             out_dir=folder,
             config=config,
@@ -86,9 +87,8 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
                 data_hash=digest,
             ),
         )
-    path = str(store.version_path(name))
     version = services.version_register(
-        artifact_path=path,
+        artifact_path=store.version_uri(name),
         base_model=settings.POLICY_BASE_MODEL,
         parent=parent,
         config=asdict(config),

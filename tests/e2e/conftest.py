@@ -143,12 +143,13 @@ def start_worker(tmp_path: Path, settings) -> Iterator:
 
     processes: list[Process] = []
 
-    def start(*, policy_url: str, files: LoopFiles) -> Process:
+    def start(*, policy_url: str, files: LoopFiles, env: dict[str, str] | None = None) -> Process:
         broker = settings.CELERY_BROKER_URL
         if broker.startswith("redis://"):
             redis.Redis.from_url(broker).delete("gpu", "cpu", "generate")  # no stale task of an earlier run
         env = {
             **os.environ,
+            **(env or {}),
             "DATABASE_URL": test_database_url(),
             "CELERY_BROKER_URL": broker,
             "ARTIFACT_DIR": str(files.artifact_dir),

@@ -8,6 +8,7 @@ from functools import lru_cache
 from django.conf import settings
 
 from training.policy_client import PolicyClient, PolicyServerError
+from webapp.runs.artifacts import version_local_path
 from webapp.runs.models import ModelVersion
 
 __all__ = [
@@ -64,9 +65,10 @@ def stream(messages: list[dict[str, str]], *, version: ModelVersion) -> Iterator
 def adapter_load(version: ModelVersion) -> None:
     """Make the policy server serve `version` under its own name (a no-op when it already does)."""
     client = policy_client()
-    if client.adapter_root(version.adapter_name) == version.artifact_path:
+    path = version_local_path(version)  # a remote version is downloaded (once) for the server
+    if client.adapter_root(version.adapter_name) == path:
         return
-    client.load_lora_adapter(version.adapter_name, version.artifact_path, load_inplace=True)
+    client.load_lora_adapter(version.adapter_name, path, load_inplace=True)
 
 
 def adapters_retire(*, keep: list[ModelVersion]) -> list[str]:

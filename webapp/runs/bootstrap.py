@@ -7,9 +7,10 @@ from pathlib import Path
 
 from django.conf import settings
 
-from training.artifacts import ArtifactStore, VersionMeta
+from training.artifacts import VersionMeta
 from training.dpo import DPOTrainConfig, create_initial_adapter
 from training.tiny_model import build_tiny_policy
+from webapp.runs.artifacts import artifact_store
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
 from webapp.runs.services import version_promote, version_register
@@ -40,7 +41,7 @@ def initial_version_ensure() -> tuple[ModelVersion, bool]:
     newest = ModelVersion.objects.order_by("-number").first()
     if newest is not None:  # versions exist but none serves: serve the newest
         return version_promote(version=newest), False
-    store = ArtifactStore(settings.ARTIFACT_DIR)
+    store = artifact_store()
     config = DPOTrainConfig()
     if not store.exists(INITIAL_VERSION_NAME):
         with store.write_version(INITIAL_VERSION_NAME) as folder:
@@ -56,7 +57,7 @@ def initial_version_ensure() -> tuple[ModelVersion, bool]:
                 ),
             )
     version = version_register(
-        artifact_path=str(store.version_path(INITIAL_VERSION_NAME)),
+        artifact_path=store.version_uri(INITIAL_VERSION_NAME),
         base_model=settings.POLICY_BASE_MODEL,
         parent=None,
         config=asdict(config),

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from webapp.core.policy import policy_client
+from webapp.runs.artifacts import version_local_path
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
 
@@ -102,7 +103,7 @@ class Command(BaseCommand):
     def _policy_server_command(self, kind: str, serving: ModelVersion) -> tuple[list[str], dict[str, str]]:
         url = urlparse(settings.POLICY_SERVER_URL)
         host, port = url.hostname or "127.0.0.1", url.port or 8100
-        lora = {serving.adapter_name: serving.artifact_path}
+        lora = {serving.adapter_name: version_local_path(serving)}
         if kind == "vllm":
             from training.vllm_server import vllm_command
 
@@ -122,6 +123,6 @@ class Command(BaseCommand):
             "--port",
             str(port),
             "--lora-modules",
-            f"{serving.adapter_name}={serving.artifact_path}",
+            f"{serving.adapter_name}={lora[serving.adapter_name]}",
         ]
         return argv, {}
