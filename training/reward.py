@@ -1,9 +1,11 @@
 """Reward models from human preferences: pairs (with strength and ties) and rankings, on any backbone.
 
 A reward model here is a sequence-classification model with one output (``num_labels=1``) on top
-of any backbone that ``AutoModelForSequenceClassification`` can load: a causal LM (the score is
-read at the last token, e.g. the tiny Qwen2 policy) or an encoder (the score is read from the
-pooled first token, e.g. MiniLM). It is trained with a subclass of TRL's ``RewardTrainer`` (its
+of any backbone: a causal LM (``AutoModelForSequenceClassification``: the score is read at the
+last token, e.g. the tiny Qwen2 policy) or an encoder. An encoder that declares mean pooling (a
+sentence-transformers model such as all-MiniLM-L6-v2) is read the way it was trained, through
+the masked mean of its token states (``RewardConfig.pooling``); other encoders through their
+pooled first token. It is trained with a subclass of TRL's ``RewardTrainer`` (its
 optimiser, schedule, logging, dropout handling and model set-up), whose loss is:
 
 * pairs: Bradley-Terry, ``-log sigmoid(r_c - r_r - m)``, with the margin ``m`` from the labeller's
@@ -37,6 +39,7 @@ Heavy libraries are imported inside the functions so that importing this module 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 TIE_POLICIES = ("equal", "drop")
+POOLINGS = ("auto", "model", "mean")
 ENSEMBLE_METHODS = ("seeds", "bootstrap")
 # Written next to each trained model: how its inputs were built, so scoring builds them the same way.
 REWARD_META_FILE = "prefloop_reward.json"
@@ -230,6 +234,15 @@ class RewardConfig:
             "Use {1: 0, 2: 0, 3: 0} for the plain loss."
         },
     )
+    pooling: str = field(
+        default="auto",
+        metadata={
+            "help": f"How one score is read from the backbone: one of {POOLINGS}. 'model': the sequence-"
+            "classification head of transformers (last token of an LM, pooled [CLS] of an encoder); 'mean': "
+            "a linear head on the masked mean of the last hidden states; 'auto': 'mean' when the backbone "
+            "declares mean pooling (a sentence-transformers model, such as all-MiniLM-L6-v2), else 'model'."
+        },
+    )
     tie_policy: str = field(
         default="equal",
         metadata={"help": f"Pairwise ties: one of {TIE_POLICIES} ('equal': pull the two scores together; 'drop')."},
@@ -292,6 +305,8 @@ class RewardConfig:
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in margins.values()):
             raise ValueError(f"margin_from_strength={self.margin_from_strength!r} must hold finite numbers >= 0")
         self.margin_from_strength = {k: float(v) for k, v in sorted(margins.items())}
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} must be one of {POOLINGS}")
         if self.tie_policy not in TIE_POLICIES:
             raise ValueError(f"tie_policy={self.tie_policy!r} must be one of {TIE_POLICIES}")
         if self.center_rewards_coefficient is not None and not (
@@ -448,13 +463,67 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def _load_scoring_model(path: str, *, dtype=None):  # -> PreTrainedModel
+def backbone_pooling(path: str | Path) -> str:
+    """'mean' if the backbone folder is a sentence-transformers model that pools by mean, else 'model'.
+
+    Such encoders were trained to be read through the mean of their token states (their
+    ``1_Pooling/config.json`` says so); their [CLS] pooler is left over from pre-training.
+    """
+    pooling_file = Path(path) / "1_Pooling" / "config.json"
+    if pooling_file.is_file():
+        declared = json.loads(pooling_file.read_text())
+        if declared.get("pooling_mode_mean_tokens") and not declared.get("pooling_mode_cls_token"):
+            return "mean"
+    return "model"
+
+
+def _resolve_pooling(config: RewardConfig) -> str:
+    return backbone_pooling(config.backbone) if config.pooling == "auto" else config.pooling
+
+
+@functools.cache
+def _mean_pooled_class():  # -> type[PreTrainedModel]
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPooledRewardModel(PreTrainedModel):
+        """Any backbone (``AutoModel``) with a one-output linear head on the masked mean of its last
+        hidden states. Saved and loaded with ``save_pretrained``/``from_pretrained(path, config=...)``."""
+
+        config_class = PretrainedConfig
+        base_model_prefix = "backbone"  # a bare backbone checkpoint loads into self.backbone
+
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta") else {}
+            self.backbone = AutoModel.from_config(config, **kwargs)
+            self.score = torch.nn.Linear(config.hidden_size, 1)
+            self.post_init()
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+            extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            states = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            return SequenceClassifierOutput(logits=self.score(pooled.to(self.score.weight.dtype)))
+
+    return MeanPooledRewardModel
+
+
+def _load_scoring_model(path: str, *, pooling: str = "model", dtype=None):  # -> PreTrainedModel
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
+    dtype = dtype or torch.float32
     with suppress_seqcls_warning(), _quiet_transformers():  # the score head is new; a causal LM's lm_head unused
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype or torch.float32)
+        if pooling == "mean":
+            config = AutoConfig.from_pretrained(path, num_labels=1)
+            return _mean_pooled_class().from_pretrained(path, config=config, dtype=dtype)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- training
@@ -650,7 +719,8 @@ def _train_member(
     from trl import RewardConfig as TRLRewardConfig
 
     set_seed(seed)  # before loading: the new score head is drawn from this seed
-    model = _load_scoring_model(config.backbone)
+    pooling = _resolve_pooling(config)
+    model = _load_scoring_model(config.backbone, pooling=pooling)
     history: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefloop-reward-") as scratch:
         args = TRLRewardConfig(
@@ -697,7 +767,12 @@ def _train_member(
     out.mkdir(parents=True, exist_ok=True)
     trained.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
-    meta = {"max_length": config.max_length, "min_context_tokens": config.min_context_tokens, "seed": seed}
+    meta = {
+        "max_length": config.max_length,
+        "min_context_tokens": config.min_context_tokens,
+        "seed": seed,
+        "pooling": pooling,
+    }
     (out / REWARD_META_FILE).write_text(json.dumps({**meta, "config": config.to_dict()}, indent=2))
     return {
         "path": str(out),
@@ -805,7 +880,7 @@ class RewardScorer:
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path} has no {REWARD_META_FILE}; it was not saved by train_reward_model")
         meta = json.loads(meta_file.read_text())
-        model = _load_scoring_model(str(path)).to(device)
+        model = _load_scoring_model(str(path), pooling=meta.get("pooling", "model")).to(device)
         tokenizer = _tokenizer_with_pad(str(path))
         return cls(
             model,

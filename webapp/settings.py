@@ -129,6 +129,11 @@ POLICY_SERVER_URL = env_str("POLICY_SERVER_URL", "http://127.0.0.1:8100")
 POLICY_MODEL_NAME = env_str("POLICY_MODEL_NAME", "policy")
 POLICY_MAX_TOKENS = env_int("POLICY_MAX_TOKENS", 64, minimum=1)
 POLICY_TIMEOUT_S = env_int("POLICY_TIMEOUT_S", 120, minimum=1)
+# Reward models: the backbone (any sequence-classification-capable model: an LM or an encoder such
+# as all-MiniLM-L6-v2) and the ensemble size; the default backbone is the policy's base model.
+REWARD_BACKBONE = env_str("REWARD_BACKBONE", "") or POLICY_BASE_MODEL
+REWARD_ENSEMBLE_SIZE = env_int("REWARD_ENSEMBLE_SIZE", 1, minimum=1)
+REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the pairs
 TRAIN_EVERY_N_LABELS = env_int("TRAIN_EVERY_N_LABELS", 16, minimum=0)  # 0 turns automatic runs off
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -6,13 +6,16 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
 from training.artifacts import VersionMeta, data_hash
 from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
+from training.reward import PreferenceExample, RewardConfig, train_reward_model
 from webapp.feedback.selectors import label_count, preference_pairs
 from webapp.runs import services
 from webapp.runs.artifacts import artifact_store, version_local_path
@@ -42,6 +45,19 @@ def train_policy(run_id: int) -> None:
         services.run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
 
 
+def _progress_reporter(run_id: int) -> Callable[[dict[str, Any]], None]:
+    """A training progress callback that records the run's progress and metrics, at most once a second."""
+    last_report = [0.0]
+
+    def progress(logs: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last_report[0] >= PROGRESS_EVERY_S or logs.get("fraction", 0) >= 1:
+            last_report[0] = now
+            services.run_progress(run_id=run_id, progress=float(logs.get("fraction", 0.0)), metrics=logs)
+
+    return progress
+
+
 def _train_and_serve(*, run_id: int, parent: Any) -> None:
     if parent is None:
         raise RuntimeError("no serving policy version: run `manage.py prefloop_setup` first")
@@ -57,14 +73,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
     config = DPOTrainConfig()
     store = artifact_store()
     name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
-    last_report = [0.0]
-
-    def progress(logs: dict[str, Any]) -> None:
-        now = time.monotonic()
-        if now - last_report[0] >= PROGRESS_EVERY_S or logs.get("fraction", 0) >= 1:
-            last_report[0] = now
-            services.run_progress(run_id=run_id, progress=float(logs.get("fraction", 0.0)), metrics=logs)
-
+    progress = _progress_reporter(run_id)
     with store.write_version(name) as folder:
         metrics = train_dpo(
             base_model_path=settings.POLICY_BASE_MODEL,
@@ -100,6 +109,78 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
     services.version_serve(version=version)
     services.run_succeed(run_id=run_id, version=version, metrics=metrics)
     logger.info("run %s served %s from %d pairs", run_id, version, len(pairs))
+
+
+@app.task(name="prefloop.train_reward", queue="gpu", acks_late=True, ignore_result=True)
+def train_reward(run_id: int) -> None:
+    """Train a reward model (or an ensemble) on every preference the labels express, score it on
+    held-out pairs, and register it. Idempotent and failure-safe like `train_policy`."""
+    run = services.run_start(run_id=run_id, parent_version=None)
+    if run is None:
+        logger.info("run %s is not active; nothing to do", run_id)
+        return
+    try:
+        _train_reward(run_id=run_id)
+    except Exception as exc:  # the run must never stay RUNNING: record why it failed
+        logger.exception("run %s failed", run_id)
+        services.run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+
+
+HELD_OUT_EVERY = 5  # labels whose id is a multiple of this are held out for evaluation (>= 10 pairs)
+
+
+def _train_reward(*, run_id: int) -> None:
+    rows = preference_pairs()
+    run = run_get(run_id=run_id)
+    services.run_record_data(run=run, n_labels=label_count(), n_pairs=len(rows))
+    if len(rows) < 2:
+        raise ValueError(f"a reward model needs at least 2 preference pairs; the labels give {len(rows)}")
+    examples = [
+        PreferenceExample(
+            prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"], group=r["annotator"]
+        )
+        for r in rows
+    ]
+    held_out = [r["label_id"] % HELD_OUT_EVERY == 0 for r in rows] if len(rows) >= 10 else [False] * len(rows)
+    if all(held_out):  # keep something to train on
+        held_out = [False] * len(rows)
+    train = [e for e, out in zip(examples, held_out, strict=True) if not out]
+    evaluate = [e for e, out in zip(examples, held_out, strict=True) if out]
+    config = RewardConfig(
+        backbone=settings.REWARD_BACKBONE,
+        ensemble_size=settings.REWARD_ENSEMBLE_SIZE,
+        max_steps=settings.REWARD_MAX_STEPS or None,
+    )
+    store = artifact_store()
+    name = f"reward-{run_id}-{uuid.uuid4().hex[:8]}"
+    with store.write_version(name) as folder:
+        metrics = train_reward_model(train, folder, config, progress=_progress_reporter(run_id), eval_examples=evaluate)
+        digest = data_hash(rows)
+        members = [str(Path(p).relative_to(folder)) if Path(p) != folder else "" for p in metrics["member_paths"]]
+        summary = {k: v for k, v in metrics.items() if k not in ("member_paths",)}
+        summary["n_train_pairs"], summary["n_eval_pairs"] = len(train), len(evaluate)
+        store.write_meta(
+            folder,
+            VersionMeta(
+                name=name,
+                parent=None,
+                kind="reward",
+                base_model=config.backbone,
+                config=config.to_dict(),
+                metrics=summary,
+                data_hash=digest,
+            ),
+        )
+    reward_model = services.reward_model_register(
+        artifact_path=store.version_uri(name),
+        backbone=config.backbone,
+        member_paths=members,
+        config=config.to_dict(),
+        metrics=summary,
+        data_hash=digest,
+    )
+    services.run_succeed(run_id=run_id, reward_model=reward_model, metrics=summary)
+    logger.info("run %s made %s from %d pairs (%d held out)", run_id, reward_model, len(train), len(evaluate))
 
 
 @app.task(name="prefloop.check_training_threshold", queue="cpu", ignore_result=True)

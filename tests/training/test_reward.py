@@ -3,6 +3,7 @@ model and on MiniLM, ensembles, and the metrics."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ import torch
 from training.feedback_io import ImportedCandidate, ImportedItem, ImportedLabel
 from training.losses import bradley_terry_loss, ensemble_score, plackett_luce_loss
 from training.reward import (
+    REWARD_META_FILE,
     PreferenceExample,
     RankingExample,
     RewardConfig,
     RewardEnsemble,
     RewardScorer,
     accuracy_by_group,
+    backbone_pooling,
     encode_input,
     evaluate_pairs,
     examples_from_items,
@@ -369,6 +372,41 @@ def test_minilm_encoder_trains_a_few_steps(tmp_path: Path) -> None:
     assert scorer.layout.type_ids == ([0], [1])
     scores = scorer.score([e.prompt for e in examples], [e.chosen for e in examples])
     assert len(scores) == 6 and all(math.isfinite(s) for s in scores) and len(set(scores)) > 1
+
+
+def test_a_sentence_transformers_encoder_is_read_through_mean_pooling(tmp_path: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    backbone = _minilm_path()
+    assert backbone_pooling(backbone) == "mean"  # all-MiniLM-L6-v2 declares mean pooling
+    assert backbone_pooling(tmp_path) == "model"  # a folder without such a declaration
+    examples = _easy_pairs()[:4]
+    auto = train_reward_model(
+        examples, tmp_path / "auto", RewardConfig(backbone=backbone, max_length=48, max_steps=1, learning_rate=1e-9)
+    )
+    assert json.loads((tmp_path / "auto" / REWARD_META_FILE).read_text())["pooling"] == "mean"
+    scorer = RewardScorer.load(auto["member_paths"][0])
+    assert type(scorer.model).__name__ == "MeanPooledRewardModel"
+    # The score is the head applied to the masked mean of the backbone's states: recompute it by hand,
+    # on a padded batch, from the saved backbone and head.
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    batch = tokenizer(["short text", "a much longer text than the first one"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = scorer.model.backbone(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        expected = scorer.model.score((states * mask).sum(1) / mask.sum(1)).squeeze(-1)
+        got = scorer.model(**batch).logits.squeeze(-1)
+    assert torch.allclose(got, expected, atol=1e-6)
+    # the backbone started from the packaged weights (a learning rate of 1e-9 barely moves them)
+    original = AutoModel.from_pretrained(backbone).embeddings.word_embeddings.weight
+    assert torch.allclose(scorer.model.backbone.embeddings.word_embeddings.weight, original, atol=1e-6)
+
+    plain = train_reward_model(
+        examples, tmp_path / "plain", RewardConfig(backbone=backbone, max_length=48, max_steps=1, pooling="model")
+    )
+    assert type(RewardScorer.load(plain["member_paths"][0]).model).__name__ == "BertForSequenceClassification"
+    with pytest.raises(ValueError, match="pooling='max' must be one of"):
+        RewardConfig(backbone=backbone, pooling="max")
 
 
 # --------------------------------------------------------------------------- metrics

@@ -33,6 +33,8 @@ from webapp.api.serializers import (
     ProjectSerializer,
     PromptInputSerializer,
     PromptSerializer,
+    RewardModelSerializer,
+    RunCreateSerializer,
     SkipSerializer,
     TaskBulkSerializer,
     TaskSerializer,
@@ -49,7 +51,7 @@ from webapp.feedback.selectors import label_list_for, projects_for, task_list_fo
 from webapp.feedback.transfer import export_rows, import_items
 from webapp.runs import services as run_services
 from webapp.runs.models import TrainingRun
-from webapp.runs.selectors import run_list, version_list
+from webapp.runs.selectors import reward_model_list, run_list, version_list
 
 BULK_LIMIT = 1000
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -357,12 +359,17 @@ class RunListCreateApi(APIView):
         return paginator.get_paginated_response(TrainingRunSerializer(page, many=True).data)
 
     @extend_schema(
-        request=None,
+        request=RunCreateSerializer,
         responses={201: TrainingRunSerializer, 200: TrainingRunSerializer},
-        summary="Launch a training run (returns the active one, with 200, if a run is already queued or running)",
+        summary="Launch a training run: `dpo` (a policy update, the default) or `reward` (a reward model); "
+        "returns the active run of that kind, with 200, if one is already queued or running",
     )
     def post(self, request: Request) -> Response:
-        run, created = run_services.run_create(trigger=TrainingRun.Trigger.API, created_by=api_user(request))
+        body = RunCreateSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        run, created = run_services.run_create(
+            trigger=TrainingRun.Trigger.API, created_by=api_user(request), kind=body.validated_data["kind"]
+        )
         return Response(
             TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -374,6 +381,13 @@ class RunDetailApi(generics.RetrieveAPIView):
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return run_list()
+
+
+class RewardModelListApi(generics.ListAPIView):
+    serializer_class = RewardModelSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return reward_model_list()
 
 
 class VersionListApi(generics.ListAPIView):

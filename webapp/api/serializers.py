@@ -16,7 +16,7 @@ from webapp.feedback.models import (
     Task,
 )
 from webapp.feedback.validation import clean_messages
-from webapp.runs.models import ModelVersion, TrainingRun
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
 
 
 class MessageSerializer(serializers.Serializer):
@@ -213,11 +213,39 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         ]
 
 
+class RewardModelSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(read_only=True)
+    run = serializers.PrimaryKeyRelatedField(read_only=True)  # type: ignore[var-annotated]
+
+    class Meta:
+        model = RewardModel
+        fields = [
+            "id",
+            "number",
+            "name",
+            "run",
+            "backbone",
+            "artifact_path",
+            "member_paths",
+            "config",
+            "metrics",
+            "data_hash",
+            "created_at",
+        ]
+
+
+class RunCreateSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=TrainingRun.Kind.choices, default=TrainingRun.Kind.DPO)
+
+
 class TrainingRunSerializer(serializers.ModelSerializer):
     parent_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="number", read_only=True
     )
     result_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="number", read_only=True
+    )
+    result_reward_model: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="number", read_only=True
     )
 
@@ -235,6 +263,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "error",
             "parent_version",
             "result_version",
+            "result_reward_model",
             "created_at",
             "started_at",
             "finished_at",

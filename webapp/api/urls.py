@@ -17,6 +17,7 @@ urlpatterns = [
     path("runs/", apis.RunListCreateApi.as_view(), name="api-runs"),
     path("runs/<int:run_id>/", apis.RunDetailApi.as_view(), name="api-run"),
     path("versions/", apis.VersionListApi.as_view(), name="api-versions"),
+    path("reward-models/", apis.RewardModelListApi.as_view(), name="api-reward-models"),
     path("projects/", apis.ProjectListCreateApi.as_view(), name="api-projects"),
     path("projects/<int:project_id>/", apis.ProjectDetailApi.as_view(), name="api-project"),
     path("projects/<int:project_id>/next/", apis.ProjectNextApi.as_view(), name="api-project-next"),

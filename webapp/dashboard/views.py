@@ -7,7 +7,7 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse, HttpResponseForbidden
+from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -16,7 +16,7 @@ from webapp.feedback.models import Conversation, Label, Project, Task
 from webapp.feedback.quality import project_quality
 from webapp.runs import services
 from webapp.runs.models import TrainingRun
-from webapp.runs.selectors import run_list, version_list, version_serving
+from webapp.runs.selectors import reward_model_list, run_list, version_list, version_serving
 
 
 def admin_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -31,7 +31,12 @@ def admin_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 
 
 def _runs_context() -> dict[str, Any]:
-    return {"runs": run_list()[:20], "versions": version_list()[:20], "serving": version_serving()}
+    return {
+        "runs": run_list()[:20],
+        "versions": version_list()[:20],
+        "serving": version_serving(),
+        "reward_models": reward_model_list()[:20],
+    }
 
 
 @require_GET
@@ -55,7 +60,10 @@ def runs(request: AuthedHttpRequest) -> HttpResponse:
 @require_POST
 @admin_required
 def run_new(request: AuthedHttpRequest) -> HttpResponse:
-    services.run_create(trigger=TrainingRun.Trigger.ADMIN, created_by=request.user)
+    kind = request.POST.get("kind") or TrainingRun.Kind.DPO
+    if kind not in TrainingRun.Kind.values:
+        return HttpResponseBadRequest(f"unknown run kind {kind!r}: one of {', '.join(TrainingRun.Kind.values)}")
+    services.run_create(trigger=TrainingRun.Trigger.ADMIN, created_by=request.user, kind=kind)
     if not request.htmx:
         return redirect("dashboard:index")
     return render(request, "dashboard/_runs.html", _runs_context())

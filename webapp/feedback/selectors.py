@@ -49,8 +49,8 @@ def label_count() -> int:
     return Label.objects.count()
 
 
-def labels_since_last_run() -> int:
-    last = TrainingRun.objects.order_by("-created_at").first()
+def labels_since_last_run(*, kind: str = TrainingRun.Kind.DPO) -> int:
+    last = TrainingRun.objects.filter(kind=kind).order_by("-created_at").first()
     labels = Label.objects.all()
     if last is not None:
         labels = labels.filter(created_at__gt=last.created_at)
@@ -72,7 +72,7 @@ def preference_pairs() -> list[dict[str, Any]]:
             | Q(kind=Task.Kind.RANKING, ranking__isnull=False)
             | (Q(kind=Task.Kind.CRITIQUE) & ~Q(rewrite=""))
         )
-        .select_related("task__prompt")
+        .select_related("task__prompt", "annotator")
         .prefetch_related("task__slots__candidate")
         .order_by("id")
     )
@@ -85,6 +85,7 @@ def preference_pairs() -> list[dict[str, Any]]:
                 pairs.append(
                     {
                         "label_id": label.pk,
+                        "annotator": label.annotator.username,
                         "prompt": label.task.prompt.messages,
                         "chosen": chosen,
                         "rejected": rejected,

@@ -50,6 +50,29 @@ class ModelVersion(models.Model):
         return f"{settings.POLICY_MODEL_NAME}-v{self.number}"
 
 
+class RewardModel(models.Model):
+    """A trained reward model (one model or an ensemble) in the artifact store, with its held-out metrics."""
+
+    number = models.PositiveIntegerField(unique=True)
+    backbone = models.CharField(max_length=500)
+    artifact_path = models.CharField(max_length=1000)
+    member_paths = models.JSONField(default=list, blank=True)  # relative to artifact_path; [""] for one model
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    data_hash = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-number"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def name(self) -> str:
+        return f"rm{self.number}"
+
+
 class TrainingRun(models.Model):
     """One training job: queued by an admin, the API or the label threshold; run by a worker."""
 
@@ -65,7 +88,8 @@ class TrainingRun(models.Model):
         THRESHOLD = "threshold", "Label threshold"
 
     class Kind(models.TextChoices):
-        DPO = "dpo", "DPO"
+        DPO = "dpo", "DPO policy update"
+        REWARD = "reward", "Reward model"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
 
@@ -78,6 +102,9 @@ class TrainingRun(models.Model):
     parent_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     result_version = models.OneToOneField(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="run"
+    )
+    result_reward_model = models.OneToOneField(
+        RewardModel, null=True, blank=True, on_delete=models.PROTECT, related_name="run"
     )
     progress = models.FloatField(default=0.0)
     metrics = models.JSONField(default=dict, blank=True)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from webapp.runs.models import ModelVersion, TrainingRun
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
 
 
 def version_serving() -> ModelVersion | None:
@@ -14,7 +14,11 @@ def version_list() -> QuerySet[ModelVersion]:
 
 
 def run_list() -> QuerySet[TrainingRun]:
-    return TrainingRun.objects.select_related("parent_version", "result_version", "created_by")
+    return TrainingRun.objects.select_related("parent_version", "result_version", "result_reward_model", "created_by")
+
+
+def reward_model_list() -> QuerySet[RewardModel]:
+    return RewardModel.objects.select_related("run").order_by("-number")
 
 
 def run_active(*, kind: str = TrainingRun.Kind.DPO) -> TrainingRun | None:

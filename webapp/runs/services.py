@@ -11,11 +11,15 @@ from django.db.models import Max
 from django.utils import timezone
 
 from webapp.accounts.models import User
-from webapp.runs.models import ModelVersion, TrainingRun
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
 
 logger = logging.getLogger(__name__)
 
-TRAIN_TASK_NAME = "prefloop.train_policy"
+# The worker task of each run kind, sent by name (the web app never imports the worker's tasks).
+TRAIN_TASK_NAMES: dict[str, str] = {
+    TrainingRun.Kind.DPO: "prefloop.train_policy",
+    TrainingRun.Kind.REWARD: "prefloop.train_reward",
+}
 HISTORY_LIMIT = 500
 
 
@@ -45,6 +49,34 @@ def version_register(
         except IntegrityError:  # another writer took the number; take the next one
             continue
     raise RuntimeError("could not allocate a version number after 5 tries")
+
+
+def reward_model_register(
+    *,
+    artifact_path: str,
+    backbone: str,
+    member_paths: list[str],
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    data_hash: str = "",
+) -> RewardModel:
+    """Register a complete reward-model folder under the next free number."""
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                number = (RewardModel.objects.aggregate(m=Max("number"))["m"] or 0) + 1
+                return RewardModel.objects.create(
+                    number=number,
+                    artifact_path=artifact_path,
+                    backbone=backbone,
+                    member_paths=member_paths,
+                    config=config or {},
+                    metrics=metrics or {},
+                    data_hash=data_hash,
+                )
+        except IntegrityError:  # another writer took the number; take the next one
+            continue
+    raise RuntimeError("could not allocate a reward-model number after 5 tries")
 
 
 def version_serve(*, version: ModelVersion) -> ModelVersion:
@@ -79,33 +111,38 @@ def version_promote(*, version: ModelVersion) -> ModelVersion:
     return version
 
 
-def run_create(*, trigger: str, created_by: User | None = None) -> tuple[TrainingRun, bool]:
-    """Queue a training run, or return the one already queued or running (a double submit is harmless).
+def run_create(
+    *, trigger: str, created_by: User | None = None, kind: str = TrainingRun.Kind.DPO
+) -> tuple[TrainingRun, bool]:
+    """Queue a training run of `kind`, or return the one of that kind already queued or running (a
+    double submit is harmless). Runs of different kinds may be active at once.
 
     The worker task is enqueued after the transaction commits.
     """
+    if kind not in TRAIN_TASK_NAMES:
+        raise ValueError(f"unknown run kind {kind!r}: one of {', '.join(TRAIN_TASK_NAMES)}")
     try:
         with transaction.atomic():
             active = (
                 TrainingRun.objects.select_for_update()
-                .filter(kind=TrainingRun.Kind.DPO, status__in=TrainingRun.ACTIVE_STATUSES)
+                .filter(kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
                 .first()
             )
             if active is not None:
                 return active, False
-            run = TrainingRun.objects.create(trigger=trigger, created_by=created_by)
-            transaction.on_commit(lambda: run_enqueue(run_id=run.pk))
+            run = TrainingRun.objects.create(kind=kind, trigger=trigger, created_by=created_by)
+            transaction.on_commit(lambda: run_enqueue(run_id=run.pk, kind=kind))
             return run, True
     except IntegrityError:  # a concurrent request created it between our check and insert
-        active = TrainingRun.objects.get(kind=TrainingRun.Kind.DPO, status__in=TrainingRun.ACTIVE_STATUSES)
+        active = TrainingRun.objects.get(kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
         return active, False
 
 
-def run_enqueue(*, run_id: int) -> None:
-    """Send the training task to the broker by name (the web app never imports the worker's tasks)."""
+def run_enqueue(*, run_id: int, kind: str = TrainingRun.Kind.DPO) -> None:
+    """Send the run's worker task to the broker by name."""
     from worker.celery import app
 
-    app.send_task(TRAIN_TASK_NAME, args=[run_id], queue="gpu")
+    app.send_task(TRAIN_TASK_NAMES[kind], args=[run_id], queue="gpu")
 
 
 @transaction.atomic
@@ -146,14 +183,22 @@ def run_progress(*, run_id: int, progress: float, metrics: dict[str, Any]) -> No
 
 
 @transaction.atomic
-def run_succeed(*, run_id: int, version: ModelVersion, metrics: dict[str, Any]) -> TrainingRun:
+def run_succeed(
+    *,
+    run_id: int,
+    metrics: dict[str, Any],
+    version: ModelVersion | None = None,
+    reward_model: RewardModel | None = None,
+) -> TrainingRun:
+    """Finish a run with what it made: a policy version (DPO) or a reward model."""
     run = TrainingRun.objects.select_for_update().get(pk=run_id)
     run.status = TrainingRun.Status.SUCCEEDED
     run.result_version = version
+    run.result_reward_model = reward_model
     run.progress = 1.0
     run.metrics = {**run.metrics, **metrics}
     run.finished_at = timezone.now()
-    run.save(update_fields=["status", "result_version", "progress", "metrics", "finished_at"])
+    run.save(update_fields=["status", "result_version", "result_reward_model", "progress", "metrics", "finished_at"])
     return run
 
 
@@ -174,7 +219,8 @@ def run_maybe_trigger() -> TrainingRun | None:
     from webapp.feedback.selectors import labels_since_last_run
 
     every = settings.TRAIN_EVERY_N_LABELS
-    if every <= 0 or TrainingRun.objects.filter(status__in=TrainingRun.ACTIVE_STATUSES).exists():
+    active = TrainingRun.objects.filter(kind=TrainingRun.Kind.DPO, status__in=TrainingRun.ACTIVE_STATUSES)
+    if every <= 0 or active.exists():
         return None
     if labels_since_last_run() < every:
         return None

@@ -136,6 +136,21 @@ def test_only_admins_launch_runs_and_a_second_launch_returns_the_active_run(djan
     assert client_for(annotator).get(f"/api/runs/{first.json()['id']}/").json()["trigger"] == TrainingRun.Trigger.API
 
 
+def test_launching_a_reward_model_run_and_bad_kinds(django_capture_on_commit_callbacks):
+    admin = make_user("admin")
+    with django_capture_on_commit_callbacks() as callbacks:
+        reward = client_for(admin).post("/api/runs/", {"kind": "reward"}, format="json")
+        dpo = client_for(admin).post("/api/runs/", {}, format="json")
+    assert (reward.status_code, dpo.status_code) == (201, 201)
+    assert (reward.json()["kind"], dpo.json()["kind"]) == ("reward", "dpo")
+    assert len(callbacks) == 2
+    bad = client_for(admin).post("/api/runs/", {"kind": "ppo"}, format="json")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["fields"]["kind"]
+    assert TrainingRun.objects.count() == 2
+    assert client_for(make_user()).get("/api/reward-models/").json()["results"] == []
+
+
 def test_versions_list_shows_the_serving_version():
     make_serving_version()
     data = client_for(make_user()).get("/api/versions/").json()
@@ -146,7 +161,14 @@ def test_openapi_schema_and_docs_page_are_served():
     schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    for path in ["/api/prompts/", "/api/prompts/{prompt_id}/tasks/", "/api/labels/", "/api/runs/", "/api/versions/"]:
+    for path in [
+        "/api/prompts/",
+        "/api/prompts/{prompt_id}/tasks/",
+        "/api/labels/",
+        "/api/runs/",
+        "/api/versions/",
+        "/api/reward-models/",
+    ]:
         assert path in paths
     docs = APIClient().get("/api/docs/")
     assert docs.status_code == 200

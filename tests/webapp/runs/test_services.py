@@ -73,3 +73,30 @@ def test_a_running_run_found_again_is_restarted_not_left_stuck():
     run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, status=TrainingRun.Status.RUNNING)
     restarted = services.run_start(run_id=run.pk, parent_version=None)
     assert restarted is not None and restarted.status == TrainingRun.Status.RUNNING
+
+
+def test_runs_of_each_kind_queue_independently_and_once(django_capture_on_commit_callbacks):
+    admin = make_user("admin")
+    with django_capture_on_commit_callbacks() as callbacks:
+        dpo, created_dpo = services.run_create(trigger=TrainingRun.Trigger.ADMIN, created_by=admin)
+        reward, created_reward = services.run_create(
+            trigger=TrainingRun.Trigger.ADMIN, created_by=admin, kind=TrainingRun.Kind.REWARD
+        )
+        again, created_again = services.run_create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.REWARD)
+    assert (created_dpo, created_reward, created_again) == (True, True, False)
+    assert (dpo.kind, reward.kind) == ("dpo", "reward") and again.pk == reward.pk
+    assert len(callbacks) == 2
+    with pytest.raises(ValueError, match="unknown run kind 'ppo'"):
+        services.run_create(trigger=TrainingRun.Trigger.API, kind="ppo")
+
+
+def test_a_reward_run_finishes_with_a_numbered_reward_model():
+    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.REWARD)
+    assert services.run_start(run_id=run.pk, parent_version=None) is not None
+    first = services.reward_model_register(artifact_path="/a/rm", backbone="tiny", member_paths=[""])
+    second = services.reward_model_register(artifact_path="/a/rm2", backbone="tiny", member_paths=["member-0"])
+    assert (first.number, second.number, str(second)) == (1, 2, "rm2")
+    services.run_succeed(run_id=run.pk, reward_model=second, metrics={"n_train_pairs": 8})
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED
+    assert run.result_reward_model_id == second.pk and run.result_version_id is None
