@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dj_database_url
 
-from webapp.env import BASE_DIR, env_bool, env_int, env_json_object, env_list, env_path, env_str
+from webapp.env import BASE_DIR, env_bool, env_float, env_int, env_json_object, env_list, env_path, env_str
 
 VAR_DIR = env_path("PREFLOOP_VAR_DIR", BASE_DIR / "var")
 
@@ -134,6 +134,10 @@ POLICY_TIMEOUT_S = env_int("POLICY_TIMEOUT_S", 120, minimum=1)
 REWARD_BACKBONE = env_str("REWARD_BACKBONE", "") or POLICY_BASE_MODEL
 REWARD_ENSEMBLE_SIZE = env_int("REWARD_ENSEMBLE_SIZE", 1, minimum=1)
 REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the pairs
+# GRPO runs: the newest GRPO_PROMPTS prompts, the newest reward model's mean - λ·variance score.
+GRPO_PROMPTS = env_int("GRPO_PROMPTS", 64, minimum=1)
+GRPO_MAX_STEPS = env_int("GRPO_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the prompts
+GRPO_UWO_LAMBDA = env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0)
 TRAIN_EVERY_N_LABELS = env_int("TRAIN_EVERY_N_LABELS", 16, minimum=0)  # 0 turns automatic runs off
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,15 @@ from django.conf import settings
 
 from training.artifacts import VersionMeta, data_hash
 from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
-from training.reward import PreferenceExample, RewardConfig, train_reward_model
-from webapp.feedback.selectors import label_count, preference_pairs
+from training.grpo import GRPOTrainConfig, ensemble_reward, train_grpo
+from training.kto import KTOTrainConfig, ThumbExample, train_kto
+from training.reward import PreferenceExample, RewardConfig, RewardEnsemble, train_reward_model
+from webapp.feedback.selectors import label_count, preference_pairs, prompts_recent
+from webapp.feedback.transfer import export_rows
 from webapp.runs import services
-from webapp.runs.artifacts import artifact_store, version_local_path
-from webapp.runs.selectors import run_get, version_serving
+from webapp.runs.artifacts import artifact_store, reward_model_local_path, version_local_path
+from webapp.runs.models import TrainingRun
+from webapp.runs.selectors import reward_model_list, run_get, version_serving
 from worker.celery import app
 
 logger = logging.getLogger(__name__)
@@ -28,7 +32,7 @@ PROGRESS_EVERY_S = 1.0
 
 @app.task(name="prefloop.train_policy", queue="gpu", acks_late=True, ignore_result=True)
 def train_policy(run_id: int) -> None:
-    """Train a new policy version from every decisive pairwise label, serve it, and record the run.
+    """Train a new policy version (DPO, KTO or GRPO, after the run's kind), serve it, and record the run.
 
     Idempotent: a run that is already finished is left alone, so a redelivered message does no
     harm. Any error moves the run to FAILED with its text; the serving version stays as it was.
@@ -58,12 +62,18 @@ def _progress_reporter(run_id: int) -> Callable[[dict[str, Any]], None]:
     return progress
 
 
-def _train_and_serve(*, run_id: int, parent: Any) -> None:
-    if parent is None:
-        raise RuntimeError("no serving policy version: run `manage.py prefloop_setup` first")
+@dataclass
+class _Update:
+    """What one policy-update run trains on, and how: `train(adapter_path, out_dir, progress)`."""
+
+    records: list[dict[str, Any]]  # plain data, hashed into the version's data_hash
+    n_pairs: int
+    config: Any
+    train: Callable[[str, Path, Callable[[dict[str, Any]], None]], dict[str, Any]]
+
+
+def _dpo_update() -> _Update:
     rows = preference_pairs()
-    run = run_get(run_id=run_id)
-    services.run_record_data(run=run, n_labels=label_count(), n_pairs=len(rows))
     if not rows:
         raise ValueError("no decisive pairwise labels yet (ties and 'both bad' carry no preference)")
     pairs = [
@@ -71,19 +81,98 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
         for r in rows
     ]
     config = DPOTrainConfig()
-    store = artifact_store()
-    name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
-    progress = _progress_reporter(run_id)
-    with store.write_version(name) as folder:
-        metrics = train_dpo(
+
+    def train(adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return train_dpo(
             base_model_path=settings.POLICY_BASE_MODEL,
-            adapter_path=version_local_path(parent),
+            adapter_path=adapter,
             pairs=pairs,
-            out_dir=folder,
+            out_dir=out,
             config=config,
             progress=progress,
         )
-        digest = data_hash(rows)
+
+    return _Update(rows, len(rows), config, train)
+
+
+def _kto_update() -> _Update:
+    """KTO from thumbs in the chat and from choices (the chosen answer liked, the other not)."""
+    rows = list(export_rows(kind="kto"))
+    examples = [
+        ThumbExample(prompt=r["prompt"], completion=r["completion"][0]["content"], desirable=bool(r["label"]))
+        for r in rows
+        if r["completion"][0]["content"].strip()
+    ]
+    if not examples:
+        raise ValueError("no thumbs or decisive choices yet for KTO")
+    config = KTOTrainConfig()
+
+    def train(adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return train_kto(
+            base_model_path=settings.POLICY_BASE_MODEL,
+            adapter_path=adapter,
+            examples=examples,
+            out_dir=out,
+            config=config,
+            progress=progress,
+        )
+
+    return _Update(rows, len(examples), config, train)
+
+
+def _grpo_update() -> _Update:
+    """GRPO on the newest prompts (chats and imports), rewarded by the newest reward model's
+    uncertainty-weighted score (mean - GRPO_UWO_LAMBDA * variance over its members)."""
+    reward_model = reward_model_list().first()
+    if reward_model is None:
+        raise ValueError("GRPO needs a reward model: train one first (dashboard or POST /api/runs/ kind=reward)")
+    prompts = prompts_recent(limit=settings.GRPO_PROMPTS)
+    if not prompts:
+        raise ValueError("no prompts yet for GRPO (chat, or import prompts)")
+    root = Path(reward_model_local_path(reward_model))
+    ensemble = RewardEnsemble.load([root / m for m in reward_model.member_paths])
+    reward_fn = ensemble_reward(lambda p, c: ensemble.score(p, c)["members"], settings.GRPO_UWO_LAMBDA)
+    config = GRPOTrainConfig(
+        max_steps=settings.GRPO_MAX_STEPS or None,
+        max_completion_length=settings.POLICY_MAX_TOKENS,
+    )
+
+    def train(adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        metrics = train_grpo(
+            base_model_path=settings.POLICY_BASE_MODEL,
+            adapter_path=adapter,
+            prompts=prompts,
+            reward_fn=reward_fn,
+            out_dir=out,
+            config=config,
+            progress=progress,
+        )
+        return {**metrics, "reward_model": reward_model.name}
+
+    records = [{"prompt": p} for p in prompts] + [{"reward_model": reward_model.artifact_path}]
+    return _Update(records, len(prompts), config, train)
+
+
+POLICY_UPDATES: dict[str, Callable[[], _Update]] = {
+    TrainingRun.Kind.DPO: _dpo_update,
+    TrainingRun.Kind.KTO: _kto_update,
+    TrainingRun.Kind.GRPO: _grpo_update,
+}
+
+
+def _train_and_serve(*, run_id: int, parent: Any) -> None:
+    if parent is None:
+        raise RuntimeError("no serving policy version: run `manage.py prefloop_setup` first")
+    run = run_get(run_id=run_id)
+    services.run_record_data(run=run, n_labels=label_count(), n_pairs=0)
+    update = POLICY_UPDATES[run.kind]()
+    services.run_record_data(run=run, n_labels=run.n_labels, n_pairs=update.n_pairs)
+    store = artifact_store()
+    name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
+    with store.write_version(name) as folder:
+        metrics = update.train(version_local_path(parent), folder, _progress_reporter(run_id))
+        digest = data_hash(update.records)
+        config = {"kind": run.kind, **asdict(update.config)}
         store.write_meta(
             folder,
             VersionMeta(
@@ -91,7 +180,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
                 parent=parent.name,
                 kind="lora",
                 base_model=settings.POLICY_BASE_MODEL,
-                config=asdict(config),
+                config=config,
                 metrics=metrics,
                 data_hash=digest,
             ),
@@ -100,7 +189,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
         artifact_path=store.version_uri(name),
         base_model=settings.POLICY_BASE_MODEL,
         parent=parent,
-        config=asdict(config),
+        config=config,
         metrics=metrics,
         data_hash=digest,
     )
@@ -108,7 +197,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
     # name it, and older adapters are unloaded.
     services.version_serve(version=version)
     services.run_succeed(run_id=run_id, version=version, metrics=metrics)
-    logger.info("run %s served %s from %d pairs", run_id, version, len(pairs))
+    logger.info("%s run %s served %s from %d examples", run.kind, run_id, version, update.n_pairs)
 
 
 @app.task(name="prefloop.train_reward", queue="gpu", acks_late=True, ignore_result=True)

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.db.models import Q, QuerySet
 
 from webapp.accounts.models import User
-from webapp.feedback.models import Conversation, Label, Message, Project, Task
+from webapp.feedback.models import Conversation, Label, Message, Project, Prompt, Task
 from webapp.runs.models import TrainingRun
 
 
@@ -55,6 +56,21 @@ def labels_since_last_run(*, kind: str = TrainingRun.Kind.DPO) -> int:
     if last is not None:
         labels = labels.filter(created_at__gt=last.created_at)
     return labels.count()
+
+
+def prompts_recent(*, limit: int) -> list[list[dict[str, str]]]:
+    """The newest `limit` distinct prompts (chats and imports) that end with a user turn, newest first."""
+    seen: set[str] = set()
+    prompts: list[list[dict[str, str]]] = []
+    for messages in Prompt.objects.order_by("-id").values_list("messages", flat=True).iterator(chunk_size=500):
+        key = json.dumps(messages, sort_keys=True)
+        if not messages or messages[-1].get("role") != "user" or key in seen:
+            continue
+        seen.add(key)
+        prompts.append(messages)
+        if len(prompts) >= limit:
+            break
+    return prompts
 
 
 def preference_pairs() -> list[dict[str, Any]]:

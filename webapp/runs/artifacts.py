@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from training.artifacts import Store, is_remote, open_store, version_name_from_uri
-from webapp.runs.models import ModelVersion
+from webapp.runs.models import ModelVersion, RewardModel
 
 
 def artifact_store() -> Store:
@@ -17,12 +17,23 @@ def artifact_store() -> Store:
     )
 
 
-def version_local_path(version: ModelVersion) -> str:
-    """A local folder with `version`'s files: its own folder, or a checked copy of a remote one."""
-    if not is_remote(version.artifact_path):
-        return version.artifact_path
+def local_path(artifact_path: str) -> str:
+    """A local folder with the files at `artifact_path`: the folder itself, or a checked copy of a
+    remote version."""
+    if not is_remote(artifact_path):
+        return artifact_path
     store = artifact_store()
-    name = version_name_from_uri(version.artifact_path)
-    if store.version_uri(name) != version.artifact_path.rstrip("/"):
-        raise ValueError(f"{version} lives at {version.artifact_path}, outside ARTIFACT_STORE_URL ({store})")
+    name = version_name_from_uri(artifact_path)
+    if store.version_uri(name) != artifact_path.rstrip("/"):
+        raise ValueError(f"{artifact_path} is outside ARTIFACT_STORE_URL ({store})")
     return str(store.local_path(name))
+
+
+def version_local_path(version: ModelVersion) -> str:
+    """A local folder with policy `version`'s adapter."""
+    return local_path(version.artifact_path)
+
+
+def reward_model_local_path(reward_model: RewardModel) -> str:
+    """A local folder with `reward_model`'s members."""
+    return local_path(reward_model.artifact_path)

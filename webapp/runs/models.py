@@ -89,6 +89,8 @@ class TrainingRun(models.Model):
 
     class Kind(models.TextChoices):
         DPO = "dpo", "DPO policy update"
+        KTO = "kto", "KTO policy update"
+        GRPO = "grpo", "GRPO policy update"
         REWARD = "reward", "Reward model"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)

@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 # The worker task of each run kind, sent by name (the web app never imports the worker's tasks).
 TRAIN_TASK_NAMES: dict[str, str] = {
     TrainingRun.Kind.DPO: "prefloop.train_policy",
+    TrainingRun.Kind.KTO: "prefloop.train_policy",
+    TrainingRun.Kind.GRPO: "prefloop.train_policy",
     TrainingRun.Kind.REWARD: "prefloop.train_reward",
 }
 HISTORY_LIMIT = 500
