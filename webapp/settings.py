@@ -133,6 +133,7 @@ POLICY_TIMEOUT_S = env_int("POLICY_TIMEOUT_S", 120, minimum=1)
 # as all-MiniLM-L6-v2) and the ensemble size; the default backbone is the policy's base model.
 REWARD_BACKBONE = env_str("REWARD_BACKBONE", "") or POLICY_BASE_MODEL
 REWARD_ENSEMBLE_SIZE = env_int("REWARD_ENSEMBLE_SIZE", 1, minimum=1)
+REWARD_EVERY_N_LABELS = env_int("REWARD_EVERY_N_LABELS", 0, minimum=0)  # 0: reward runs only by hand
 REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the pairs
 # GRPO runs: the newest GRPO_PROMPTS prompts, the newest reward model's mean - λ·variance score.
 GRPO_PROMPTS = env_int("GRPO_PROMPTS", 64, minimum=1)

@@ -216,17 +216,21 @@ def run_fail(*, run_id: int, error: str) -> TrainingRun | None:
     return run
 
 
-def run_maybe_trigger() -> TrainingRun | None:
-    """Queue a run when `TRAIN_EVERY_N_LABELS` labels arrived since the last one (0 = never)."""
+def run_maybe_trigger() -> list[TrainingRun]:
+    """Queue a DPO run every `TRAIN_EVERY_N_LABELS` new labels and a reward-model run every
+    `REWARD_EVERY_N_LABELS` (0 = never), counted since the last run of that kind; return those queued."""
     from webapp.feedback.selectors import labels_since_last_run
 
-    every = settings.TRAIN_EVERY_N_LABELS
-    active = TrainingRun.objects.filter(kind=TrainingRun.Kind.DPO, status__in=TrainingRun.ACTIVE_STATUSES)
-    if every <= 0 or active.exists():
-        return None
-    if labels_since_last_run() < every:
-        return None
-    run, created = run_create(trigger=TrainingRun.Trigger.THRESHOLD)
-    if created:
-        logger.info("queued %s after %d new labels", run, every)
-    return run
+    queued = []
+    for kind, every in (
+        (TrainingRun.Kind.DPO, settings.TRAIN_EVERY_N_LABELS),
+        (TrainingRun.Kind.REWARD, settings.REWARD_EVERY_N_LABELS),
+    ):
+        active = TrainingRun.objects.filter(kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
+        if every <= 0 or active.exists() or labels_since_last_run(kind=kind) < every:
+            continue
+        run, created = run_create(trigger=TrainingRun.Trigger.THRESHOLD, kind=kind)
+        if created:
+            logger.info("queued %s after %d new labels", run, every)
+            queued.append(run)
+    return queued

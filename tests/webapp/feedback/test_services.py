@@ -78,6 +78,24 @@ def test_threshold_queues_one_run_after_n_labels(settings, django_capture_on_com
     assert len(callbacks) == 1  # one task sent to the worker, after commit
 
 
+def test_reward_runs_have_a_threshold_of_their_own(settings, django_capture_on_commit_callbacks):
+    settings.TRAIN_EVERY_N_LABELS = 0  # policy updates by hand only
+    settings.REWARD_EVERY_N_LABELS = 2
+    user = make_user()
+    with django_capture_on_commit_callbacks() as callbacks:
+        for _ in range(5):
+            services.label_submit(task=make_pairwise_task(created_by=user), annotator=user, choice="a")
+    run = TrainingRun.objects.get()  # the 2nd label queued it; while it is active no other is queued
+    assert (run.kind, run.trigger) == (TrainingRun.Kind.REWARD, TrainingRun.Trigger.THRESHOLD)
+    assert len(callbacks) == 1
+    run.status = TrainingRun.Status.SUCCEEDED
+    run.save()
+    # labels are counted since the run was queued: the 3 that came while it ran, and this one
+    services.label_submit(task=make_pairwise_task(created_by=user), annotator=user, choice="a")
+    assert TrainingRun.objects.filter(kind=TrainingRun.Kind.REWARD).count() == 2
+    assert not TrainingRun.objects.filter(kind=TrainingRun.Kind.DPO).exists()
+
+
 def test_preference_pairs_orient_choices_and_leave_out_ties():
     user = make_user()
     t1 = make_pairwise_task(created_by=user, texts=("good", "bad"))
