@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dj_database_url
 
-from webapp.env import BASE_DIR, env_bool, env_float, env_int, env_json_object, env_list, env_path, env_str
+from webapp.env import BASE_DIR, env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_path, env_str
 
 VAR_DIR = env_path("PREFLOOP_VAR_DIR", BASE_DIR / "var")
 
@@ -139,6 +139,9 @@ REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch ove
 GRPO_PROMPTS = env_int("GRPO_PROMPTS", 64, minimum=1)
 GRPO_MAX_STEPS = env_int("GRPO_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the prompts
 GRPO_UWO_LAMBDA = env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0)
+# GRPO's reward: "reward_model" (the newest one) or "followup" (follow-up likelihood under FOLLOWUP_MODEL).
+GRPO_REWARD = env_choice("GRPO_REWARD", "reward_model", ("reward_model", "followup"))
+FOLLOWUP_MODEL = env_str("FOLLOWUP_MODEL", "") or POLICY_BASE_MODEL
 TRAIN_EVERY_N_LABELS = env_int("TRAIN_EVERY_N_LABELS", 16, minimum=0)  # 0 turns automatic runs off
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from django.conf import settings
 
 from training.artifacts import VersionMeta, data_hash
 from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
-from training.grpo import GRPOTrainConfig, ensemble_reward, train_grpo
+from training.followup import FollowupScorer
+from training.grpo import GRPOTrainConfig, ensemble_reward, followup_reward, train_grpo
 from training.kto import KTOTrainConfig, ThumbExample, train_kto
 from training.reward import PreferenceExample, RewardConfig, RewardEnsemble, train_reward_model
 from webapp.feedback.selectors import label_count, preference_pairs, prompts_recent
@@ -121,17 +122,28 @@ def _kto_update() -> _Update:
 
 
 def _grpo_update() -> _Update:
-    """GRPO on the newest prompts (chats and imports), rewarded by the newest reward model's
-    uncertainty-weighted score (mean - GRPO_UWO_LAMBDA * variance over its members)."""
-    reward_model = reward_model_list().first()
-    if reward_model is None:
-        raise ValueError("GRPO needs a reward model: train one first (dashboard or POST /api/runs/ kind=reward)")
+    """GRPO on the newest prompts (chats and imports), rewarded (GRPO_REWARD) by the newest reward
+    model's uncertainty-weighted score (mean - GRPO_UWO_LAMBDA * variance over its members), or by
+    the follow-up likelihood of a frozen FOLLOWUP_MODEL (no labels needed)."""
+    reward_model = None
+    if settings.GRPO_REWARD == "reward_model":
+        reward_model = reward_model_list().first()
+        if reward_model is None:
+            raise ValueError(
+                "GRPO needs a reward model: train one first (dashboard or POST /api/runs/ kind=reward), "
+                "or set GRPO_REWARD=followup"
+            )
     prompts = prompts_recent(limit=settings.GRPO_PROMPTS)
     if not prompts:
         raise ValueError("no prompts yet for GRPO (chat, or import prompts)")
-    root = Path(reward_model_local_path(reward_model))
-    ensemble = RewardEnsemble.load([root / m for m in reward_model.member_paths])
-    reward_fn = ensemble_reward(lambda p, c: ensemble.score(p, c)["members"], settings.GRPO_UWO_LAMBDA)
+    if reward_model is None:
+        scorer = FollowupScorer.from_pretrained(settings.FOLLOWUP_MODEL)
+        reward_fn, source = followup_reward(scorer), {"reward": "followup", "followup_model": settings.FOLLOWUP_MODEL}
+    else:
+        root = Path(reward_model_local_path(reward_model))
+        ensemble = RewardEnsemble.load([root / m for m in reward_model.member_paths])
+        reward_fn = ensemble_reward(lambda p, c: ensemble.score(p, c)["members"], settings.GRPO_UWO_LAMBDA)
+        source = {"reward": "reward_model", "reward_model": reward_model.name}
     config = GRPOTrainConfig(
         max_steps=settings.GRPO_MAX_STEPS or None,
         max_completion_length=settings.POLICY_MAX_TOKENS,
@@ -147,10 +159,9 @@ def _grpo_update() -> _Update:
             config=config,
             progress=progress,
         )
-        return {**metrics, "reward_model": reward_model.name}
+        return {**metrics, **source}
 
-    records = [{"prompt": p} for p in prompts] + [{"reward_model": reward_model.artifact_path}]
-    return _Update(records, len(prompts), config, train)
+    return _Update([{"prompt": p} for p in prompts] + [source], len(prompts), config, train)
 
 
 POLICY_UPDATES: dict[str, Callable[[], _Update]] = {

@@ -18,3 +18,21 @@ def test_json_object_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARTIFACT_STORE_OPTIONS", '["x"]')
     with pytest.raises(ConfigError, match="ARTIFACT_STORE_OPTIONS must be a JSON object, got list"):
         env_json_object("ARTIFACT_STORE_OPTIONS")
+
+
+def test_choice_and_number_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from webapp.env import env_choice, env_float
+
+    monkeypatch.delenv("GRPO_REWARD", raising=False)
+    assert env_choice("GRPO_REWARD", "reward_model", ("reward_model", "followup")) == "reward_model"
+    monkeypatch.setenv("GRPO_REWARD", "followup")
+    assert env_choice("GRPO_REWARD", "reward_model", ("reward_model", "followup")) == "followup"
+    monkeypatch.setenv("GRPO_REWARD", "vibes")
+    with pytest.raises(ConfigError, match="GRPO_REWARD='vibes' must be one of reward_model, followup"):
+        env_choice("GRPO_REWARD", "reward_model", ("reward_model", "followup"))
+    monkeypatch.setenv("GRPO_UWO_LAMBDA", "0.5")
+    assert env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0) == 0.5
+    for bad, message in (("x", "is not a number"), ("nan", "must be a finite number"), ("-1", "must be at least 0")):
+        monkeypatch.setenv("GRPO_UWO_LAMBDA", bad)
+        with pytest.raises(ConfigError, match=message):
+            env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0)

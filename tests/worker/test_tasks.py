@@ -56,3 +56,22 @@ def test_a_finished_run_redelivered_is_left_alone() -> None:
     tasks.train_reward(run.pk)
     run.refresh_from_db()
     assert run.error == "earlier failure"
+
+
+def test_grpo_can_be_rewarded_by_follow_up_likelihood_without_any_label(settings, tiny_policy_path, tmp_path) -> None:
+    from training.dpo import DPOTrainConfig, create_initial_adapter
+    from webapp.feedback.models import Prompt
+    from webapp.feedback.services import project_default
+
+    settings.POLICY_BASE_MODEL = settings.FOLLOWUP_MODEL = str(tiny_policy_path)
+    settings.GRPO_REWARD, settings.GRPO_MAX_STEPS, settings.POLICY_MAX_TOKENS = "followup", 1, 8
+    for text in ("What is the capital of Italy?", "Say something kind.", "What is the capital of Italy?"):
+        Prompt.objects.create(project=project_default(), messages=[{"role": "user", "content": text}], source="api")
+    update = tasks._grpo_update()  # no reward model exists: the follow-up reward needs none
+    assert update.n_pairs == 2  # distinct prompts
+    adapter = create_initial_adapter(tiny_policy_path, tmp_path / "v1", DPOTrainConfig())
+    logs: list[dict] = []
+    metrics = update.train(str(adapter), tmp_path / "v2", logs.append)
+    assert metrics["reward"] == "followup" and metrics["steps"] == 1
+    assert logs and logs[-1]["reward"] == logs[-1]["rewards/reward_fn/mean"]  # the follow-up reward, logged
+    assert (tmp_path / "v2" / "adapter_model.safetensors").is_file()
