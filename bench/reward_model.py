@@ -127,7 +127,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HH-RLHF harmless-base test file")
     parser.add_argument("--train-pairs", type=int, default=720, help="pairs from the train split (max 1,850)")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per input, the same for every model")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per input (the TRL script's, and ours)")
+    parser.add_argument(
+        "--ours-max-length",
+        type=int,
+        default=None,
+        help="tokens per input for ours only (default: --max-length); ours keeps the reply and the end of the "
+        "context, so a shorter input can buy ensemble members within the TRL script's time",
+    )
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate for all (TRL's default, 1e-4)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hf_logging.set_verbosity_error()  # the new score head's load report, long-sequence notices
     bench_start = time.perf_counter()
     backbone = minilm_path()
+    ours_max_length = args.ours_max_length or args.max_length
 
     raw = [json.loads(line) for line in gzip.open(args.data, "rt", encoding="utf-8") if line.strip()]
     items = list(read_feedback(args.data, "hh"))
@@ -161,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f" {len(examples) - len(test_idx)} train-split pairs, test on all {len(test_idx)} test pairs (split seed 0)"
     )
     print(
-        f"backbone all-MiniLM-L6-v2; max_length {args.max_length}, {args.epochs:g} epoch(s), lr {args.lr:g},"
+        f"backbone all-MiniLM-L6-v2; max_length {args.max_length} (ours {ours_max_length}), {args.epochs:g} epoch(s),"
+        f" lr {args.lr:g},"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
     )
     test = [examples[i] for i in test_idx]
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # (a) + (b): ours
         config = RewardConfig(
             backbone=backbone,
-            max_length=args.max_length,
+            max_length=ours_max_length,
             learning_rate=args.lr,
             num_train_epochs=args.epochs,
             per_device_train_batch_size=args.batch_size,
@@ -232,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         delta = 100 * (results[key]["accuracy"] - results["trl"]["accuracy"])
         results[f"delta_{key}"] = delta
         print(f"{label}: {delta:+.1f} accuracy points")
+    for key, label in (("ours_single", "(a) / (c)"), ("ours_ensemble", "(b) / (c)")):
+        ratio = results[key]["train_s"] / results["trl"]["train_s"]
+        results[f"time_ratio_{key}"] = ratio
+        print(f"training time {label}: {ratio:.2f}x")
     print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
     return results
 

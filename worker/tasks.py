@@ -7,7 +7,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,26 @@ def _progress_reporter(run_id: int) -> Callable[[dict[str, Any]], None]:
 
 @dataclass
 class _Update:
-    """What one policy-update run trains on, and how: `train(adapter_path, out_dir, progress)`."""
+    """What one policy-update run trains on: a trainer (`train_dpo`, `train_kto`, `train_grpo`) and its
+    data and config, called with the parent adapter, the output folder and a progress callback."""
 
-    records: list[dict[str, Any]]  # plain data, hashed into the version's data_hash
-    n_pairs: int
+    trainer: Callable[..., dict[str, Any]]
+    data: dict[str, Any]  # the trainer's data and reward arguments (pairs=, examples=, prompts= + reward_fn=)
     config: Any
-    train: Callable[[str, Path, Callable[[dict[str, Any]], None]], dict[str, Any]]
+    records: list[dict[str, Any]]  # plain data, hashed into the version's data_hash
+    n_examples: int
+    notes: dict[str, Any] = field(default_factory=dict)  # added to the run's metrics
+
+    def train(self, adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        metrics = self.trainer(
+            base_model_path=settings.POLICY_BASE_MODEL,
+            adapter_path=adapter,
+            out_dir=out,
+            config=self.config,
+            progress=progress,
+            **self.data,
+        )
+        return {**metrics, **self.notes}
 
 
 def _dpo_update() -> _Update:
@@ -81,19 +95,7 @@ def _dpo_update() -> _Update:
         PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"])
         for r in rows
     ]
-    config = DPOTrainConfig()
-
-    def train(adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        return train_dpo(
-            base_model_path=settings.POLICY_BASE_MODEL,
-            adapter_path=adapter,
-            pairs=pairs,
-            out_dir=out,
-            config=config,
-            progress=progress,
-        )
-
-    return _Update(rows, len(rows), config, train)
+    return _Update(train_dpo, {"pairs": pairs}, DPOTrainConfig(), rows, len(pairs))
 
 
 def _kto_update() -> _Update:
@@ -106,19 +108,7 @@ def _kto_update() -> _Update:
     ]
     if not examples:
         raise ValueError("no thumbs or decisive choices yet for KTO")
-    config = KTOTrainConfig()
-
-    def train(adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        return train_kto(
-            base_model_path=settings.POLICY_BASE_MODEL,
-            adapter_path=adapter,
-            examples=examples,
-            out_dir=out,
-            config=config,
-            progress=progress,
-        )
-
-    return _Update(rows, len(examples), config, train)
+    return _Update(train_kto, {"examples": examples}, KTOTrainConfig(), rows, len(examples))
 
 
 def _grpo_update() -> _Update:
@@ -145,23 +135,10 @@ def _grpo_update() -> _Update:
         reward_fn = ensemble_reward(lambda p, c: ensemble.score(p, c)["members"], settings.GRPO_UWO_LAMBDA)
         source = {"reward": "reward_model", "reward_model": reward_model.name}
     config = GRPOTrainConfig(
-        max_steps=settings.GRPO_MAX_STEPS or None,
-        max_completion_length=settings.POLICY_MAX_TOKENS,
+        max_steps=settings.GRPO_MAX_STEPS or None, max_completion_length=settings.POLICY_MAX_TOKENS
     )
-
-    def train(adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        metrics = train_grpo(
-            base_model_path=settings.POLICY_BASE_MODEL,
-            adapter_path=adapter,
-            prompts=prompts,
-            reward_fn=reward_fn,
-            out_dir=out,
-            config=config,
-            progress=progress,
-        )
-        return {**metrics, **source}
-
-    return _Update([{"prompt": p} for p in prompts] + [source], len(prompts), config, train)
+    records = [{"prompt": p} for p in prompts] + [source]
+    return _Update(train_grpo, {"prompts": prompts, "reward_fn": reward_fn}, config, records, len(prompts), source)
 
 
 POLICY_UPDATES: dict[str, Callable[[], _Update]] = {
@@ -177,7 +154,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
     run = run_get(run_id=run_id)
     services.run_record_data(run=run, n_labels=label_count(), n_pairs=0)
     update = POLICY_UPDATES[run.kind]()
-    services.run_record_data(run=run, n_labels=run.n_labels, n_pairs=update.n_pairs)
+    services.run_record_data(run=run, n_labels=run.n_labels, n_pairs=update.n_examples)
     store = artifact_store()
     name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
     with store.write_version(name) as folder:
@@ -208,7 +185,7 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
     # name it, and older adapters are unloaded.
     services.version_serve(version=version)
     services.run_succeed(run_id=run_id, version=version, metrics=metrics)
-    logger.info("%s run %s served %s from %d examples", run.kind, run_id, version, update.n_pairs)
+    logger.info("%s run %s served %s from %d examples", run.kind, run_id, version, update.n_examples)
 
 
 @app.task(name="prefloop.train_reward", queue="gpu", acks_late=True, ignore_result=True)

@@ -68,7 +68,7 @@ def test_grpo_can_be_rewarded_by_follow_up_likelihood_without_any_label(settings
     for text in ("What is the capital of Italy?", "Say something kind.", "What is the capital of Italy?"):
         Prompt.objects.create(project=project_default(), messages=[{"role": "user", "content": text}], source="api")
     update = tasks._grpo_update()  # no reward model exists: the follow-up reward needs none
-    assert update.n_pairs == 2  # distinct prompts
+    assert update.n_examples == 2  # distinct prompts
     adapter = create_initial_adapter(tiny_policy_path, tmp_path / "v1", DPOTrainConfig())
     logs: list[dict] = []
     metrics = update.train(str(adapter), tmp_path / "v2", logs.append)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -23,6 +23,20 @@ TRAIN_TASK_NAMES: dict[str, str] = {
     TrainingRun.Kind.REWARD: "prefloop.train_reward",
 }
 HISTORY_LIMIT = 500
+NumberedT = TypeVar("NumberedT", ModelVersion, RewardModel)
+
+
+def _create_numbered(model: type[NumberedT], **fields: Any) -> NumberedT:
+    """Create a `model` row under the next free `number`; a writer that takes the same number
+    concurrently makes this one try the next."""
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                number = (model.objects.aggregate(m=Max("number"))["m"] or 0) + 1  # type: ignore[attr-defined]
+                return model.objects.create(number=number, **fields)  # type: ignore[attr-defined]
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not allocate a {model.__name__} number after 5 tries")
 
 
 def version_register(
@@ -35,22 +49,15 @@ def version_register(
     data_hash: str = "",
 ) -> ModelVersion:
     """Register a complete version folder under the next free number (status: candidate)."""
-    for _ in range(5):
-        try:
-            with transaction.atomic():
-                number = (ModelVersion.objects.aggregate(m=Max("number"))["m"] or 0) + 1
-                return ModelVersion.objects.create(
-                    number=number,
-                    artifact_path=artifact_path,
-                    base_model=base_model,
-                    parent=parent,
-                    config=config or {},
-                    metrics=metrics or {},
-                    data_hash=data_hash,
-                )
-        except IntegrityError:  # another writer took the number; take the next one
-            continue
-    raise RuntimeError("could not allocate a version number after 5 tries")
+    return _create_numbered(
+        ModelVersion,
+        artifact_path=artifact_path,
+        base_model=base_model,
+        parent=parent,
+        config=config or {},
+        metrics=metrics or {},
+        data_hash=data_hash,
+    )
 
 
 def reward_model_register(
@@ -63,22 +70,15 @@ def reward_model_register(
     data_hash: str = "",
 ) -> RewardModel:
     """Register a complete reward-model folder under the next free number."""
-    for _ in range(5):
-        try:
-            with transaction.atomic():
-                number = (RewardModel.objects.aggregate(m=Max("number"))["m"] or 0) + 1
-                return RewardModel.objects.create(
-                    number=number,
-                    artifact_path=artifact_path,
-                    backbone=backbone,
-                    member_paths=member_paths,
-                    config=config or {},
-                    metrics=metrics or {},
-                    data_hash=data_hash,
-                )
-        except IntegrityError:  # another writer took the number; take the next one
-            continue
-    raise RuntimeError("could not allocate a reward-model number after 5 tries")
+    return _create_numbered(
+        RewardModel,
+        artifact_path=artifact_path,
+        backbone=backbone,
+        member_paths=member_paths,
+        config=config or {},
+        metrics=metrics or {},
+        data_hash=data_hash,
+    )
 
 
 def version_serve(*, version: ModelVersion) -> ModelVersion:
