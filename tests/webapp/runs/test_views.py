@@ -40,3 +40,22 @@ def test_dashboard_pages_are_for_admins_only(client):
     assert client.get(f"/dashboard/runs/{run.pk}/").status_code == 403
     assert client.get("/dashboard/").status_code == 403
     assert client.post("/dashboard/runs/new/").status_code == 403
+
+
+def test_dashboard_buttons_queue_each_kind_and_a_bad_kind_is_refused(client, django_capture_on_commit_callbacks):
+    client.force_login(make_user("admin"))
+    page = client.get("/dashboard/").content.decode()
+    for kind in ("dpo", "kto", "grpo", "reward"):
+        assert f'name="kind" value="{kind}"' in page
+    with django_capture_on_commit_callbacks():
+        for kind in ("dpo", "kto", "grpo", "reward", "reward"):  # the second reward click is harmless
+            assert client.post("/dashboard/runs/new/", {"kind": kind}, HTTP_HX_REQUEST="true").status_code == 200
+    assert sorted(TrainingRun.objects.values_list("kind", flat=True)) == ["dpo", "grpo", "kto", "reward"]
+    bad = client.post("/dashboard/runs/new/", {"kind": "ppo"})
+    assert bad.status_code == 400 and b"unknown run kind 'ppo'" in bad.content
+    reward = TrainingRun.objects.get(kind="reward")
+    made = services.reward_model_register(artifact_path="/a/rm", backbone="tiny", member_paths=[""])
+    services.run_start(run_id=reward.pk, parent_version=None)
+    services.run_succeed(run_id=reward.pk, reward_model=made, metrics={"n_train_pairs": 8})
+    detail = client.get(f"/dashboard/runs/{reward.pk}/").content.decode()
+    assert "made rm1" in detail and "Reward model" in detail
