@@ -135,6 +135,8 @@ REWARD_BACKBONE = env_str("REWARD_BACKBONE", "") or POLICY_BASE_MODEL
 REWARD_ENSEMBLE_SIZE = env_int("REWARD_ENSEMBLE_SIZE", 1, minimum=1)
 REWARD_EVERY_N_LABELS = env_int("REWARD_EVERY_N_LABELS", 0, minimum=0)  # 0: reward runs only by hand
 REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the pairs
+# Where the worker trains: "auto" (a CUDA GPU when one is visible, in bf16 where supported), "cpu" or "cuda".
+TRAIN_DEVICE = env_choice("TRAIN_DEVICE", "auto", ("auto", "cpu", "cuda"))
 # GRPO runs: the newest GRPO_PROMPTS prompts, the newest reward model's mean - λ·variance score.
 GRPO_PROMPTS = env_int("GRPO_PROMPTS", 64, minimum=1)
 GRPO_MAX_STEPS = env_int("GRPO_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the prompts

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
 
@@ -63,6 +63,23 @@ def _progress_reporter(run_id: int) -> Callable[[dict[str, Any]], None]:
     return progress
 
 
+class DeviceOptions(TypedDict):
+    use_cpu: bool
+    bf16: bool
+
+
+def device_options() -> DeviceOptions:
+    """The trainer configs' `use_cpu` and `bf16` for TRAIN_DEVICE: a visible CUDA GPU is used (in
+    bfloat16 where it supports it) unless TRAIN_DEVICE=cpu."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if settings.TRAIN_DEVICE == "cuda" and not cuda:
+        raise RuntimeError("TRAIN_DEVICE=cuda but no CUDA device is visible to this worker")
+    use_cuda = cuda and settings.TRAIN_DEVICE != "cpu"
+    return DeviceOptions(use_cpu=not use_cuda, bf16=use_cuda and torch.cuda.is_bf16_supported())
+
+
 @dataclass
 class _Update:
     """What one policy-update run trains on: a trainer (`train_dpo`, `train_kto`, `train_grpo`) and its
@@ -95,7 +112,7 @@ def _dpo_update() -> _Update:
         PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"])
         for r in rows
     ]
-    return _Update(train_dpo, {"pairs": pairs}, DPOTrainConfig(), rows, len(pairs))
+    return _Update(train_dpo, {"pairs": pairs}, DPOTrainConfig(**device_options()), rows, len(pairs))
 
 
 def _kto_update() -> _Update:
@@ -108,7 +125,7 @@ def _kto_update() -> _Update:
     ]
     if not examples:
         raise ValueError("no thumbs or decisive choices yet for KTO")
-    return _Update(train_kto, {"examples": examples}, KTOTrainConfig(), rows, len(examples))
+    return _Update(train_kto, {"examples": examples}, KTOTrainConfig(**device_options()), rows, len(examples))
 
 
 def _grpo_update() -> _Update:
@@ -135,7 +152,9 @@ def _grpo_update() -> _Update:
         reward_fn = ensemble_reward(lambda p, c: ensemble.score(p, c)["members"], settings.GRPO_UWO_LAMBDA)
         source = {"reward": "reward_model", "reward_model": reward_model.name}
     config = GRPOTrainConfig(
-        max_steps=settings.GRPO_MAX_STEPS or None, max_completion_length=settings.POLICY_MAX_TOKENS
+        max_steps=settings.GRPO_MAX_STEPS or None,
+        max_completion_length=settings.POLICY_MAX_TOKENS,
+        **device_options(),
     )
     records = [{"prompt": p} for p in prompts] + [source]
     return _Update(train_grpo, {"prompts": prompts, "reward_fn": reward_fn}, config, records, len(prompts), source)
@@ -227,6 +246,7 @@ def _train_reward(*, run_id: int) -> None:
         backbone=settings.REWARD_BACKBONE,
         ensemble_size=settings.REWARD_ENSEMBLE_SIZE,
         max_steps=settings.REWARD_MAX_STEPS or None,
+        **device_options(),
     )
     store = artifact_store()
     name = f"reward-{run_id}-{uuid.uuid4().hex[:8]}"

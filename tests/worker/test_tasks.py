@@ -75,3 +75,16 @@ def test_grpo_can_be_rewarded_by_follow_up_likelihood_without_any_label(settings
     assert metrics["reward"] == "followup" and metrics["steps"] == 1
     assert logs and logs[-1]["reward"] == logs[-1]["rewards/reward_fn/mean"]  # the follow-up reward, logged
     assert (tmp_path / "v2" / "adapter_model.safetensors").is_file()
+
+
+def test_the_training_device_follows_train_device(settings) -> None:
+    import torch
+
+    settings.TRAIN_DEVICE = "cpu"
+    assert tasks.device_options() == {"use_cpu": True, "bf16": False}
+    settings.TRAIN_DEVICE = "auto"
+    assert tasks.device_options()["use_cpu"] is (not torch.cuda.is_available())
+    if not torch.cuda.is_available():
+        settings.TRAIN_DEVICE = "cuda"
+        with pytest.raises(RuntimeError, match="TRAIN_DEVICE=cuda but no CUDA device is visible"):
+            tasks.device_options()
