@@ -361,8 +361,8 @@ class RunListCreateApi(APIView):
     @extend_schema(
         request=RunCreateSerializer,
         responses={201: TrainingRunSerializer, 200: TrainingRunSerializer},
-        summary="Launch a training run: `dpo` (a policy update, the default) or `reward` (a reward model); "
-        "returns the active run of that kind, with 200, if one is already queued or running",
+        summary="Launch a training run: a policy update by `dpo` (the default), `kto` or `grpo`, or a `reward` "
+        "model; returns the active run of that kind, with 200, if one is already queued or running",
     )
     def post(self, request: Request) -> Response:
         body = RunCreateSerializer(data=request.data or {})
