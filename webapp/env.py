@@ -22,17 +22,24 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+def _env_number(name: str, default: Any, parse: Any, what: str, minimum: Any) -> Any:
+    """`name` parsed by `parse` (int or float), `default` when unset; a bad or too small value raises."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        raise ConfigError(f"{name}={raw!r} is not {what}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}={raw!r} must be a finite number")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    return int(_env_number(name, default, int, "an integer", minimum))
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -43,18 +50,7 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{name}={raw!r} must be a finite number")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
+    return float(_env_number(name, default, float, "a number", minimum))
 
 
 def env_bool(name: str, default: bool) -> bool:
