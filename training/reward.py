@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 TIE_POLICIES = ("equal", "drop")
 POOLINGS = ("auto", "model", "mean")
+HEAD_INITS = ("random", "probe")
 ENSEMBLE_METHODS = ("seeds", "bootstrap")
 # Written next to each trained model: how its inputs were built, so scoring builds them the same way.
 REWARD_META_FILE = "prefloop_reward.json"
@@ -243,6 +244,20 @@ class RewardConfig:
             "declares mean pooling (a sentence-transformers model, such as all-MiniLM-L6-v2), else 'model'."
         },
     )
+    head_init: str = field(
+        default="random",
+        metadata={
+            "help": f"How the new score head starts: one of {HEAD_INITS}. 'random': transformers' initialisation; "
+            "'probe': fitted first on the frozen backbone's features of the training inputs with this same loss "
+            "(a linear probe, then fine-tuning: 'LP-FT', Kumar et al. 2022), so the first steps of fine-tuning "
+            "follow a head that already ranks the answers instead of a random one. Costs one forward pass over "
+            "the training inputs."
+        },
+    )
+    probe_l2: float = field(
+        default=0.01,
+        metadata={"help": "L2 penalty on the probe's weights (head_init='probe'); larger = a more cautious head."},
+    )
     tie_policy: str = field(
         default="equal",
         metadata={"help": f"Pairwise ties: one of {TIE_POLICIES} ('equal': pull the two scores together; 'drop')."},
@@ -307,6 +322,10 @@ class RewardConfig:
         self.margin_from_strength = {k: float(v) for k, v in sorted(margins.items())}
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} must be one of {POOLINGS}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init={self.head_init!r} must be one of {HEAD_INITS}")
+        if not (isinstance(self.probe_l2, (int, float)) and math.isfinite(self.probe_l2)) or self.probe_l2 < 0:
+            raise ValueError(f"probe_l2={self.probe_l2!r} must be a finite number >= 0")
         if self.tie_policy not in TIE_POLICIES:
             raise ValueError(f"tie_policy={self.tie_policy!r} must be one of {TIE_POLICIES}")
         if self.center_rewards_coefficient is not None and not (
@@ -703,6 +722,124 @@ def _trainer_class():  # -> type[RewardTrainer]
     return PrefloopRewardTrainer
 
 
+def _score_head(model):  # -> torch.nn.Linear
+    """The one-output linear layer that turns the backbone's features into the score (the last one)."""
+    import torch
+
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no one-output linear score head")
+    return heads[-1]
+
+
+def _head_features(model, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int) -> Tensor:
+    """``(answers, hidden)``: the score head's input for every answer of ``rows``, in row order.
+
+    Taken with a forward hook in eval mode (no dropout), batches sorted by length. A causal LM's
+    head sees every position; the position read is the one transformers reads for the score (the
+    last token that is not padding), and the features are checked to give the model's own scores.
+    """
+    import torch
+
+    head = _score_head(model)
+    collate = _ListCollator(pad_token_id=pad_token_id)
+    captured: list[Tensor] = []
+    hook = head.register_forward_hook(lambda module, args, output: captured.append(args[0].detach()))
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])
+    per_row: list[Tensor | None] = [None] * len(rows)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = collate([rows[i] for i in chunk])
+                inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+                captured.clear()
+                logits = model(**inputs).logits[:, 0].float()  # (answers,)
+                features = captured[-1]
+                if features.dim() == 3:  # (answers, length, hidden): a causal LM scores its last real token
+                    non_pad = (batch["input_ids"] != model.config.pad_token_id).long()
+                    positions = torch.arange(non_pad.shape[1]) * non_pad
+                    features = features[torch.arange(features.shape[0]), positions.argmax(-1)]
+                if not torch.allclose(head(features).float()[:, 0], logits, atol=1e-3, rtol=1e-3):
+                    raise RuntimeError(f"cannot read the score head's features of {type(model).__name__}")
+                offset = 0
+                for i in chunk:
+                    n = len(rows[i]["completion_ids"])
+                    per_row[i] = features[offset : offset + n].float()
+                    offset += n
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat([f for f in per_row if f is not None])
+
+
+def fit_head_by_probe(
+    model,
+    rows: list[dict[str, Any]],
+    pad_token_id: int,
+    *,
+    l2: float,
+    center_rewards_coefficient: float | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Fit ``model``'s score head, in place, on its frozen features of ``rows`` (a linear probe).
+
+    The head's weights and bias become the minimiser of the mean :func:`preference_loss` of the
+    rows (pairs, ties and lists alike, the very loss fine-tuning then continues) plus
+    ``l2 * |w|²``, found by L-BFGS from zero, i.e. from scores that are all equal. The backbone is
+    not changed. Returns ``probe_loss_start`` (the loss at zero), ``probe_loss`` and
+    ``probe_accuracy`` (on the rows' pairs).
+    """
+    import torch
+
+    head = _score_head(model)
+    features = _head_features(model, rows, pad_token_id, batch_size)  # (answers, hidden)
+    n_max = max(len(row["completion_ids"]) for row in rows)
+    index = torch.full((len(rows), n_max), -1, dtype=torch.long)
+    ranks = torch.zeros((len(rows), n_max), dtype=torch.long)
+    offset = 0
+    for b, row in enumerate(rows):
+        n = len(row["completion_ids"])
+        index[b, :n] = torch.arange(offset, offset + n)
+        ranks[b, :n] = torch.tensor(row["ranks"], dtype=torch.long)
+        offset += n
+    margin = torch.tensor([row["margin"] for row in rows], dtype=torch.float)
+    tie = torch.tensor([bool(row["tie"]) for row in rows], dtype=torch.bool)
+    weight = torch.zeros(features.shape[1], requires_grad=True)
+    bias = torch.zeros((), requires_grad=head.bias is not None)
+
+    def objective() -> tuple[Tensor, dict[str, float]]:
+        loss, diagnostics = preference_loss(
+            features @ weight + bias, index, ranks, margin, tie, center_rewards_coefficient
+        )
+        return loss + l2 * (weight**2).sum(), diagnostics
+
+    with torch.no_grad():
+        start_loss = float(objective()[0])
+    params = [weight, bias] if head.bias is not None else [weight]
+    optimiser = torch.optim.LBFGS(params, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        loss, _ = objective()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        loss, diagnostics = objective()
+        head.weight.copy_(weight.reshape(head.weight.shape).to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.fill_(float(bias))
+    return {
+        "probe_loss_start": start_loss,
+        "probe_loss": float(loss),
+        "probe_accuracy": diagnostics.get("accuracy", float("nan")),
+    }
+
+
 def _member_examples(examples: list[Example], config: RewardConfig, member: int) -> list[Example]:
     if config.ensemble_method == "seeds" or config.ensemble_size == 1:
         return examples
@@ -721,6 +858,18 @@ def _train_member(
     set_seed(seed)  # before loading: the new score head is drawn from this seed
     pooling = _resolve_pooling(config)
     model = _load_scoring_model(config.backbone, pooling=pooling)
+    probe: dict[str, float] = {}
+    if config.head_init == "probe":
+        started = time.perf_counter()
+        probe = fit_head_by_probe(
+            model,
+            rows,
+            tokenizer.pad_token_id,
+            l2=config.probe_l2,
+            center_rewards_coefficient=config.center_rewards_coefficient,
+            batch_size=config.scoring_batch_size,
+        )
+        probe["probe_seconds"] = round(time.perf_counter() - started, 3)
     history: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefloop-reward-") as scratch:
         args = TRLRewardConfig(
@@ -760,7 +909,7 @@ def _train_member(
         trainer.remove_callback(PrinterCallback)  # with tqdm disabled the Trainer would print every log line
         start = time.perf_counter()
         trainer.train()
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + probe.get("probe_seconds", 0.0)
     if not history:
         raise RuntimeError("reward-model training logged no step; check max_steps and the data")
     trained = trainer.accelerator.unwrap_model(trainer.model)
@@ -781,6 +930,7 @@ def _train_member(
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
         "train_seconds": round(seconds, 3),
+        **probe,
     }
 
 

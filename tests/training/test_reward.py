@@ -26,6 +26,7 @@ from training.reward import (
     evaluate_pairs,
     examples_from_items,
     expected_calibration_error,
+    fit_head_by_probe,
     pairwise_accuracy,
     pairwise_metrics,
     preference_loss,
@@ -407,6 +408,73 @@ def test_a_sentence_transformers_encoder_is_read_through_mean_pooling(tmp_path: 
     assert type(RewardScorer.load(plain["member_paths"][0]).model).__name__ == "BertForSequenceClassification"
     with pytest.raises(ValueError, match="pooling='max' must be one of"):
         RewardConfig(backbone=backbone, pooling="max")
+
+
+@pytest.mark.parametrize("backbone,pooling", [("tiny", "model"), ("minilm", "mean"), ("minilm", "model")])
+def test_the_probe_fits_only_the_score_head_on_frozen_features(
+    backbone: str, pooling: str, tiny_policy_path: Path
+) -> None:
+    from training.reward import _layout, _ListCollator, _load_scoring_model, _rows, _score_head, _tokenizer_with_pad
+
+    path = str(tiny_policy_path) if backbone == "tiny" else _minilm_path()
+    examples: list[Any] = _easy_pairs()
+    examples += [
+        PreferenceExample(USER, "Grass is green.", "It is green.", tie=True),
+        RankingExample(USER, ["Grass is green.", "Two plus two is four.", "Goodbye."], [0, 1, 1]),
+    ]
+    config = RewardConfig(backbone=path, max_length=64, pooling=pooling, head_init="probe")
+    tokenizer = _tokenizer_with_pad(path)
+    rows, _ = _rows(examples, tokenizer, _layout(tokenizer), config)
+    model = _load_scoring_model(path, pooling=pooling)
+    head = _score_head(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    l2 = 0.01
+    result = fit_head_by_probe(model, rows, tokenizer.pad_token_id, l2=l2, center_rewards_coefficient=0.01)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    assert result["probe_loss"] < result["probe_loss_start"]
+    # The head now in the model is the one fitted: the model's own scores give the probe's loss.
+    model.eval()
+    batch = _ListCollator(pad_token_id=tokenizer.pad_token_id)(rows)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    with torch.no_grad():
+        scores = model(**inputs).logits[:, 0]
+        loss, diagnostics = preference_loss(scores, batch["index"], batch["ranks"], batch["margin"], batch["tie"], 0.01)
+    assert float(loss) + l2 * float((head.weight.detach() ** 2).sum()) == pytest.approx(result["probe_loss"], abs=1e-4)
+    assert diagnostics["accuracy"] == pytest.approx(result["probe_accuracy"])
+    # ... and it is the minimum: the objective's gradient in the head's weights vanishes there.
+    weight = head.weight.detach().clone().requires_grad_(True)
+    features: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda module, args, output: features.append(args[0]))
+    with torch.no_grad():
+        model(**inputs)
+    hook.remove()
+    x = features[0]
+    if x.dim() == 3:  # a causal LM: the last real token, as the model reads its score
+        x = x[torch.arange(x.shape[0]), batch["attention_mask"].sum(1) - 1]
+    bias = head.bias.detach() if head.bias is not None else 0.0
+    objective, _ = preference_loss(
+        (x @ weight.T)[:, 0] + bias, batch["index"], batch["ranks"], batch["margin"], batch["tie"], 0.01
+    )
+    (grad,) = torch.autograd.grad(objective + l2 * (weight**2).sum(), weight)
+    assert float(grad.abs().max()) < 1e-3
+
+
+def test_training_from_a_probed_head_starts_below_chance_loss(tiny_policy_path: Path, tmp_path: Path) -> None:
+    history: list[dict[str, Any]] = []
+    config = RewardConfig(
+        backbone=_minilm_path(), max_length=64, max_steps=2, per_device_train_batch_size=24, head_init="probe"
+    )
+    metrics = train_reward_model(_easy_pairs(), tmp_path / "rm", config, progress=history.append)
+    member = metrics["members"][0]
+    assert member["probe_loss"] < member["probe_loss_start"] == pytest.approx(math.log(2), abs=1e-6)
+    assert member["probe_seconds"] > 0 and member["train_seconds"] > member["probe_seconds"]
+    # step 1 sees all 24 pairs through the fitted head (dropout on), far below a random head's log 2
+    assert history[0]["loss"] < 0.8 * math.log(2)
+    with pytest.raises(ValueError, match="head_init='lp' must be one of"):
+        RewardConfig(backbone=str(tiny_policy_path), head_init="lp")
+    with pytest.raises(ValueError, match="probe_l2=-1 must be a finite number >= 0"):
+        RewardConfig(backbone=str(tiny_policy_path), probe_l2=-1)
 
 
 # --------------------------------------------------------------------------- metrics
