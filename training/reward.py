@@ -251,7 +251,7 @@ class RewardConfig:
             "'probe': fitted first on the frozen backbone's features of the training inputs with this same loss "
             "(a linear probe, then fine-tuning: 'LP-FT', Kumar et al. 2022), so the first steps of fine-tuning "
             "follow a head that already ranks the answers instead of a random one. Costs one forward pass over "
-            "the training inputs."
+            "the training inputs; members of a 'seeds' ensemble then start from the same head."
         },
     )
     probe_l2: float = field(
@@ -580,6 +580,31 @@ def _rows(
     return rows, n_truncated
 
 
+def _row_targets(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """What :func:`preference_loss` needs besides the scores, for ``rows`` whose answers are scored in order.
+
+    ``index`` ``(rows, n_max)``: position of each row's answers among all answers (-1 = none);
+    ``ranks`` ``(rows, n_max)``; ``margin`` and ``tie`` ``(rows,)``.
+    """
+    import torch
+
+    n_max = max(len(row["completion_ids"]) for row in rows)
+    index = torch.full((len(rows), n_max), -1, dtype=torch.long)
+    ranks = torch.zeros((len(rows), n_max), dtype=torch.long)
+    offset = 0
+    for b, row in enumerate(rows):
+        n = len(row["completion_ids"])
+        index[b, :n] = torch.arange(offset, offset + n)
+        ranks[b, :n] = torch.tensor(row["ranks"], dtype=torch.long)
+        offset += n
+    return {
+        "index": index,
+        "ranks": ranks,
+        "margin": torch.tensor([row["margin"] for row in rows], dtype=torch.float),
+        "tie": torch.tensor([bool(row["tie"]) for row in rows], dtype=torch.bool),
+    }
+
+
 @dataclass
 class _ListCollator:
     """Pads every answer of a batch of rows into one (answers, length) batch, right-padded as TRL does."""
@@ -591,28 +616,12 @@ class _ListCollator:
 
         sequences = [ids for row in rows for ids in row["completion_ids"]]
         length = max(len(ids) for ids in sequences)
-        n_max = max(len(row["completion_ids"]) for row in rows)
         input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)  # (answers, length)
         attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        index = torch.full((len(rows), n_max), -1, dtype=torch.long)  # (batch, n_max): row of each answer, -1 = none
-        ranks = torch.zeros((len(rows), n_max), dtype=torch.long)
         for i, ids in enumerate(sequences):
             input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[i, : len(ids)] = 1
-        offset = 0
-        for b, row in enumerate(rows):
-            n = len(row["completion_ids"])
-            index[b, :n] = torch.arange(offset, offset + n)
-            ranks[b, :n] = torch.tensor(row["ranks"], dtype=torch.long)
-            offset += n
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "index": index,
-            "ranks": ranks,
-            "margin": torch.tensor([row["margin"] for row in rows], dtype=torch.float),
-            "tie": torch.tensor([bool(row["tie"]) for row in rows], dtype=torch.bool),
-        }
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, **_row_targets(rows)}
         if "completion_type_ids" in rows[0]:
             token_type_ids = torch.zeros((len(sequences), length), dtype=torch.long)
             types = [t for row in rows for t in row["completion_type_ids"]]
@@ -796,24 +805,13 @@ def fit_head_by_probe(
 
     head = _score_head(model)
     features = _head_features(model, rows, pad_token_id, batch_size)  # (answers, hidden)
-    n_max = max(len(row["completion_ids"]) for row in rows)
-    index = torch.full((len(rows), n_max), -1, dtype=torch.long)
-    ranks = torch.zeros((len(rows), n_max), dtype=torch.long)
-    offset = 0
-    for b, row in enumerate(rows):
-        n = len(row["completion_ids"])
-        index[b, :n] = torch.arange(offset, offset + n)
-        ranks[b, :n] = torch.tensor(row["ranks"], dtype=torch.long)
-        offset += n
-    margin = torch.tensor([row["margin"] for row in rows], dtype=torch.float)
-    tie = torch.tensor([bool(row["tie"]) for row in rows], dtype=torch.bool)
+    targets = _row_targets(rows)
     weight = torch.zeros(features.shape[1], requires_grad=True)
     bias = torch.zeros((), requires_grad=head.bias is not None)
 
     def objective() -> tuple[Tensor, dict[str, float]]:
-        loss, diagnostics = preference_loss(
-            features @ weight + bias, index, ranks, margin, tie, center_rewards_coefficient
-        )
+        scores = features @ weight + bias  # (answers,)
+        loss, diagnostics = preference_loss(scores, **targets, center_rewards_coefficient=center_rewards_coefficient)
         return loss + l2 * (weight**2).sum(), diagnostics
 
     with torch.no_grad():
