@@ -630,6 +630,11 @@ class _ListCollator:
             batch["token_type_ids"] = token_type_ids
         return batch
 
+    @staticmethod
+    def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        """The part of a collated batch the model takes (the rest is for :func:`preference_loss`)."""
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
 
 def preference_loss(
     scores: Tensor,
@@ -713,10 +718,7 @@ def _trainer_class():  # -> type[RewardTrainer]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
-            model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-            if "token_type_ids" in inputs:
-                model_inputs["token_type_ids"] = inputs["token_type_ids"]
-            outputs = model(**model_inputs)
+            outputs = model(**_ListCollator.model_inputs(inputs))
             scores = outputs.logits.squeeze(-1).float()  # (answers,)
             loss, diagnostics = preference_loss(
                 scores, inputs["index"], inputs["ranks"], inputs["margin"], inputs["tie"], self.center_coefficient
@@ -763,9 +765,8 @@ def _head_features(model, rows: list[dict[str, Any]], pad_token_id: int, batch_s
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 batch = collate([rows[i] for i in chunk])
-                inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
                 captured.clear()
-                logits = model(**inputs).logits[:, 0].float()  # (answers,)
+                logits = model(**_ListCollator.model_inputs(batch)).logits[:, 0].float()  # (answers,)
                 features = captured[-1]
                 if features.dim() == 3:  # (answers, length, hidden): a causal LM scores its last real token
                     non_pad = (batch["input_ids"] != model.config.pad_token_id).long()

@@ -436,7 +436,7 @@ def test_the_probe_fits_only_the_score_head_on_frozen_features(
     # The head now in the model is the one fitted: the model's own scores give the probe's loss.
     model.eval()
     batch = _ListCollator(pad_token_id=tokenizer.pad_token_id)(rows)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    inputs = _ListCollator.model_inputs(batch)
     with torch.no_grad():
         scores = model(**inputs).logits[:, 0]
         loss, diagnostics = preference_loss(scores, batch["index"], batch["ranks"], batch["margin"], batch["tie"], 0.01)
