@@ -162,6 +162,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="ours only: RewardConfig.head_init ('probe': fit the score head on the frozen backbone first)",
     )
     parser.add_argument(
+        "--ours-average-last",
+        type=float,
+        default=0.0,
+        help="ours only: RewardConfig.average_last (mean of the weights over this last fraction of the steps)",
+    )
+    parser.add_argument(
+        "--ours-dropout", action="store_true", help="ours only: keep the backbone's dropout on while training"
+    )
+    parser.add_argument(
+        "--ours-min-context",
+        type=int,
+        default=64,
+        help="ours only: RewardConfig.min_context_tokens (context tokens kept next to a long reply)",
+    )
+    parser.add_argument(
         "--eval-on",
         choices=("test", "dev"),
         default="test",
@@ -213,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"backbone all-MiniLM-L6-v2; max_length {args.max_length} (ours {ours_max_length}),"
         f" {args.epochs:g} epoch(s) (ours {args.ours_epochs or args.epochs:g}),"
         f" lr {args.lr:g} (ours {args.ours_lr or args.lr:g}, warm-up {args.ours_warmup_ratio:g},"
-        f" head {args.ours_head_init}),"
+        f" head {args.ours_head_init}, dropout {'on' if args.ours_dropout else 'off'},"
+        f" min context {args.ours_min_context}, average last {args.ours_average_last:g}),"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
     )
     test = [examples[i] for i in test_idx]
@@ -227,6 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             learning_rate=args.ours_lr or args.lr,
             warmup_ratio=args.ours_warmup_ratio,
             head_init=args.ours_head_init,
+            disable_dropout=not args.ours_dropout,
+            average_last=args.ours_average_last,
+            min_context_tokens=args.ours_min_context,
             num_train_epochs=args.ours_epochs or args.epochs,
             per_device_train_batch_size=args.batch_size,
             ensemble_size=args.members,

@@ -227,6 +227,17 @@ class RewardConfig:
         },
     )
     warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of steps with a linear warm-up."})
+    average_last: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep the mean of the weights over this last fraction of optimiser steps instead of the final "
+            "weights (tail averaging, as in SWA); 0 = the final weights."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Train with the backbone's dropout off (TRL's default): the scores of one input agree."},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     margin_from_strength: dict[int, float] = field(
         default_factory=lambda: dict(STRENGTH_MARGIN),
@@ -312,6 +323,8 @@ class RewardConfig:
             raise ValueError(f"max_steps={self.max_steps!r} must be None or a positive integer")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if not 0.0 <= self.average_last < 1.0:
+            raise ValueError(f"average_last={self.average_last!r} must be in [0, 1)")
         if not self.weight_decay >= 0.0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         margins = {int(k): v for k, v in dict(self.margin_from_strength).items()}  # JSON round trips give "1" keys
@@ -839,6 +852,39 @@ def fit_head_by_probe(
     }
 
 
+def _tail_average_callback(fraction: float):  # -> TrainerCallback
+    """A callback that keeps the running mean of the trainable weights over the last ``fraction`` of the
+    optimiser steps and writes it into the model when training ends."""
+    import torch
+    from transformers import TrainerCallback
+
+    class TailAverage(TrainerCallback):
+        def __init__(self) -> None:
+            self.mean: dict[str, torch.Tensor] = {}
+            self.n = 0
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step <= math.floor(state.max_steps * (1.0 - fraction)):
+                return
+            self.n += 1
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if not param.requires_grad:
+                        continue
+                    if name not in self.mean:
+                        self.mean[name] = param.detach().clone()
+                    else:
+                        self.mean[name] += (param.detach() - self.mean[name]) / self.n
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self.mean:
+                        param.copy_(self.mean[name])
+
+    return TailAverage()
+
+
 def _member_examples(examples: list[Example], config: RewardConfig, member: int) -> list[Example]:
     if config.ensemble_method == "seeds" or config.ensemble_size == 1:
         return examples
@@ -880,6 +926,7 @@ def _train_member(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a fraction of the steps
             weight_decay=config.weight_decay,
+            disable_dropout=config.disable_dropout,
             max_length=None,  # our rows are truncated already; TRL must not filter them
             center_rewards_coefficient=config.center_rewards_coefficient,
             seed=seed,
@@ -905,6 +952,8 @@ def _train_member(
             callbacks=[progress_callback(progress, history)],
         )
         trainer.center_coefficient = config.center_rewards_coefficient
+        if config.average_last > 0:
+            trainer.add_callback(_tail_average_callback(config.average_last))
         trainer.remove_callback(PrinterCallback)  # with tqdm disabled the Trainer would print every log line
         start = time.perf_counter()
         trainer.train()

@@ -469,12 +469,58 @@ def test_training_from_a_probed_head_starts_below_chance_loss(tiny_policy_path: 
     member = metrics["members"][0]
     assert member["probe_loss"] < member["probe_loss_start"] == pytest.approx(math.log(2), abs=1e-6)
     assert member["probe_seconds"] > 0 and member["train_seconds"] > member["probe_seconds"]
-    # step 1 sees all 24 pairs through the fitted head (dropout on), far below a random head's log 2
+    # step 1 sees all 24 pairs through the fitted head (dropout off, TRL's default), far below a random head's log 2
     assert history[0]["loss"] < 0.8 * math.log(2)
     with pytest.raises(ValueError, match="head_init='lp' must be one of"):
         RewardConfig(backbone=str(tiny_policy_path), head_init="lp")
     with pytest.raises(ValueError, match="probe_l2=-1 must be a finite number >= 0"):
         RewardConfig(backbone=str(tiny_policy_path), probe_l2=-1)
+
+
+def test_dropout_is_off_while_training_unless_asked(tmp_path: Path) -> None:
+    # The same seed, head and batch: only the backbone's dropout (0.1 in all-MiniLM-L6-v2) can move step 1's loss.
+    first_loss = {}
+    for disable in (True, False):
+        history: list[dict[str, Any]] = []
+        config = RewardConfig(
+            backbone=_minilm_path(), max_length=64, max_steps=1, per_device_train_batch_size=24, disable_dropout=disable
+        )
+        train_reward_model(_easy_pairs(), tmp_path / f"rm-{disable}", config, progress=history.append)
+        first_loss[disable] = history[0]["loss"]
+    assert first_loss[True] != pytest.approx(first_loss[False], abs=1e-5)
+
+
+def test_tail_averaging_keeps_the_mean_of_the_last_steps_weights(tiny_policy_path: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from training.reward import _tail_average_callback
+
+    model = torch.nn.Linear(2, 1)
+    model.bias.requires_grad_(False)
+    callback = _tail_average_callback(0.5)
+    for step in range(1, 5):  # the weights after step k are all k
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+            model.bias.fill_(float(step))
+        callback.on_step_end(None, SimpleNamespace(global_step=step, max_steps=4), None, model=model)
+    callback.on_train_end(None, SimpleNamespace(global_step=4, max_steps=4), None, model=model)
+    assert torch.equal(model.weight, torch.full((1, 2), 3.5))  # the mean of steps 3 and 4
+    assert torch.equal(model.bias, torch.full((1,), 4.0))  # frozen: left as it is
+
+    # In training: the same seed and steps, averaged or not, give two different saved models.
+    saved = {}
+    for average_last in (0.0, 0.5):
+        config = RewardConfig(
+            backbone=str(tiny_policy_path), max_length=48, max_steps=4, learning_rate=1e-3, average_last=average_last
+        )
+        path = train_reward_model(_easy_pairs(), tmp_path / f"avg-{average_last}", config)["member_paths"][0]
+        saved[average_last] = load_file(str(Path(path) / "model.safetensors"))
+    assert saved[0.0].keys() == saved[0.5].keys()
+    assert any(not torch.equal(saved[0.0][k], saved[0.5][k]) for k in saved[0.0])
+    with pytest.raises(ValueError, match=r"average_last=1\.0 must be in \[0, 1\)"):
+        RewardConfig(backbone=str(tiny_policy_path), average_last=1.0)
 
 
 # --------------------------------------------------------------------------- metrics
