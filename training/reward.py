@@ -262,7 +262,8 @@ class RewardConfig:
             "'probe': fitted first on the frozen backbone's features of the training inputs with this same loss "
             "(a linear probe, then fine-tuning: 'LP-FT', Kumar et al. 2022), so the first steps of fine-tuning "
             "follow a head that already ranks the answers instead of a random one. Costs one forward pass over "
-            "the training inputs; members of a 'seeds' ensemble then start from the same head."
+            "the training inputs, once: members of a 'seeds' ensemble share that fit (their data and starting "
+            "backbone are the same), a 'bootstrap' member fits on its own resample."
         },
     )
     probe_l2: float = field(
@@ -893,8 +894,16 @@ def _member_examples(examples: list[Example], config: RewardConfig, member: int)
 
 
 def _train_member(
-    rows: list[dict[str, Any]], tokenizer, config: RewardConfig, seed: int, out: Path, progress: ProgressFn | None
+    rows: list[dict[str, Any]],
+    tokenizer,
+    config: RewardConfig,
+    seed: int,
+    out: Path,
+    progress: ProgressFn | None,
+    probe_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Train and save one member. ``probe_cache``, a dict shared by members that train on the same
+    rows, keeps the first member's probed head (``head_init="probe"``) for the others to copy."""
     from datasets import Dataset
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -904,7 +913,10 @@ def _train_member(
     pooling = _resolve_pooling(config)
     model = _load_scoring_model(config.backbone, pooling=pooling)
     probe: dict[str, float] = {}
-    if config.head_init == "probe":
+    if config.head_init == "probe" and probe_cache:  # the same rows and backbone: the same fit, copied
+        _score_head(model).load_state_dict(probe_cache["head"])
+        probe = {**probe_cache["metrics"], "probe_seconds": 0.0}
+    elif config.head_init == "probe":
         started = time.perf_counter()
         probe = fit_head_by_probe(
             model,
@@ -915,6 +927,9 @@ def _train_member(
             batch_size=config.scoring_batch_size,
         )
         probe["probe_seconds"] = round(time.perf_counter() - started, 3)
+        if probe_cache is not None:
+            head_state = {name: value.detach().clone() for name, value in _score_head(model).state_dict().items()}
+            probe_cache.update(head=head_state, metrics=dict(probe))
     history: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefloop-reward-") as scratch:
         args = TRLRewardConfig(
@@ -1028,6 +1043,7 @@ def train_reward_model(
         rows, n_truncated = _rows(examples, tokenizer, layout, config)
     position = {id(e): i for i, e in enumerate(examples)}
     members = []
+    shared_probe: dict[str, Any] | None = {} if config.ensemble_method == "seeds" else None  # the same rows for all
     for k in range(config.ensemble_size):
         member_examples = _member_examples(examples, config, k)
         member_rows = [rows[position[id(e)]] for e in member_examples]
@@ -1037,7 +1053,9 @@ def train_reward_model(
             if progress is not None:
                 progress({"member": k, "members": config.ensemble_size, **entry})
 
-        members.append(_train_member(member_rows, tokenizer, config, config.seed + k, target, member_progress))
+        members.append(
+            _train_member(member_rows, tokenizer, config, config.seed + k, target, member_progress, shared_probe)
+        )
 
     metrics: dict[str, Any] = {
         "n_examples": len(examples),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -463,14 +464,29 @@ def test_the_probe_fits_only_the_score_head_on_frozen_features(
 def test_training_from_a_probed_head_starts_below_chance_loss(tiny_policy_path: Path, tmp_path: Path) -> None:
     history: list[dict[str, Any]] = []
     config = RewardConfig(
-        backbone=_minilm_path(), max_length=64, max_steps=2, per_device_train_batch_size=24, head_init="probe"
+        backbone=_minilm_path(),
+        max_length=64,
+        max_steps=2,
+        per_device_train_batch_size=24,
+        head_init="probe",
+        ensemble_size=2,
     )
     metrics = train_reward_model(_easy_pairs(), tmp_path / "rm", config, progress=history.append)
-    member = metrics["members"][0]
+    member, second = metrics["members"]
     assert member["probe_loss"] < member["probe_loss_start"] == pytest.approx(math.log(2), abs=1e-6)
     assert member["probe_seconds"] > 0 and member["train_seconds"] > member["probe_seconds"]
     # step 1 sees all 24 pairs through the fitted head (dropout off, TRL's default), far below a random head's log 2
-    assert history[0]["loss"] < 0.8 * math.log(2)
+    first_step = {entry["member"]: entry["loss"] for entry in history if entry["step"] == 1}
+    assert first_step[0] < 0.8 * math.log(2)
+    # The second seed member trains on the same rows from the same backbone: it copies the first one's fit
+    # instead of fitting again, and so sees the same first-step loss although its seed differs.
+    assert second["probe_seconds"] == 0.0 and second["probe_loss"] == member["probe_loss"]
+    assert first_step[1] == pytest.approx(first_step[0], abs=1e-5)
+    # Bootstrap members train on different resamples: each fits its own head.
+    bootstrap = train_reward_model(
+        _easy_pairs(), tmp_path / "boot", replace(config, max_steps=1, ensemble_method="bootstrap")
+    )["members"]
+    assert all(m["probe_seconds"] > 0 for m in bootstrap) and bootstrap[0]["probe_loss"] != bootstrap[1]["probe_loss"]
     with pytest.raises(ValueError, match="head_init='lp' must be one of"):
         RewardConfig(backbone=str(tiny_policy_path), head_init="lp")
     with pytest.raises(ValueError, match="probe_l2=-1 must be a finite number >= 0"):
