@@ -872,16 +872,16 @@ def _tail_average_callback(fraction: float):  # -> TrainerCallback
                 for name, param in model.named_parameters():
                     if not param.requires_grad:
                         continue
-                    if name not in self.mean:
-                        self.mean[name] = param.detach().clone()
+                    if name not in self.mean:  # kept in float32: a bf16 running mean would lose the small steps
+                        self.mean[name] = param.detach().float().clone()
                     else:
-                        self.mean[name] += (param.detach() - self.mean[name]) / self.n
+                        self.mean[name] += (param.detach().float() - self.mean[name]) / self.n
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             with torch.no_grad():
                 for name, param in model.named_parameters():
                     if name in self.mean:
-                        param.copy_(self.mean[name])
+                        param.copy_(self.mean[name].to(param.dtype))
 
     return TailAverage()
 

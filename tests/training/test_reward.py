@@ -524,6 +524,18 @@ def test_tail_averaging_keeps_the_mean_of_the_last_steps_weights(tiny_policy_pat
     callback.on_train_end(None, SimpleNamespace(global_step=4, max_steps=4), None, model=model)
     assert torch.equal(model.weight, torch.full((1, 2), 3.5))  # the mean of steps 3 and 4
     assert torch.equal(model.bias, torch.full((1,), 4.0))  # frozen: left as it is
+    # bf16 weights are averaged in float32: 1 + k·2⁻⁷ for k = 1..4 are exact in bf16 (its step near 1 is 2⁻⁷);
+    # their mean, 1 + 2.5·2⁻⁷, is not, and a bf16 running mean would round it at every step.
+    half = torch.nn.Linear(2, 1, bias=False).to(torch.bfloat16)
+    callback = _tail_average_callback(0.99)
+    for step in range(1, 5):
+        with torch.no_grad():
+            half.weight.fill_(1.0 + step * 2**-7)
+        callback.on_step_end(None, SimpleNamespace(global_step=step, max_steps=4), None, model=half)
+    assert callback.mean["weight"].dtype == torch.float32
+    assert float(callback.mean["weight"][0, 0]) == 1.0 + 2.5 * 2**-7
+    callback.on_train_end(None, SimpleNamespace(global_step=4, max_steps=4), None, model=half)
+    assert half.weight.dtype == torch.bfloat16
 
     # In training: the same seed and steps, averaged or not, give two different saved models.
     saved = {}
