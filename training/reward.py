@@ -1043,10 +1043,11 @@ def train_reward_model(
         rows, n_truncated = _rows(examples, tokenizer, layout, config)
     position = {id(e): i for i, e in enumerate(examples)}
     members = []
-    shared_probe: dict[str, Any] | None = {} if config.ensemble_method == "seeds" else None  # the same rows for all
+    shared_probe: dict[str, Any] = {}  # one probe fit for the members that train on all the rows
     for k in range(config.ensemble_size):
         member_examples = _member_examples(examples, config, k)
-        member_rows = [rows[position[id(e)]] for e in member_examples]
+        resampled = member_examples is not examples  # _member_examples alone decides who gets a bootstrap resample
+        member_rows = [rows[position[id(e)]] for e in member_examples] if resampled else rows
         target = out if config.ensemble_size == 1 else out / f"member-{k}"
 
         def member_progress(entry: dict[str, Any], k: int = k) -> None:
@@ -1054,7 +1055,15 @@ def train_reward_model(
                 progress({"member": k, "members": config.ensemble_size, **entry})
 
         members.append(
-            _train_member(member_rows, tokenizer, config, config.seed + k, target, member_progress, shared_probe)
+            _train_member(
+                member_rows,
+                tokenizer,
+                config,
+                config.seed + k,
+                target,
+                member_progress,
+                probe_cache=None if resampled else shared_probe,
+            )
         )
 
     metrics: dict[str, Any] = {
