@@ -238,6 +238,22 @@ class RewardConfig:
         default=True,
         metadata={"help": "Train with the backbone's dropout off (TRL's default): the scores of one input agree."},
     )
+    freeze_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Freeze the backbone's input embeddings and its first N transformer blocks (0 = train "
+            "everything). The frozen part needs no backward pass and no optimiser state, so each step is "
+            "cheaper, and the lower layers of a pretrained backbone gain little from a few hundred pairs."
+        },
+    )
+    layer_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay: the head trains at learning_rate, each transformer block "
+            "below it at this factor times the rate of the block above, the embeddings one factor lower "
+            "still (1 = one rate for all)."
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     margin_from_strength: dict[int, float] = field(
         default_factory=lambda: dict(STRENGTH_MARGIN),
@@ -326,6 +342,10 @@ class RewardConfig:
             raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         if not 0.0 <= self.average_last < 1.0:
             raise ValueError(f"average_last={self.average_last!r} must be in [0, 1)")
+        if isinstance(self.freeze_layers, bool) or not isinstance(self.freeze_layers, int) or self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers={self.freeze_layers!r} must be an integer >= 0")
+        if not (isinstance(self.layer_lr_decay, (int, float)) and 0.0 < self.layer_lr_decay <= 1.0):
+            raise ValueError(f"layer_lr_decay={self.layer_lr_decay!r} must be in (0, 1]")
         if not self.weight_decay >= 0.0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         margins = {int(k): v for k, v in dict(self.margin_from_strength).items()}  # JSON round trips give "1" keys
@@ -853,6 +873,78 @@ def fit_head_by_probe(
     }
 
 
+def layer_depths(model) -> dict[str, int]:
+    """Each parameter's depth in ``model``: 0 for the input embeddings, ``k + 1`` for transformer block
+    ``k``, ``L + 1`` for whatever comes after the ``L`` blocks (final norm, pooler, score head).
+
+    The blocks are the model's ``ModuleList`` of ``config.num_hidden_layers`` modules (BERT's
+    ``encoder.layer``, Qwen2's ``layers``, ...); everything registered before the first block (word,
+    position and token-type embeddings and their norm) counts as embeddings."""
+    import torch
+
+    n_blocks = getattr(model.config, "num_hidden_layers", None)
+    blocks = next(
+        (
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.ModuleList) and len(module) == n_blocks
+        ),
+        None,
+    )
+    if blocks is None or n_blocks is None:
+        raise ValueError(f"the model has no list of num_hidden_layers={n_blocks} transformer blocks")
+    prefix = blocks + "."
+    depths: dict[str, int] = {}
+    depth = 0
+    for name, _ in model.named_parameters():
+        if name.startswith(prefix):
+            depth = int(name[len(prefix) :].split(".", 1)[0]) + 1
+        elif depth > 0:  # past the blocks
+            depth = n_blocks + 1
+        depths[name] = depth
+    return depths
+
+
+def freeze_bottom_layers(model, n_layers: int) -> int:
+    """Freeze the input embeddings and the first ``n_layers`` transformer blocks of ``model`` (see
+    :func:`layer_depths`); return how many parameters stay trainable."""
+    if n_layers > 0:
+        depths = layer_depths(model)
+        n_blocks = max(depths.values()) - 1
+        if n_layers > n_blocks:
+            raise ValueError(f"freeze_layers={n_layers} exceeds the backbone's {n_blocks} transformer blocks")
+        for name, param in model.named_parameters():
+            if depths[name] <= n_layers:
+                param.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layerwise_optimizer(model, config: RewardConfig):  # -> torch.optim.AdamW
+    """AdamW whose learning rate falls by ``config.layer_lr_decay`` per block going down: the head
+    and anything after the blocks train at ``learning_rate``, block ``k`` of ``L`` (from 0) at
+    ``learning_rate · decay^(L - k)``, the embeddings at ``learning_rate · decay^(L + 1)``. As in
+    the Trainer's own AdamW, biases and norms (1-D parameters) get no weight decay."""
+    import torch
+
+    depths = layer_depths(model)
+    top = max(depths.values())
+    groups: dict[tuple[int, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((depths[name], param.ndim >= 2), []).append(param)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": config.learning_rate * config.layer_lr_decay ** (top - depth),
+                "weight_decay": config.weight_decay if decays else 0.0,
+            }
+            for (depth, decays), params in sorted(groups.items())
+        ],
+        lr=config.learning_rate,
+    )
+
+
 def _tail_average_callback(fraction: float):  # -> TrainerCallback
     """A callback that keeps the running mean of the trainable weights over the last ``fraction`` of the
     optimiser steps and writes it into the model when training ends."""
@@ -930,6 +1022,7 @@ def _train_member(
         if probe_cache is not None:
             head_state = {name: value.detach().clone() for name, value in _score_head(model).state_dict().items()}
             probe_cache.update(head=head_state, metrics=dict(probe))
+    trainable = freeze_bottom_layers(model, config.freeze_layers)
     history: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefloop-reward-") as scratch:
         args = TRLRewardConfig(
@@ -965,6 +1058,7 @@ def _train_member(
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
             callbacks=[progress_callback(progress, history)],
+            optimizers=(layerwise_optimizer(model, config) if config.layer_lr_decay < 1.0 else None, None),
         )
         trainer.center_coefficient = config.center_rewards_coefficient
         if config.average_last > 0:
@@ -993,6 +1087,7 @@ def _train_member(
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
         "train_seconds": round(seconds, 3),
+        "trainable_parameters": trainable,
         **probe,
     }
 
@@ -1017,7 +1112,7 @@ def train_reward_model(
     ``learning_rate``... An exception raised by ``progress`` stops training and propagates.
 
     Returns plain metrics: ``n_examples``, ``n_pairs``, ``n_ties``, ``n_ties_dropped``,
-    ``n_rankings``, ``n_inputs_truncated``, ``members`` (per member: ``path``, ``seed``,
+    ``n_rankings``, ``n_inputs_truncated``, ``members`` (per member: ``path``, ``seed``, ``trainable_parameters``,
     ``steps``, ``first_loss``, ``final_loss``, ``train_seconds``), ``member_paths``,
     ``train_seconds``, and, when ``eval_examples`` are given, ``eval`` (see
     :func:`evaluate_pairs`, with the ensemble's mean score).

@@ -101,6 +101,10 @@ def test_ranking_example_checks() -> None:
         ({"margin_from_strength": {1: 0.1, 2: 0.2}}, "margin_from_strength="),
         ({"margin_from_strength": {1: 0.1, 2: 0.2, 3: -1}}, "margin_from_strength="),
         ({"bf16": True}, "bf16=True"),
+        ({"freeze_layers": -1}, "freeze_layers=-1"),
+        ({"freeze_layers": 1.5}, "freeze_layers=1.5"),
+        ({"layer_lr_decay": 0.0}, "layer_lr_decay=0.0"),
+        ({"layer_lr_decay": 1.5}, "layer_lr_decay=1.5"),
     ],
 )
 def test_config_names_the_bad_value(changes: dict[str, Any], message: str) -> None:
@@ -549,6 +553,63 @@ def test_tail_averaging_keeps_the_mean_of_the_last_steps_weights(tiny_policy_pat
     assert any(not torch.equal(saved[0.0][k], saved[0.5][k]) for k in saved[0.0])
     with pytest.raises(ValueError, match=r"average_last=1\.0 must be in \[0, 1\)"):
         RewardConfig(backbone=str(tiny_policy_path), average_last=1.0)
+
+
+def test_freeze_layers_trains_only_the_blocks_above_and_the_head(tiny_policy_path: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    base = load_file(str(tiny_policy_path / "model.safetensors"))
+    config = RewardConfig(
+        backbone=str(tiny_policy_path), max_length=48, max_steps=3, learning_rate=1e-3, freeze_layers=1
+    )
+    trained = train_reward_model(_easy_pairs(), tmp_path / "frozen-1", config)
+    saved = load_file(str(Path(trained["member_paths"][0]) / "model.safetensors"))
+    shared = sorted(set(base) & set(saved))
+    frozen = [k for k in shared if k.startswith(("model.embed_tokens.", "model.layers.0."))]
+    free = [k for k in shared if k.startswith("model.layers.1.")]
+    assert frozen and free and "model.norm.weight" in shared
+    assert all(torch.equal(base[k], saved[k]) for k in frozen)
+    assert all(not torch.equal(base[k], saved[k]) for k in free if k.endswith("proj.weight"))
+    assert not torch.equal(base["model.norm.weight"], saved["model.norm.weight"])  # after the blocks: trained
+    n_free = sum(saved[k].numel() for k in free) + saved["model.norm.weight"].numel() + saved["score.weight"].numel()
+    assert trained["members"][0]["trainable_parameters"] == n_free
+
+    # An encoder read through mean pooling: all 6 blocks frozen leaves the 385 weights of the head.
+    config = RewardConfig(backbone=_minilm_path(), max_length=64, max_steps=1, freeze_layers=6)
+    trained = train_reward_model(_easy_pairs(), tmp_path / "frozen-6", config)
+    assert trained["members"][0]["trainable_parameters"] == 384 + 1
+    with pytest.raises(ValueError, match="freeze_layers=7 exceeds the backbone's 6 transformer blocks"):
+        train_reward_model(_easy_pairs(), tmp_path / "frozen-7", replace(config, freeze_layers=7))
+
+
+def test_layer_lr_decay_gives_each_block_its_rate(tiny_policy_path: Path, tmp_path: Path) -> None:
+    from training.reward import _load_scoring_model, layer_depths, layerwise_optimizer
+
+    config = RewardConfig(backbone=str(tiny_policy_path), learning_rate=1e-3, weight_decay=0.1, layer_lr_decay=0.5)
+    model = _load_scoring_model(str(tiny_policy_path))  # 2 blocks: embeddings 0, blocks 1-2, norm and head 3
+    depths = layer_depths(model)
+    assert depths["model.embed_tokens.weight"] == 0 and depths["score.weight"] == 3
+    assert depths["model.layers.0.mlp.up_proj.weight"] == 1 and depths["model.layers.1.mlp.up_proj.weight"] == 2
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = []
+    for group in layerwise_optimizer(model, config).param_groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            seen.append(name)
+            assert group["lr"] == pytest.approx(1e-3 * 0.5 ** (3 - depths[name]))
+            assert group["weight_decay"] == (0.1 if param.ndim >= 2 else 0.0)
+    assert sorted(seen) == sorted(names.values())  # every parameter once
+
+    # The Trainer uses it: the rate it logs is its first group's, the embeddings' (or, with block 0
+    # frozen, block 1's), against the one rate of a run without the decay.
+    logged = {}
+    for decay, frozen in ((1.0, 0), (0.5, 0), (0.5, 1)):
+        history: list[dict[str, Any]] = []
+        run = replace(config, max_length=48, max_steps=2, weight_decay=0.0, layer_lr_decay=decay, freeze_layers=frozen)
+        train_reward_model(_easy_pairs(), tmp_path / f"llrd-{decay}-{frozen}", run, progress=history.append)
+        logged[decay, frozen] = history[0]["learning_rate"]
+    assert logged[0.5, 0] == pytest.approx(logged[1.0, 0] * 0.5**3)
+    assert logged[0.5, 1] == pytest.approx(logged[1.0, 0] * 0.5**1)
 
 
 # --------------------------------------------------------------------------- metrics
