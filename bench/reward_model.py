@@ -177,12 +177,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="ours only: RewardConfig.freeze_layers (embeddings and the first N blocks frozen)",
     )
     parser.add_argument(
-        "--ours-layer-lr-decay",
-        type=float,
-        default=1.0,
-        help="ours only: RewardConfig.layer_lr_decay (learning rate times this per block going down)",
-    )
-    parser.add_argument(
         "--ours-min-context",
         type=int,
         default=64,
@@ -242,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f" lr {args.lr:g} (ours {args.ours_lr or args.lr:g}, warm-up {args.ours_warmup_ratio:g},"
         f" head {args.ours_head_init}, dropout {'on' if args.ours_dropout else 'off'},"
         f" min context {args.ours_min_context}, average last {args.ours_average_last:g},"
-        f" frozen layers {args.ours_freeze_layers}, layer lr decay {args.ours_layer_lr_decay:g}),"
+        f" frozen layers {args.ours_freeze_layers}),"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
     )
     test = [examples[i] for i in test_idx]
@@ -260,7 +254,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             average_last=args.ours_average_last,
             min_context_tokens=args.ours_min_context,
             freeze_layers=args.ours_freeze_layers,
-            layer_lr_decay=args.ours_layer_lr_decay,
             num_train_epochs=args.ours_epochs or args.epochs,
             per_device_train_batch_size=args.batch_size,
             ensemble_size=args.members,

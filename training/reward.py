@@ -246,14 +246,6 @@ class RewardConfig:
             "cheaper, and the lower layers of a pretrained backbone gain little from a few hundred pairs."
         },
     )
-    layer_lr_decay: float = field(
-        default=1.0,
-        metadata={
-            "help": "Layer-wise learning-rate decay: the head trains at learning_rate, each transformer block "
-            "below it at this factor times the rate of the block above, the embeddings one factor lower "
-            "still (1 = one rate for all)."
-        },
-    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     margin_from_strength: dict[int, float] = field(
         default_factory=lambda: dict(STRENGTH_MARGIN),
@@ -344,8 +336,6 @@ class RewardConfig:
             raise ValueError(f"average_last={self.average_last!r} must be in [0, 1)")
         if isinstance(self.freeze_layers, bool) or not isinstance(self.freeze_layers, int) or self.freeze_layers < 0:
             raise ValueError(f"freeze_layers={self.freeze_layers!r} must be an integer >= 0")
-        if not (isinstance(self.layer_lr_decay, (int, float)) and 0.0 < self.layer_lr_decay <= 1.0):
-            raise ValueError(f"layer_lr_decay={self.layer_lr_decay!r} must be in (0, 1]")
         if not self.weight_decay >= 0.0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         margins = {int(k): v for k, v in dict(self.margin_from_strength).items()}  # JSON round trips give "1" keys
@@ -919,32 +909,6 @@ def freeze_bottom_layers(model, n_layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def layerwise_optimizer(model, config: RewardConfig):  # -> torch.optim.AdamW
-    """AdamW whose learning rate falls by ``config.layer_lr_decay`` per block going down: the head
-    and anything after the blocks train at ``learning_rate``, block ``k`` of ``L`` (from 0) at
-    ``learning_rate · decay^(L - k)``, the embeddings at ``learning_rate · decay^(L + 1)``. As in
-    the Trainer's own AdamW, biases and norms (1-D parameters) get no weight decay."""
-    import torch
-
-    depths = layer_depths(model)
-    top = max(depths.values())
-    groups: dict[tuple[int, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault((depths[name], param.ndim >= 2), []).append(param)
-    return torch.optim.AdamW(
-        [
-            {
-                "params": params,
-                "lr": config.learning_rate * config.layer_lr_decay ** (top - depth),
-                "weight_decay": config.weight_decay if decays else 0.0,
-            }
-            for (depth, decays), params in sorted(groups.items())
-        ],
-        lr=config.learning_rate,
-    )
-
-
 def _tail_average_callback(fraction: float):  # -> TrainerCallback
     """A callback that keeps the running mean of the trainable weights over the last ``fraction`` of the
     optimiser steps and writes it into the model when training ends."""
@@ -1058,7 +1022,6 @@ def _train_member(
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
             callbacks=[progress_callback(progress, history)],
-            optimizers=(layerwise_optimizer(model, config) if config.layer_lr_decay < 1.0 else None, None),
         )
         trainer.center_coefficient = config.center_rewards_coefficient
         if config.average_last > 0:

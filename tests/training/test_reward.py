@@ -103,8 +103,6 @@ def test_ranking_example_checks() -> None:
         ({"bf16": True}, "bf16=True"),
         ({"freeze_layers": -1}, "freeze_layers=-1"),
         ({"freeze_layers": 1.5}, "freeze_layers=1.5"),
-        ({"layer_lr_decay": 0.0}, "layer_lr_decay=0.0"),
-        ({"layer_lr_decay": 1.5}, "layer_lr_decay=1.5"),
     ],
 )
 def test_config_names_the_bad_value(changes: dict[str, Any], message: str) -> None:
@@ -580,36 +578,6 @@ def test_freeze_layers_trains_only_the_blocks_above_and_the_head(tiny_policy_pat
     assert trained["members"][0]["trainable_parameters"] == 384 + 1
     with pytest.raises(ValueError, match="freeze_layers=7 exceeds the backbone's 6 transformer blocks"):
         train_reward_model(_easy_pairs(), tmp_path / "frozen-7", replace(config, freeze_layers=7))
-
-
-def test_layer_lr_decay_gives_each_block_its_rate(tiny_policy_path: Path, tmp_path: Path) -> None:
-    from training.reward import _load_scoring_model, layer_depths, layerwise_optimizer
-
-    config = RewardConfig(backbone=str(tiny_policy_path), learning_rate=1e-3, weight_decay=0.1, layer_lr_decay=0.5)
-    model = _load_scoring_model(str(tiny_policy_path))  # 2 blocks: embeddings 0, blocks 1-2, norm and head 3
-    depths = layer_depths(model)
-    assert depths["model.embed_tokens.weight"] == 0 and depths["score.weight"] == 3
-    assert depths["model.layers.0.mlp.up_proj.weight"] == 1 and depths["model.layers.1.mlp.up_proj.weight"] == 2
-    names = {id(p): n for n, p in model.named_parameters()}
-    seen = []
-    for group in layerwise_optimizer(model, config).param_groups:
-        for param in group["params"]:
-            name = names[id(param)]
-            seen.append(name)
-            assert group["lr"] == pytest.approx(1e-3 * 0.5 ** (3 - depths[name]))
-            assert group["weight_decay"] == (0.1 if param.ndim >= 2 else 0.0)
-    assert sorted(seen) == sorted(names.values())  # every parameter once
-
-    # The Trainer uses it: the rate it logs is its first group's, the embeddings' (or, with block 0
-    # frozen, block 1's), against the one rate of a run without the decay.
-    logged = {}
-    for decay, frozen in ((1.0, 0), (0.5, 0), (0.5, 1)):
-        history: list[dict[str, Any]] = []
-        run = replace(config, max_length=48, max_steps=2, weight_decay=0.0, layer_lr_decay=decay, freeze_layers=frozen)
-        train_reward_model(_easy_pairs(), tmp_path / f"llrd-{decay}-{frozen}", run, progress=history.append)
-        logged[decay, frozen] = history[0]["learning_rate"]
-    assert logged[0.5, 0] == pytest.approx(logged[1.0, 0] * 0.5**3)
-    assert logged[0.5, 1] == pytest.approx(logged[1.0, 0] * 0.5**1)
 
 
 # --------------------------------------------------------------------------- metrics
