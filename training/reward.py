@@ -968,6 +968,7 @@ def _train_member(
     set_seed(seed)  # before loading: the new score head is drawn from this seed
     pooling = _resolve_pooling(config)
     model = _load_scoring_model(config.backbone, pooling=pooling)
+    trainable = freeze_bottom_layers(model, config.freeze_layers)  # first: a bad count fails before any work
     probe: dict[str, float] = {}
     if config.head_init == "probe" and probe_cache:  # the same rows and backbone: the same fit, copied
         _score_head(model).load_state_dict(probe_cache["head"])
@@ -986,7 +987,6 @@ def _train_member(
         if probe_cache is not None:
             head_state = {name: value.detach().clone() for name, value in _score_head(model).state_dict().items()}
             probe_cache.update(head=head_state, metrics=dict(probe))
-    trainable = freeze_bottom_layers(model, config.freeze_layers)
     history: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefloop-reward-") as scratch:
         args = TRLRewardConfig(

@@ -572,10 +572,12 @@ def test_freeze_layers_trains_only_the_blocks_above_and_the_head(tiny_policy_pat
     n_free = sum(saved[k].numel() for k in free) + saved["model.norm.weight"].numel() + saved["score.weight"].numel()
     assert trained["members"][0]["trainable_parameters"] == n_free
 
-    # An encoder read through mean pooling: all 6 blocks frozen leaves the 385 weights of the head.
-    config = RewardConfig(backbone=_minilm_path(), max_length=64, max_steps=1, freeze_layers=6)
+    # An encoder read through mean pooling: all 6 blocks frozen leaves the 385 weights of the head,
+    # which the probe fits first (it reads the frozen features the same way).
+    config = RewardConfig(backbone=_minilm_path(), max_length=64, max_steps=1, freeze_layers=6, head_init="probe")
     trained = train_reward_model(_easy_pairs(), tmp_path / "frozen-6", config)
     assert trained["members"][0]["trainable_parameters"] == 384 + 1
+    assert trained["members"][0]["probe_seconds"] > 0 and trained["members"][0]["first_loss"] < 0.8 * math.log(2)
     with pytest.raises(ValueError, match="freeze_layers=7 exceeds the backbone's 6 transformer blocks"):
         train_reward_model(_easy_pairs(), tmp_path / "frozen-7", replace(config, freeze_layers=7))
 
