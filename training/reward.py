@@ -863,49 +863,37 @@ def fit_head_by_probe(
     }
 
 
-def layer_depths(model) -> dict[str, int]:
-    """Each parameter's depth in ``model``: 0 for the input embeddings, ``k + 1`` for transformer block
-    ``k``, ``L + 1`` for whatever comes after the ``L`` blocks (final norm, pooler, score head).
+def freeze_bottom_layers(model, n_layers: int) -> int:
+    """Freeze the input embeddings and the first ``n_layers`` transformer blocks of ``model``; return
+    how many parameters stay trainable.
 
     The blocks are the model's ``ModuleList`` of ``config.num_hidden_layers`` modules (BERT's
     ``encoder.layer``, Qwen2's ``layers``, ...); everything registered before the first block (word,
-    position and token-type embeddings and their norm) counts as embeddings."""
+    position and token-type embeddings and their norm) counts as embeddings, and whatever comes
+    after the blocks (final norm, pooler, score head) stays trainable."""
     import torch
 
-    n_blocks = getattr(model.config, "num_hidden_layers", None)
-    blocks = next(
-        (
-            name
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.ModuleList) and len(module) == n_blocks
-        ),
-        None,
-    )
-    if blocks is None or n_blocks is None:
-        raise ValueError(f"the model has no list of num_hidden_layers={n_blocks} transformer blocks")
-    prefix = blocks + "."
-    depths: dict[str, int] = {}
-    depth = 0
-    for name, _ in model.named_parameters():
-        if name.startswith(prefix):
-            depth = int(name[len(prefix) :].split(".", 1)[0]) + 1
-        elif depth > 0:  # past the blocks
-            depth = n_blocks + 1
-        depths[name] = depth
-    return depths
-
-
-def freeze_bottom_layers(model, n_layers: int) -> int:
-    """Freeze the input embeddings and the first ``n_layers`` transformer blocks of ``model`` (see
-    :func:`layer_depths`); return how many parameters stay trainable."""
     if n_layers > 0:
-        depths = layer_depths(model)
-        n_blocks = max(depths.values()) - 1
-        if n_layers > n_blocks:
-            raise ValueError(f"freeze_layers={n_layers} exceeds the backbone's {n_blocks} transformer blocks")
+        n_blocks = getattr(model.config, "num_hidden_layers", None)
+        found = next(
+            (
+                (name, module)
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.ModuleList) and len(module) == n_blocks
+            ),
+            None,
+        )
+        if found is None:
+            raise ValueError(f"freeze_layers={n_layers}: the model has no list of {n_blocks} transformer blocks")
+        prefix, blocks = found
+        if n_layers > len(blocks):
+            raise ValueError(f"freeze_layers={n_layers} exceeds the backbone's {len(blocks)} transformer blocks")
         for name, param in model.named_parameters():
-            if depths[name] <= n_layers:
-                param.requires_grad_(False)
+            if name.startswith(prefix + "."):
+                break
+            param.requires_grad_(False)  # the embeddings
+        for block in blocks[:n_layers]:
+            block.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
