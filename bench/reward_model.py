@@ -162,6 +162,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="ours only: RewardConfig.head_init ('probe': fit the score head on the frozen backbone first)",
     )
     parser.add_argument(
+        "--ours-probe-examples",
+        type=int,
+        default=None,
+        help="ours only: RewardConfig.probe_examples (fit the probe on this many training pairs, drawn with the "
+        "seed; default: all)",
+    )
+    parser.add_argument(
         "--ours-average-last",
         type=float,
         default=0.0,
@@ -234,7 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"backbone all-MiniLM-L6-v2; max_length {args.max_length} (ours {ours_max_length}),"
         f" {args.epochs:g} epoch(s) (ours {args.ours_epochs or args.epochs:g}),"
         f" lr {args.lr:g} (ours {args.ours_lr or args.lr:g}, warm-up {args.ours_warmup_ratio:g},"
-        f" head {args.ours_head_init}, dropout {'on' if args.ours_dropout else 'off'},"
+        f" head {args.ours_head_init}"
+        + (f" on {n} pairs" if (n := args.ours_probe_examples) and args.ours_head_init == "probe" else "")
+        + f", dropout {'on' if args.ours_dropout else 'off'},"
         f" min context {args.ours_min_context}, average last {args.ours_average_last:g},"
         f" frozen layers {args.ours_freeze_layers}),"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             learning_rate=args.ours_lr or args.lr,
             warmup_ratio=args.ours_warmup_ratio,
             head_init=args.ours_head_init,
+            probe_examples=args.ours_probe_examples,
             disable_dropout=not args.ours_dropout,
             average_last=args.ours_average_last,
             min_context_tokens=args.ours_min_context,

@@ -278,6 +278,14 @@ class RewardConfig:
         default=0.01,
         metadata={"help": "L2 penalty on the probe's weights (head_init='probe'); larger = a more cautious head."},
     )
+    probe_examples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Fit the probe (head_init='probe') on this many training examples, drawn without replacement "
+            "with the config's seed, instead of all of them. The head has only hidden_size + 1 weights, so a "
+            "few hundred pairs pin it down, and the probe's one forward pass shrinks in proportion. None = all."
+        },
+    )
     tie_policy: str = field(
         default="equal",
         metadata={"help": f"Pairwise ties: one of {TIE_POLICIES} ('equal': pull the two scores together; 'drop')."},
@@ -350,6 +358,10 @@ class RewardConfig:
             raise ValueError(f"head_init={self.head_init!r} must be one of {HEAD_INITS}")
         if not (isinstance(self.probe_l2, (int, float)) and math.isfinite(self.probe_l2)) or self.probe_l2 < 0:
             raise ValueError(f"probe_l2={self.probe_l2!r} must be a finite number >= 0")
+        if self.probe_examples is not None and (
+            isinstance(self.probe_examples, bool) or not isinstance(self.probe_examples, int) or self.probe_examples < 1
+        ):
+            raise ValueError(f"probe_examples={self.probe_examples!r} must be None or a positive integer")
         if self.tie_policy not in TIE_POLICIES:
             raise ValueError(f"tie_policy={self.tie_policy!r} must be one of {TIE_POLICIES}")
         if self.center_rewards_coefficient is not None and not (
@@ -963,15 +975,20 @@ def _train_member(
         probe = {**probe_cache["metrics"], "probe_seconds": 0.0}
     elif config.head_init == "probe":
         started = time.perf_counter()
+        probe_rows = rows
+        if config.probe_examples is not None and config.probe_examples < len(rows):
+            # drawn with the config's seed, not the member's: 'seeds' members share one fit of the same sample
+            probe_rows = random.Random(config.seed).sample(rows, config.probe_examples)
         probe = fit_head_by_probe(
             model,
-            rows,
+            probe_rows,
             tokenizer.pad_token_id,
             l2=config.probe_l2,
             center_rewards_coefficient=config.center_rewards_coefficient,
             batch_size=config.scoring_batch_size,
         )
         probe["probe_seconds"] = round(time.perf_counter() - started, 3)
+        probe["probe_examples"] = len(probe_rows)
         if probe_cache is not None:
             head_state = {name: value.detach().clone() for name, value in _score_head(model).state_dict().items()}
             probe_cache.update(head=head_state, metrics=dict(probe))

@@ -495,6 +495,34 @@ def test_training_from_a_probed_head_starts_below_chance_loss(tiny_policy_path: 
         RewardConfig(backbone=str(tiny_policy_path), probe_l2=-1)
 
 
+def test_the_probe_can_fit_on_a_seeded_sample_of_the_examples(tiny_policy_path: Path, tmp_path: Path) -> None:
+    pairs = _easy_pairs()
+    config = RewardConfig(
+        backbone=_minilm_path(), max_length=64, max_steps=1, per_device_train_batch_size=24, head_init="probe"
+    )
+    full = train_reward_model(pairs, tmp_path / "full", config)["members"][0]
+    history: list[dict[str, Any]] = []
+    sampled = train_reward_model(
+        pairs, tmp_path / "sampled", replace(config, probe_examples=8), progress=history.append
+    )["members"][0]
+    assert full["probe_examples"] == len(pairs) > 8 == sampled["probe_examples"]
+    # A fit on 8 pairs is another fit (another loss), yet it still ranks the answers: training's first
+    # step, over all 24 pairs, starts well below a random head's log 2.
+    assert sampled["probe_loss"] != pytest.approx(full["probe_loss"], abs=1e-6)
+    assert next(e["loss"] for e in history if e["step"] == 1) < 0.8 * math.log(2)
+    # The sample is drawn with the config's seed: the same seed, the same fit; another seed, another sample.
+    again = train_reward_model(pairs, tmp_path / "again", replace(config, probe_examples=8))["members"][0]
+    assert again["probe_loss"] == sampled["probe_loss"]
+    other = train_reward_model(pairs, tmp_path / "other", replace(config, probe_examples=8, seed=1))["members"][0]
+    assert other["probe_loss"] != pytest.approx(sampled["probe_loss"], abs=1e-6)
+    # Asking for more examples than there are fits on all of them: the full fit.
+    capped = train_reward_model(pairs, tmp_path / "capped", replace(config, probe_examples=10_000))["members"][0]
+    assert capped["probe_examples"] == len(pairs) and capped["probe_loss"] == pytest.approx(full["probe_loss"])
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"probe_examples={bad!r} must be None or a positive integer"):
+            RewardConfig(backbone=str(tiny_policy_path), probe_examples=bad)  # type: ignore[arg-type]
+
+
 def test_dropout_is_off_while_training_unless_asked(tmp_path: Path) -> None:
     # The same seed, head and batch: only the backbone's dropout (0.1 in all-MiniLM-L6-v2) can move step 1's loss.
     first_loss = {}
