@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["ours_ensemble"] = {**mean, "train_s": sum(member_train_s), "score_s": score_s}
         results["ours_members"] = [pairwise_metrics(s[:n], s[n:])["accuracy"] for s in scored["members"]]
         results["ours_inputs_truncated"] = trained["n_inputs_truncated"]
+        first = trained["members"][0]
+        if "probe_loss" in first:  # head_init="probe": its time is inside train_s
+            results["ours_probe"] = {
+                k: first[k] for k in ("probe_examples", "probe_seconds", "probe_loss_start", "probe_loss")
+            }
 
     if not args.skip_baseline:
         results.update(run_baseline(raw, train_idx, test_idx, backbone, args))
@@ -298,6 +303,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"ensemble members alone: {', '.join(f'{100 * a:.1f}%' for a in results['ours_members'])}; "
         f"ours truncated {results['ours_inputs_truncated']} of {2 * len(train_idx)} inputs and dropped none"
     )
+    if probe := results.get("ours_probe"):
+        print(
+            f"ours' probe head: fitted on {probe['probe_examples']} pairs in {probe['probe_seconds']:.0f} s"
+            f" (part of train s), loss {probe['probe_loss_start']:.3f} -> {probe['probe_loss']:.3f}"
+        )
     if args.skip_baseline:
         print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
         return results
