@@ -334,10 +334,10 @@ class RewardConfig:
             self.num_train_epochs <= 0
         ):
             raise ValueError(f"num_train_epochs={self.num_train_epochs!r} must be positive")
-        if self.max_steps is not None and (
-            isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1
-        ):
-            raise ValueError(f"max_steps={self.max_steps!r} must be None or a positive integer")
+        for name in ("max_steps", "probe_examples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be None or a positive integer")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         if not 0.0 <= self.average_last < 1.0:
@@ -358,10 +358,6 @@ class RewardConfig:
             raise ValueError(f"head_init={self.head_init!r} must be one of {HEAD_INITS}")
         if not (isinstance(self.probe_l2, (int, float)) and math.isfinite(self.probe_l2)) or self.probe_l2 < 0:
             raise ValueError(f"probe_l2={self.probe_l2!r} must be a finite number >= 0")
-        if self.probe_examples is not None and (
-            isinstance(self.probe_examples, bool) or not isinstance(self.probe_examples, int) or self.probe_examples < 1
-        ):
-            raise ValueError(f"probe_examples={self.probe_examples!r} must be None or a positive integer")
         if self.tie_policy not in TIE_POLICIES:
             raise ValueError(f"tie_policy={self.tie_policy!r} must be one of {TIE_POLICIES}")
         if self.center_rewards_coefficient is not None and not (
