@@ -27,7 +27,9 @@ split: settings for ours are chosen there, never on the test split.
 Prints test accuracy, expected calibration error (top-label ECE of sigmoid(r_c - r_r), 10 bins) and wall
 time for each, ours minus the baseline in accuracy points, and ours' training time over the
 baseline's. The default budget finishes in roughly 10-15 minutes on 2 CPU cores; raise
-``--train-pairs`` (up to 1,850), ``--epochs`` and ``--max-length`` to run bigger.
+``--train-pairs`` (up to 1,850), ``--epochs`` and ``--max-length`` to run bigger. ``--json PATH``
+also writes the figures to a file; ``bench/reward_model_seeds.py`` uses it to run this benchmark
+over several training seeds and judge a rule over all of them.
 
     python bench/reward_model.py [--train-pairs 720] [--max-length 256] [--epochs 1] [--members 3]
     python bench/reward_model.py --ours-max-length 128 --ours-epochs 2 --ours-lr 5e-5 --ours-warmup-ratio 0.1 \
@@ -131,6 +133,7 @@ def fmt_row(name: str, metrics: dict[str, Any], train_s: float, score_s: float) 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HH-RLHF harmless-base test file")
     parser.add_argument("--train-pairs", type=int, default=720, help="pairs from the train split (max 1,850)")
@@ -201,7 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the figures to this JSON file (for reward_model_seeds.py)"
+    )
     args = parser.parse_args(argv)
+    args.argv = argv
 
     if not args.data.is_file():
         parser.exit(2, f"skipped: {args.data} not found (the shared data folder is next to the project)\n")
@@ -310,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     if args.skip_baseline:
         print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
-        return results
+        return _written(results, args)
     print(fmt_row("(c) plain TRL RewardTrainer", results["trl"], **_times(results["trl"])))
     print(
         f"    (c) on the {results['trl_kept_subset']['n']} scored pairs TRL's evaluate would keep: "
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[f"time_ratio_{key}"] = ratio
         print(f"training time {label}: {ratio:.2f}x")
     print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
-    return results
+    return _written(results, args)
 
 
 def run_baseline(
@@ -354,6 +361,14 @@ def run_baseline(
         "trl_kept_subset": pairwise_metrics([chosen[k] for k in kept], [rejected[k] for k in kept]),
         "trl_train_pairs_kept": n_kept,
     }
+
+
+def _written(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``results``, after writing them with the run's seed and split to ``--json`` (if given)."""
+    if args.json is not None:
+        record = {"argv": args.argv, "seed": args.seed, "eval_on": args.eval_on, **results}
+        args.json.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+    return results
 
 
 def _times(metrics: dict[str, Any]) -> dict[str, float]:
