@@ -8,7 +8,7 @@ script with its standard error, the mean training-time ratio, and whether the ru
 command line holds over all the seeds:
 
     python bench/reward_model_seeds.py --seeds 4-11 --jobs 2 --target 4.0 --max-ratio 1.2 \\
-        --log-dir var/bench/run-7e -- --train-pairs 1850 --ours-max-length 128 --ours-epochs 2 \\
+        --log-dir var/bench/7e -- --train-pairs 1850 --ours-max-length 128 --ours-epochs 2 \\
         --ours-lr 5e-5 --ours-warmup-ratio 0.1 --ours-head-init probe --ours-probe-examples 720 \\
         --members 1 --threads 1
 
