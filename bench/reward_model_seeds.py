@@ -64,19 +64,18 @@ def parse_seeds(spec: str) -> list[int]:
 
 
 def seed_figures(record: dict[str, Any], model: str = "single") -> dict[str, float]:
-    """One seed's ours and TRL accuracy (%), ours - TRL (points) and training-time ratio from its JSON."""
+    """One seed's ours and TRL accuracy (%), ours - TRL (points) and training-time ratio, as its run printed them."""
     if "trl" not in record:
         raise ValueError(
             f"seed {record.get('seed')} ran without the TRL script (--skip-baseline); the rule needs both in one run"
         )
-    ours, trl = record[MODELS[model]], record["trl"]
+    key = MODELS[model]
     return {
         "seed": record["seed"],
-        "ours": 100 * ours["accuracy"],
-        "trl": 100 * trl["accuracy"],
-        "delta": 100 * (ours["accuracy"] - trl["accuracy"]),
-        "ratio": ours["train_s"] / trl["train_s"],
-        "pairs": trl["n"],
+        "ours": 100 * record[key]["accuracy"],
+        "trl": 100 * record["trl"]["accuracy"],
+        "delta": record[f"delta_{key}"],
+        "ratio": record[f"time_ratio_{key}"],
     }
 
 
@@ -130,7 +129,7 @@ def _run_missing(seeds: list[int], bench_args: list[str], log_dir: Path, jobs: i
     for s in seeds:
         if s not in todo:
             print(f"seed {s}: figures already in {log_dir / f'seed-{s}.json'}, not run again", flush=True)
-    running: dict[int, tuple[subprocess.Popen[bytes], float, Any]] = {}
+    running: dict[int, tuple[subprocess.Popen[bytes], float, Any, Path]] = {}
     failed: list[int] = []
     try:
         while todo or running:
@@ -139,15 +138,15 @@ def _run_missing(seeds: list[int], bench_args: list[str], log_dir: Path, jobs: i
                 log = open(log_dir / f"seed-{seed}.log", "wb")  # closed when its run ends
                 partial = log_dir / f"seed-{seed}.json.partial"
                 cmd = [sys.executable, str(BENCH), *bench_args, "--seed", str(seed), "--json", str(partial)]
-                running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time(), log)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+                running[seed] = (proc, time.time(), log, partial)
                 print(f"seed {seed}: started, output in {log.name}", flush=True)
             time.sleep(2)
-            for seed, (proc, started, log) in list(running.items()):
+            for seed, (proc, started, log, partial) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 log.close()
                 del running[seed]
-                partial = log_dir / f"seed-{seed}.json.partial"
                 if proc.returncode == 0 and partial.is_file():
                     partial.replace(log_dir / f"seed-{seed}.json")  # only a finished run counts
                     print(f"seed {seed}: done in {time.time() - started:.0f} s", flush=True)
@@ -155,7 +154,7 @@ def _run_missing(seeds: list[int], bench_args: list[str], log_dir: Path, jobs: i
                     failed.append(seed)
                     print(f"seed {seed}: FAILED (exit {proc.returncode}); see {log.name}", flush=True)
     finally:
-        for proc, _, log in running.values():  # interrupted: stop the children, keep what finished
+        for proc, _, log, _ in running.values():  # interrupted: stop the children, keep what finished
             proc.terminate()
             proc.wait()
             log.close()

@@ -35,13 +35,13 @@ seeds_mod = _module()
 
 def _record(seed: int, ours_halves: int, trl_halves: int, ours_s: float, trl_s: float) -> dict[str, Any]:
     """A benchmark JSON as reward_model.py writes it; accuracies in half-pairs of 462 test pairs."""
-    return {
-        "argv": ["--seed", str(seed), "--json", "x"],
-        "seed": seed,
-        "ours_single": {"accuracy": ours_halves / 924, "n": 462, "train_s": ours_s},
-        "ours_ensemble": {"accuracy": ours_halves / 924, "n": 462, "train_s": ours_s},
-        "trl": {"accuracy": trl_halves / 924, "n": 462, "train_s": trl_s},
-    }
+    record: dict[str, Any] = {"argv": ["--seed", str(seed), "--json", "x"], "seed": seed}
+    record["trl"] = {"accuracy": trl_halves / 924, "n": 462, "train_s": trl_s}
+    for key in ("ours_single", "ours_ensemble"):
+        record[key] = {"accuracy": ours_halves / 924, "n": 462, "train_s": ours_s}
+        record[f"delta_{key}"] = 100 * (record[key]["accuracy"] - record["trl"]["accuracy"])
+        record[f"time_ratio_{key}"] = ours_s / trl_s
+    return record
 
 
 def test_seed_lists_parse_ranges_and_lists_and_reject_bad_ones() -> None:
@@ -94,6 +94,13 @@ def test_a_run_without_the_trl_script_cannot_be_judged() -> None:
         seeds_mod.seed_figures(record)
 
 
+@pytest.fixture
+def hh_data() -> None:
+    """The real runs need the HH-RLHF pairs from the shared data folder."""
+    if not HH.is_file():
+        pytest.skip(f"real data not found: {HH} (needs the shared data folder next to the project)")
+
+
 def _run(log_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--log-dir", str(log_dir), *args],
@@ -109,9 +116,7 @@ def _table(stdout: str) -> dict[int, list[str]]:
     return {int(line.split()[0]): line.split() for line in lines if line.split()[0].isdigit()}
 
 
-def test_two_seeds_run_side_by_side_resume_and_refuse_other_arguments(tmp_path: Path) -> None:
-    if not HH.is_file():
-        pytest.skip(f"real data not found: {HH} (needs the shared data folder next to the project)")
+def test_two_seeds_run_side_by_side_resume_and_refuse_other_arguments(hh_data: None, tmp_path: Path) -> None:
     log_dir = tmp_path / "run"
     # a bound any run meets, so the verdict printed is MET whatever the tiny models learn
     rule = ["--target", "-100", "--max-ratio", "100"]
@@ -150,9 +155,7 @@ def test_two_seeds_run_side_by_side_resume_and_refuse_other_arguments(tmp_path: 
     assert "started" not in other.stdout
 
 
-def test_a_failing_seed_is_reported_and_leaves_no_figures(tmp_path: Path) -> None:
-    if not HH.is_file():
-        pytest.skip(f"real data not found: {HH} (needs the shared data folder next to the project)")
+def test_a_failing_seed_is_reported_and_leaves_no_figures(hh_data: None, tmp_path: Path) -> None:
     result = _run(tmp_path, "--seeds", "3", "--", *TINY_RUN, "--ours-lr", "-1")
     assert result.returncode == 1
     assert "seed 3: FAILED" in result.stdout and "no seed finished" in result.stdout
@@ -160,9 +163,7 @@ def test_a_failing_seed_is_reported_and_leaves_no_figures(tmp_path: Path) -> Non
     assert not list(tmp_path.glob("seed-3.json*"))
 
 
-def test_a_killed_run_stops_its_seeds_and_keeps_no_half_figures(tmp_path: Path) -> None:
-    if not HH.is_file():
-        pytest.skip(f"real data not found: {HH} (needs the shared data folder next to the project)")
+def test_a_killed_run_stops_its_seeds_and_keeps_no_half_figures(hh_data: None, tmp_path: Path) -> None:
     parent = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--log-dir", str(tmp_path), "--seeds", "0,1", "--jobs", "2", "--", *TINY_RUN],
         stdout=subprocess.PIPE,
