@@ -202,6 +202,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip-baseline", action="store_true", help="train and score ours only")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
+    parser.add_argument(
+        "--ours-ensemble-method",
+        choices=("seeds", "bootstrap", "heads"),
+        default="seeds",
+        help="ours only: RewardConfig.ensemble_method ('heads': --members score heads on one backbone, trained once)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + (f" on {n} pairs" if (n := args.ours_probe_examples) and args.ours_head_init == "probe" else "")
         + f", dropout {'on' if args.ours_dropout else 'off'},"
         f" min context {args.ours_min_context}, average last {args.ours_average_last:g},"
-        f" frozen layers {args.ours_freeze_layers}),"
+        f" frozen layers {args.ours_freeze_layers}, ensemble {args.ours_ensemble_method}),"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
     )
     test = [examples[i] for i in test_idx]
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             num_train_epochs=args.ours_epochs or args.epochs,
             per_device_train_batch_size=args.batch_size,
             ensemble_size=args.members,
+            ensemble_method=args.ours_ensemble_method,
             seed=args.seed,
         )
         trained = train_reward_model([examples[i] for i in train_idx], Path(scratch) / "ours", config)
@@ -300,14 +307,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print()
     print(f"{'model':<34} {'acc (%)':>8} {'ECE':>7} {'train s':>9} {'score s':>8} {'pairs':>6}")
-    print(fmt_row("(a) ours, single", results["ours_single"], **_times(results["ours_single"])))
+    heads = args.ours_ensemble_method == "heads"
     print(
         fmt_row(
-            f"(b) ours, ensemble of {args.members} (mean)", results["ours_ensemble"], **_times(results["ours_ensemble"])
+            f"(a) ours, {'head 0' if heads else 'single'}", results["ours_single"], **_times(results["ours_single"])
         )
     )
+    ensemble_label = f"{args.members} heads" if heads else f"ensemble of {args.members}"
+    print(fmt_row(f"(b) ours, {ensemble_label} (mean)", results["ours_ensemble"], **_times(results["ours_ensemble"])))
+    alone = ", ".join(f"{100 * a:.1f}%" for a in results["ours_members"])
     print(
-        f"ensemble members alone: {', '.join(f'{100 * a:.1f}%' for a in results['ours_members'])}; "
+        f"ensemble {'heads' if heads else 'members'} alone: {alone}; "
         f"ours truncated {results['ours_inputs_truncated']} of {2 * len(train_idx)} inputs and dropped none"
     )
     if probe := results.get("ours_probe"):

@@ -133,6 +133,9 @@ POLICY_TIMEOUT_S = env_int("POLICY_TIMEOUT_S", 120, minimum=1)
 # as all-MiniLM-L6-v2) and the ensemble size; the default backbone is the policy's base model.
 REWARD_BACKBONE = env_str("REWARD_BACKBONE", "") or POLICY_BASE_MODEL
 REWARD_ENSEMBLE_SIZE = env_int("REWARD_ENSEMBLE_SIZE", 1, minimum=1)
+# How ensemble members differ: "seeds", "bootstrap" (resamples), or "heads" (REWARD_ENSEMBLE_SIZE
+# score heads on one backbone: one training run, for about the cost of a single model).
+REWARD_ENSEMBLE_METHOD = env_choice("REWARD_ENSEMBLE_METHOD", "seeds", ("seeds", "bootstrap", "heads"))
 REWARD_EVERY_N_LABELS = env_int("REWARD_EVERY_N_LABELS", 0, minimum=0)  # 0: reward runs only by hand
 REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the pairs
 # Where the worker trains: "auto" (a CUDA GPU when one is visible, in bf16 where supported), "cpu" or "cuda".

@@ -245,6 +245,7 @@ def _train_reward(*, run_id: int) -> None:
     config = RewardConfig(
         backbone=settings.REWARD_BACKBONE,
         ensemble_size=settings.REWARD_ENSEMBLE_SIZE,
+        ensemble_method=settings.REWARD_ENSEMBLE_METHOD,
         max_steps=settings.REWARD_MAX_STEPS or None,
         **device_options(),
     )

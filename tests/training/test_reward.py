@@ -28,6 +28,7 @@ from training.reward import (
     examples_from_items,
     expected_calibration_error,
     fit_head_by_probe,
+    heads_preference_loss,
     pairwise_accuracy,
     pairwise_metrics,
     preference_loss,
@@ -96,6 +97,8 @@ def test_ranking_example_checks() -> None:
         ({"tie_policy": "keep"}, "tie_policy='keep'"),
         ({"ensemble_method": "dropout"}, "ensemble_method='dropout'"),
         ({"ensemble_size": 0}, "ensemble_size=0"),
+        ({"head_spread": 0}, "head_spread=0"),
+        ({"head_spread": 1.5}, "head_spread=1.5"),
         ({"max_length": 4}, "max_length=4"),
         ({"learning_rate": -1.0}, "learning_rate=-1.0"),
         ({"margin_from_strength": {1: 0.1, 2: 0.2}}, "margin_from_strength="),
@@ -358,6 +361,97 @@ def test_bootstrap_members_train_on_resamples(tiny_policy_path: Path, tmp_path: 
     assert resamples[0] != resamples[1] and resamples[0] == _member_examples(examples, config, 0)
     seeds = RewardConfig(backbone=str(tiny_policy_path), ensemble_size=3)
     assert _member_examples(examples, seeds, 2) == examples
+
+
+def test_heads_loss_is_the_mean_of_each_heads_own_loss() -> None:
+    rows = [
+        ([1.0, 0.5], [0, 1], 2 / 3, False),  # a pair with strength 2
+        ([0.2, 0.1], [0, 0], 0.0, True),  # a tie
+        ([0.3, 1.0, -0.2], [1, 0, 1], 0.0, False),  # a ranked list with a tie in it
+    ]
+    one, index, ranks, margin, tie = _loss_inputs(rows)
+    # three heads: the first as above, the second shifted and stretched, the third with every preference reversed
+    scores = torch.stack([one.detach(), 2 * one.detach() - 0.3, -one.detach()], dim=1).requires_grad_(True)
+    loss, diagnostics = heads_preference_loss(scores, index, ranks, margin, tie, 0.01)
+    each = [float(preference_loss(scores[:, k], index, ranks, margin, tie, 0.01)[0].detach()) for k in range(3)]
+    assert float(loss.detach()) == pytest.approx(sum(each) / 3, rel=1e-6)
+    assert each[2] > each[0]  # the reversed head is the worst, and averaging scores first would hide it
+    mean_score_loss, mean_diagnostics = preference_loss(scores.mean(dim=1), index, ranks, margin, tie, 0.01)
+    assert float(loss.detach()) > float(mean_score_loss.detach())
+    assert diagnostics == pytest.approx(mean_diagnostics)  # reported: the mean score, which the ensemble is read by
+    (grad,) = torch.autograd.grad(loss, scores)
+    chosen, rejected = 0, 1  # the pair's answers: every head is pulled toward chosen > rejected, by its own loss
+    assert all(float(grad[chosen, k]) < 0 < float(grad[rejected, k]) for k in range(3))
+    assert float(grad[chosen, 2]) < float(grad[chosen, 0])  # the wrong head is pulled hardest
+    single, _ = heads_preference_loss(one, index, ranks, margin, tie, 0.01)
+    assert torch.equal(single, preference_loss(one, index, ranks, margin, tie, 0.01)[0])
+
+
+def test_a_heads_ensemble_is_one_model_whose_heads_score_as_members(tiny_policy_path: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    config = RewardConfig(
+        backbone=str(tiny_policy_path),
+        max_length=64,
+        learning_rate=1e-3,
+        num_train_epochs=10,
+        per_device_train_batch_size=4,
+        ensemble_size=3,
+        ensemble_method="heads",
+    )
+    history: list[dict[str, Any]] = []
+    out = tmp_path / "heads"
+    metrics = train_reward_model(_easy_pairs(), out, config, progress=history.append, eval_examples=_easy_pairs())
+    # one model, trained once, saved in out itself, with a score head of three outputs
+    assert metrics["member_paths"] == [str(out)] and len(metrics["members"]) == 1
+    assert metrics["members"][0]["heads"] == 3 and {e["members"] for e in history} == {1}
+    assert load_file(str(out / "model.safetensors"))["score.weight"].shape == (3, 64)
+    assert json.loads((out / "prefloop_reward.json").read_text())["heads"] == 3
+    losses = [e["loss"] for e in history]
+    assert len(losses) == 60 and sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    # each head is a member: the ensemble's statistics run over the heads
+    prompts = [USER, USER, [{"role": "user", "content": "What is two plus two?"}]]
+    completions = ["Grass is green.", "Goodbye.", "Two plus two is four."]
+    scorer = RewardScorer.load(out)
+    per_head = torch.tensor(scorer.score_heads(prompts, completions), dtype=torch.float64)  # (heads, inputs)
+    assert per_head.shape == (3, 3)
+    assert not torch.allclose(per_head[0], per_head[1]) and not torch.allclose(per_head[1], per_head[2])
+    assert scorer.score(prompts, completions) == pytest.approx(per_head.mean(dim=0).tolist())
+    scored = RewardEnsemble.load([out], lam=0.5).score(prompts, completions)
+    assert torch.allclose(torch.tensor(scored["members"], dtype=torch.float64), per_head)
+    assert scored["uwo"] == pytest.approx(ensemble_score(per_head, mode="uwo", lam=0.5).tolist())
+    assert all(s > 0 for s in scored["std"])
+    evaluation = metrics["eval"]
+    assert evaluation["accuracy"] >= 0.9 and len(evaluation["members"]) == 3
+    assert all(member["accuracy"] >= 0.8 for member in evaluation["members"])
+
+
+def test_heads_start_partly_together_or_from_probes_on_resamples(tiny_policy_path: Path) -> None:
+    from training.reward import _layout, _load_scoring_model, _rows, _score_head, _tokenizer_with_pad, spread_heads
+
+    path = str(tiny_policy_path)
+    torch.manual_seed(0)
+    model = _load_scoring_model(path, heads=3)
+    head = _score_head(model)
+    assert head.out_features == 3
+    drawn = head.weight.detach().clone()
+    spread_heads(model, 0.25)
+    assert torch.equal(head.weight[0], drawn[0])
+    assert torch.allclose(head.weight[1:], 0.75 * drawn[:1] + 0.25 * drawn[1:])
+    # A probed start: output 0 is the plain probe's fit on the rows, the others are fits on resamples.
+    config = RewardConfig(backbone=path, max_length=64, head_init="probe")
+    tokenizer = _tokenizer_with_pad(path)
+    rows, _ = _rows(_easy_pairs(), tokenizer, _layout(tokenizer), config)
+    single = _load_scoring_model(path)
+    expected = fit_head_by_probe(single, rows, tokenizer.pad_token_id, l2=0.01)
+    result = fit_head_by_probe(model, rows, tokenizer.pad_token_id, l2=0.01, seed=3)
+    assert result == pytest.approx(expected, abs=1e-6)
+    assert torch.allclose(head.weight[0], _score_head(single).weight[0], atol=1e-5)
+    assert not torch.allclose(head.weight[1], head.weight[0], atol=1e-3)
+    assert not torch.allclose(head.weight[2], head.weight[1], atol=1e-3)
+    again = _load_scoring_model(path, heads=3)
+    fit_head_by_probe(again, rows, tokenizer.pad_token_id, l2=0.01, seed=3)
+    assert torch.allclose(_score_head(again).weight, head.weight)  # the resamples come from the seed
 
 
 # --------------------------------------------------------------------------- an encoder backbone

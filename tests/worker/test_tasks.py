@@ -88,3 +88,44 @@ def test_the_training_device_follows_train_device(settings) -> None:
         settings.TRAIN_DEVICE = "cuda"
         with pytest.raises(RuntimeError, match="TRAIN_DEVICE=cuda but no CUDA device is visible"):
             tasks.device_options()
+
+
+def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(settings, tiny_policy_path, tmp_path):
+    from tests.factories import make_pairwise_task
+    from training.reward import RewardEnsemble
+    from webapp.feedback.assignments import label_create
+    from webapp.feedback.models import Prompt
+    from webapp.feedback.services import project_default
+    from webapp.runs.artifacts import local_path
+    from webapp.runs.models import RewardModel
+
+    settings.ARTIFACT_DIR, settings.ARTIFACT_STORE_URL = tmp_path / "artifacts", ""
+    settings.REWARD_BACKBONE = settings.POLICY_BASE_MODEL = str(tiny_policy_path)
+    settings.REWARD_ENSEMBLE_METHOD, settings.REWARD_ENSEMBLE_SIZE, settings.REWARD_MAX_STEPS = "heads", 3, 2
+    owner, annotator = make_user(), make_user(username="ann")
+    for i in range(6):
+        task = make_pairwise_task(created_by=owner, question=f"What is {i} plus {i}?", texts=(f"{2 * i}.", "No."))
+        label_create(task=task, annotator=annotator, data={"choice": "a", "strength": 2}, source="api")
+    run, _ = services.run_create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.REWARD)
+    tasks.train_reward(run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    reward_model = RewardModel.objects.get()
+    assert reward_model.member_paths == [""]  # one model in the version's folder
+    assert reward_model.config["ensemble_method"] == "heads" and reward_model.metrics["members"][0]["heads"] == 3
+    scored = RewardEnsemble.load([local_path(reward_model.artifact_path)]).score(
+        [[{"role": "user", "content": "What is 1 plus 1?"}]], ["2."]
+    )
+    assert len(scored["members"]) == 3 and scored["std"][0] > 0  # the heads are the members, and they differ
+    # GRPO reads the heads as the ensemble: mean - lambda x variance over the three
+    Prompt.objects.create(
+        project=project_default(), messages=[{"role": "user", "content": "What is 1 plus 1?"}], source="api"
+    )
+    settings.GRPO_REWARD, settings.GRPO_UWO_LAMBDA = "reward_model", 0.5
+    update = tasks._grpo_update()
+    assert update.notes["reward_model"] == reward_model.name
+    rewards = update.data["reward_fn"]([[{"role": "user", "content": "What is 1 plus 1?"}]], ["2."])
+    heads = scored["members"]
+    mean = sum(h[0] for h in heads) / 3
+    variance = sum((h[0] - mean) ** 2 for h in heads) / 3
+    assert rewards[0] == pytest.approx(mean - 0.5 * variance, rel=1e-4)
