@@ -72,6 +72,13 @@ class RewardModel(models.Model):
     def name(self) -> str:
         return f"rm{self.number}"
 
+    @property
+    def n_members(self) -> int:
+        """Members as the ensemble is scored: one per model, or per score head of a 'heads' model."""
+        members = self.metrics.get("members") if isinstance(self.metrics, dict) else None
+        heads = sum(int(m.get("heads", 1)) for m in members or [] if isinstance(m, dict))
+        return heads or len(self.member_paths)
+
 
 class TrainingRun(models.Model):
     """One training job: queued by an admin, the API or the label threshold; run by a worker."""

@@ -59,3 +59,21 @@ def test_dashboard_buttons_queue_each_kind_and_a_bad_kind_is_refused(client, dja
     services.run_succeed(run_id=reward.pk, reward_model=made, metrics={"n_train_pairs": 8})
     detail = client.get(f"/dashboard/runs/{reward.pk}/").content.decode()
     assert "made rm1" in detail and "Reward model" in detail
+
+
+def test_the_dashboard_counts_a_heads_model_by_its_heads(client):
+    services.reward_model_register(
+        artifact_path="/nonexistent/rm1", backbone="tiny", member_paths=["member-0", "member-1"], metrics={}
+    )
+    services.reward_model_register(
+        artifact_path="/nonexistent/rm2",
+        backbone="tiny",
+        member_paths=[""],
+        config={"ensemble_method": "heads"},
+        metrics={"members": [{"path": "/x", "heads": 4}]},
+    )
+    client.force_login(make_user("admin"))
+    html = client.get("/dashboard/").content.decode()
+    cells = [html[html.index('class="rm-members">', html.index(f'id="reward-model-{n}"')) :] for n in (1, 2)]
+    assert cells[0].startswith('class="rm-members">2</td>')  # two models
+    assert cells[1].startswith('class="rm-members">4 heads</td>')  # one model, four heads
