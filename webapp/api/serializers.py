@@ -216,6 +216,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 class RewardModelSerializer(serializers.ModelSerializer):
     name = serializers.CharField(read_only=True)
     run = serializers.PrimaryKeyRelatedField(read_only=True)  # type: ignore[var-annotated]
+    n_members = serializers.IntegerField(
+        read_only=True, help_text="Ensemble members as scored: one per model, or per score head of a 'heads' model."
+    )
 
     class Meta:
         model = RewardModel
@@ -227,6 +230,7 @@ class RewardModelSerializer(serializers.ModelSerializer):
             "backbone",
             "artifact_path",
             "member_paths",
+            "n_members",
             "config",
             "metrics",
             "data_hash",
