@@ -8,8 +8,8 @@ from webapp.accounts.models import User
 from webapp.accounts.services import user_ensure
 from webapp.feedback.models import Candidate, Project, Prompt, Task, TaskCandidate
 from webapp.feedback.services import project_default
-from webapp.runs.models import ModelVersion
-from webapp.runs.services import version_promote, version_register
+from webapp.runs.models import ModelVersion, RewardModel
+from webapp.runs.services import reward_model_register, version_promote, version_register
 
 _seq = itertools.count(1)
 
@@ -54,3 +54,14 @@ def make_task(
 
 def make_pairwise_task(*, created_by: User, **fields) -> Task:
     return make_task(created_by=created_by, **fields)
+
+
+def make_heads_reward_model(heads: int, path: str = "/nonexistent/rm") -> RewardModel:
+    """A registered reward model with ``heads`` score heads in one folder, as a 'heads' run leaves it."""
+    return reward_model_register(
+        artifact_path=path,
+        backbone="tiny",
+        member_paths=[""],
+        config={"ensemble_method": "heads"},
+        metrics={"members": [{"path": path, "heads": heads}]},
+    )

@@ -209,6 +209,14 @@ def test_long_pairs_are_trained_not_dropped(tiny_policy_path: Path, tmp_path: Pa
 # --------------------------------------------------------------------------- the loss
 
 
+# One batch of each kind of row: (scores, ranks, margin, tie).
+MIXED_ROWS = [
+    ([1.0, 0.5], [0, 1], 2 / 3, False),  # a pair with strength 2
+    ([0.2, 0.1], [0, 0], 0.0, True),  # a tie
+    ([0.3, 1.0, -0.2], [1, 0, 1], 0.0, False),  # a ranked list with a tie in it
+]
+
+
 def _loss_inputs(rows: list[tuple[list[float], list[int], float, bool]]) -> tuple[Any, ...]:
     """Flatten rows of (scores, ranks, margin, tie) into preference_loss's batch tensors."""
     n_max = max(len(s) for s, *_ in rows)
@@ -241,12 +249,7 @@ def test_tie_loss_pulls_scores_together_and_is_zero_gradient_at_equality() -> No
 
 
 def test_mixed_batch_loss_is_the_mean_of_bradley_terry_ties_and_plackett_luce() -> None:
-    rows = [
-        ([1.0, 0.5], [0, 1], 2 / 3, False),  # a pair with strength 2
-        ([0.2, 0.1], [0, 0], 0.0, True),  # a tie
-        ([0.3, 1.0, -0.2], [1, 0, 1], 0.0, False),  # a ranked list with a tie in it
-    ]
-    scores, index, ranks, margin, tie = _loss_inputs(rows)
+    scores, index, ranks, margin, tie = _loss_inputs(MIXED_ROWS)
     loss, diag = preference_loss(scores, index, ranks, margin, tie, center_rewards_coefficient=0.01)
     bt = bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([2 / 3]))[0]
     a, b = torch.tensor([0.2]), torch.tensor([0.1])
@@ -364,12 +367,7 @@ def test_bootstrap_members_train_on_resamples(tiny_policy_path: Path, tmp_path: 
 
 
 def test_heads_loss_is_the_mean_of_each_heads_own_loss() -> None:
-    rows = [
-        ([1.0, 0.5], [0, 1], 2 / 3, False),  # a pair with strength 2
-        ([0.2, 0.1], [0, 0], 0.0, True),  # a tie
-        ([0.3, 1.0, -0.2], [1, 0, 1], 0.0, False),  # a ranked list with a tie in it
-    ]
-    one, index, ranks, margin, tie = _loss_inputs(rows)
+    one, index, ranks, margin, tie = _loss_inputs(MIXED_ROWS)
     # three heads: the first as above, the second shifted and stretched, the third with every preference reversed
     scores = torch.stack([one.detach(), 2 * one.detach() - 0.3, -one.detach()], dim=1).requires_grad_(True)
     loss, diagnostics = heads_preference_loss(scores, index, ranks, margin, tie, 0.01)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from tests.factories import make_pairwise_task, make_serving_version, make_user
+from tests.factories import make_heads_reward_model, make_pairwise_task, make_serving_version, make_user
 from webapp.accounts.services import token_for_user
 from webapp.feedback.models import Label, Prompt
-from webapp.runs import services
 from webapp.runs.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -150,13 +149,7 @@ def test_launching_a_reward_model_run_and_bad_kinds(django_capture_on_commit_cal
     assert bad.json()["error"]["fields"]["kind"]
     assert TrainingRun.objects.count() == 2
     assert client_for(make_user()).get("/api/reward-models/").json()["results"] == []
-    services.reward_model_register(
-        artifact_path="/nonexistent/rm",
-        backbone="tiny",
-        member_paths=[""],
-        config={"ensemble_method": "heads"},
-        metrics={"members": [{"path": "/x", "heads": 3}]},
-    )
+    make_heads_reward_model(3)
     (listed,) = client_for(make_user()).get("/api/reward-models/").json()["results"]
     assert (listed["name"], listed["member_paths"], listed["n_members"]) == ("rm1", [""], 3)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.factories import make_serving_version, make_user
+from tests.factories import make_heads_reward_model, make_serving_version, make_user
 from webapp.runs import services
 from webapp.runs.models import TrainingRun
 
@@ -65,13 +65,7 @@ def test_the_dashboard_counts_a_heads_model_by_its_heads(client):
     services.reward_model_register(
         artifact_path="/nonexistent/rm1", backbone="tiny", member_paths=["member-0", "member-1"], metrics={}
     )
-    services.reward_model_register(
-        artifact_path="/nonexistent/rm2",
-        backbone="tiny",
-        member_paths=[""],
-        config={"ensemble_method": "heads"},
-        metrics={"members": [{"path": "/x", "heads": 4}]},
-    )
+    make_heads_reward_model(4, path="/nonexistent/rm2")
     client.force_login(make_user("admin"))
     html = client.get("/dashboard/").content.decode()
     cells = [html[html.index('class="rm-members">', html.index(f'id="reward-model-{n}"')) :] for n in (1, 2)]
