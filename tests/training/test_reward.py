@@ -385,18 +385,12 @@ def test_heads_loss_is_the_mean_of_each_heads_own_loss() -> None:
     assert torch.equal(single, preference_loss(one, index, ranks, margin, tie, 0.01)[0])
 
 
-def test_a_heads_ensemble_is_one_model_whose_heads_score_as_members(tiny_policy_path: Path, tmp_path: Path) -> None:
+def test_a_heads_ensemble_is_one_model_whose_heads_score_as_members(
+    tiny_ensemble: dict[str, Any], tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
 
-    config = RewardConfig(
-        backbone=str(tiny_policy_path),
-        max_length=64,
-        learning_rate=1e-3,
-        num_train_epochs=10,
-        per_device_train_batch_size=4,
-        ensemble_size=3,
-        ensemble_method="heads",
-    )
+    config = replace(tiny_ensemble["config"], ensemble_size=3, ensemble_method="heads")  # the seed members' settings
     history: list[dict[str, Any]] = []
     out = tmp_path / "heads"
     metrics = train_reward_model(_easy_pairs(), out, config, progress=history.append, eval_examples=_easy_pairs())
