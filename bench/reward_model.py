@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bench_start = time.perf_counter()
     backbone = minilm_path()
     ours_max_length = args.ours_max_length or args.max_length
+    heads = args.ours_ensemble_method == "heads"  # ours' ensemble is one model with --members score heads
 
     raw = [json.loads(line) for line in gzip.open(args.data, "rt", encoding="utf-8") if line.strip()]
     items = list(read_feedback(args.data, "hh"))
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         single = pairwise_metrics(scored["members"][0][:n], scored["members"][0][n:])
         mean = pairwise_metrics(scored["mean"][:n], scored["mean"][n:])
         # one scoring pass gives every head of a 'heads' model; separate members are scored one by one
-        per_member_score_s = score_s if args.ours_ensemble_method == "heads" else score_s / args.members
+        per_member_score_s = score_s if heads else score_s / args.members
         results["ours_single"] = {**single, "train_s": member_train_s[0], "score_s": per_member_score_s}
         results["ours_ensemble"] = {**mean, "train_s": sum(member_train_s), "score_s": score_s}
         results["ours_members"] = [pairwise_metrics(s[:n], s[n:])["accuracy"] for s in scored["members"]]
@@ -309,7 +310,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print()
     print(f"{'model':<34} {'acc (%)':>8} {'ECE':>7} {'train s':>9} {'score s':>8} {'pairs':>6}")
-    heads = args.ours_ensemble_method == "heads"
     print(
         fmt_row(
             f"(a) ours, {'head 0' if heads else 'single'}", results["ours_single"], **_times(results["ours_single"])
