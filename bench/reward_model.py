@@ -187,6 +187,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="ours only: RewardConfig.freeze_layers (embeddings and the first N blocks frozen)",
     )
     parser.add_argument(
+        "--ours-label-smoothing",
+        type=float,
+        default=0.0,
+        help="ours only: RewardConfig.label_smoothing (train pairs towards P(chosen wins) = 1 - this)",
+    )
+    parser.add_argument(
         "--ours-min-context",
         type=int,
         default=64,
@@ -259,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + (f" on {n} pairs" if (n := args.ours_probe_examples) and args.ours_head_init == "probe" else "")
         + f", dropout {'on' if args.ours_dropout else 'off'},"
         f" min context {args.ours_min_context}, average last {args.ours_average_last:g},"
-        f" frozen layers {args.ours_freeze_layers}, ensemble {args.ours_ensemble_method}),"
+        f" frozen layers {args.ours_freeze_layers}, label smoothing {args.ours_label_smoothing:g},"
+        f" ensemble {args.ours_ensemble_method}),"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
     )
     test = [examples[i] for i in test_idx]
@@ -278,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             average_last=args.ours_average_last,
             min_context_tokens=args.ours_min_context,
             freeze_layers=args.ours_freeze_layers,
+            label_smoothing=args.ours_label_smoothing,
             num_train_epochs=args.ours_epochs or args.epochs,
             per_device_train_batch_size=args.batch_size,
             ensemble_size=args.members,

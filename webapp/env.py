@@ -22,8 +22,9 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def _env_number(name: str, default: Any, parse: Any, what: str, minimum: Any) -> Any:
-    """`name` parsed by `parse` (int or float), `default` when unset; a bad or too small value raises."""
+def _env_number(name: str, default: Any, parse: Any, what: str, minimum: Any, below: Any = None) -> Any:
+    """`name` parsed by `parse` (int or float), `default` when unset; a bad value, one under `minimum`
+    or one not under `below` raises."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -35,6 +36,8 @@ def _env_number(name: str, default: Any, parse: Any, what: str, minimum: Any) ->
         raise ConfigError(f"{name}={raw!r} must be a finite number")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
+    if below is not None and value >= below:
+        raise ConfigError(f"{name}={value} must be below {below}")
     return value
 
 
@@ -49,8 +52,8 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
-    return float(_env_number(name, default, float, "a number", minimum))
+def env_float(name: str, default: float, *, minimum: float | None = None, below: float | None = None) -> float:
+    return float(_env_number(name, default, float, "a number", minimum, below))
 
 
 def env_bool(name: str, default: bool) -> bool:

@@ -247,6 +247,7 @@ def _train_reward(*, run_id: int) -> None:
         ensemble_size=settings.REWARD_ENSEMBLE_SIZE,
         ensemble_method=settings.REWARD_ENSEMBLE_METHOD,
         max_steps=settings.REWARD_MAX_STEPS or None,
+        label_smoothing=settings.REWARD_LABEL_SMOOTHING,
         **device_options(),
     )
     store = artifact_store()

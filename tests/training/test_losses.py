@@ -57,6 +57,47 @@ def test_bradley_terry_rejects_bad_shapes() -> None:
         bradley_terry_loss(torch.zeros(3), torch.zeros(3), torch.zeros(2))
 
 
+def test_bradley_terry_label_smoothing_is_cross_entropy_against_a_soft_target() -> None:
+    chosen = torch.randn(6, generator=_gen(1), dtype=torch.float64)
+    rejected = torch.randn(6, generator=_gen(2), dtype=torch.float64)
+    plain, _ = bradley_terry_loss(chosen, rejected)
+    zero, _ = bradley_terry_loss(chosen, rejected, label_smoothing=0.0)
+    assert torch.equal(zero, plain)
+    for eps in (0.05, 0.1, 0.3):
+        smoothed, diag = bradley_terry_loss(chosen, rejected, label_smoothing=eps)
+        target = torch.full_like(chosen, 1.0 - eps)  # P(chosen wins) the loss trains towards
+        torch.testing.assert_close(smoothed, F.binary_cross_entropy_with_logits(chosen - rejected, target))
+        assert diag["rewards/accuracies"].item() == pytest.approx(float((chosen > rejected).double().mean()))
+    # with a margin, the other label keeps the same margin: -log sigmoid(r_r - r_c - m)
+    margin = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5, 0.0], dtype=torch.float64)
+    smoothed, _ = bradley_terry_loss(chosen, rejected, margin, label_smoothing=0.2)
+    expected = (-0.8 * F.logsigmoid(chosen - rejected - margin) - 0.2 * F.logsigmoid(rejected - chosen - margin)).mean()
+    torch.testing.assert_close(smoothed, expected)
+
+
+def test_bradley_terry_label_smoothing_bounds_the_pair_margin() -> None:
+    # log 2 at a zero difference for any e; the loss is least at d = log((1 - e) / e), and falls
+    # without bound in d for the plain loss only
+    for eps in (0.1, 0.25):
+        at_zero, _ = bradley_terry_loss(torch.zeros(1), torch.zeros(1), label_smoothing=eps)
+        assert at_zero.item() == pytest.approx(math.log(2))
+        d = torch.tensor([math.log((1 - eps) / eps)], dtype=torch.float64, requires_grad=True)
+        loss, _ = bradley_terry_loss(d, torch.zeros(1, dtype=torch.float64), label_smoothing=eps)
+        (grad,) = torch.autograd.grad(loss, d)
+        assert abs(grad.item()) < 1e-12
+        further, _ = bradley_terry_loss(d.detach() + 1.0, torch.zeros(1, dtype=torch.float64), label_smoothing=eps)
+        assert further > loss
+    plain_far, _ = bradley_terry_loss(torch.tensor([10.0]), torch.zeros(1))
+    plain_near, _ = bradley_terry_loss(torch.tensor([3.0]), torch.zeros(1))
+    assert plain_far < plain_near
+
+
+@pytest.mark.parametrize("eps", [-0.1, 0.5, 1.0, True, "0.1"])
+def test_bradley_terry_rejects_bad_label_smoothing(eps: object) -> None:
+    with pytest.raises(ValueError, match=r"label_smoothing=.* must be a number in \[0, 0.5\)"):
+        bradley_terry_loss(torch.zeros(2), torch.zeros(2), label_smoothing=eps)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- DPO
 
 

@@ -106,6 +106,8 @@ def test_ranking_example_checks() -> None:
         ({"bf16": True}, "bf16=True"),
         ({"freeze_layers": -1}, "freeze_layers=-1"),
         ({"freeze_layers": 1.5}, "freeze_layers=1.5"),
+        ({"label_smoothing": 0.5}, "label_smoothing=0.5 must be a number in"),
+        ({"label_smoothing": -0.1}, "label_smoothing=-0.1"),
     ],
 )
 def test_config_names_the_bad_value(changes: dict[str, Any], message: str) -> None:
@@ -258,6 +260,22 @@ def test_mixed_batch_loss_is_the_mean_of_bradley_terry_ties_and_plackett_luce() 
     center = 0.01 * torch.mean(torch.tensor([1.0, 0.5, 0.2, 0.1, 0.3, 1.0, -0.2]) ** 2)
     assert float(loss.detach()) == pytest.approx(float((bt + tie_loss + pl) / 3 + center), rel=1e-5)
     assert diag["accuracy"] == 1.0 and diag["ranking_pair_accuracy"] == 1.0
+
+
+def test_label_smoothing_changes_only_the_pairs_loss() -> None:
+    scores, index, ranks, margin, tie = _loss_inputs(MIXED_ROWS)
+    loss, _ = preference_loss(scores, index, ranks, margin, tie, label_smoothing=0.2)
+    bt = bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([2 / 3]), label_smoothing=0.2)[0]
+    a, b = torch.tensor([0.2]), torch.tensor([0.1])
+    tie_loss = 0.5 * (bradley_terry_loss(a, b)[0] + bradley_terry_loss(b, a)[0])  # a tie's target is already 1/2
+    pl = plackett_luce_loss(torch.tensor([[0.3, 1.0, -0.2]]), torch.tensor([[1, 0, 1]]))[0]
+    assert float(loss.detach()) == pytest.approx(float((bt + tie_loss + pl) / 3), rel=1e-5)
+    plain, _ = preference_loss(scores, index, ranks, margin, tie)
+    assert float(loss.detach()) > float(plain.detach())  # the pair is ranked right, so smoothing costs here
+    # each head of a 'heads' model gets the same smoothing
+    two_heads = torch.stack([scores.detach(), scores.detach()], dim=1)
+    heads_loss, _ = heads_preference_loss(two_heads, index, ranks, margin, tie, label_smoothing=0.2)
+    assert float(heads_loss) == pytest.approx(float(loss.detach()), rel=1e-6)
 
 
 # --------------------------------------------------------------------------- training on the tiny model
@@ -607,6 +625,46 @@ def test_the_probe_can_fit_on_a_seeded_sample_of_the_examples(tiny_policy_path: 
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match=f"probe_examples={bad!r} must be None or a positive integer"):
             RewardConfig(backbone=str(tiny_policy_path), probe_examples=bad)  # type: ignore[arg-type]
+
+
+def test_label_smoothing_keeps_the_pairs_score_gaps_near_their_calibrated_value(
+    tiny_ensemble: dict[str, Any], tmp_path: Path
+) -> None:
+    # Trained far past fitting its pairs (the seed ensemble's settings: 10 epochs at 1e-3), the plain
+    # loss keeps pulling their scores apart; with label_smoothing e each pair's gap settles near
+    # log((1 - e) / e), where P(chosen wins) = 1 - e.
+    config = replace(tiny_ensemble["config"], ensemble_size=1)
+    pairs = _easy_pairs()
+    gaps = {}
+    for eps in (0.0, 0.25):
+        out = tmp_path / f"rm-{eps}"
+        train_reward_model(pairs, out, replace(config, label_smoothing=eps))
+        scorer = RewardScorer.load(out)
+        scores = scorer.score([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+        n = len(pairs)
+        gaps[eps] = [c - r for c, r in zip(scores[:n], scores[n:], strict=True)]
+        assert pairwise_accuracy(scores[:n], scores[n:]) >= 0.9
+    target = math.log(0.75 / 0.25)
+    smoothed = sum(gaps[0.25]) / len(pairs)
+    plain = sum(gaps[0.0]) / len(pairs)
+    assert abs(smoothed - target) < 0.5  # 0.91 against log 3 = 1.10
+    assert plain > target + 1.0  # 2.49
+
+
+def test_a_probe_with_label_smoothing_fits_each_pair_to_its_calibrated_gap(tiny_policy_path: Path) -> None:
+    from training.reward import _layout, _ListCollator, _load_scoring_model, _rows, _tokenizer_with_pad
+
+    path = str(tiny_policy_path)
+    pairs = _easy_pairs()[:12]  # fewer pairs than the tiny model's 64 features: every gap can be fitted exactly
+    tokenizer = _tokenizer_with_pad(path)
+    rows, _ = _rows(pairs, tokenizer, _layout(tokenizer), RewardConfig(backbone=path, max_length=64))
+    model = _load_scoring_model(path).eval()
+    fit_head_by_probe(model, rows, tokenizer.pad_token_id, l2=0.0, label_smoothing=0.25)
+    batch = _ListCollator(pad_token_id=tokenizer.pad_token_id)(rows)
+    with torch.no_grad():
+        scores = model(**_ListCollator.model_inputs(batch)).logits[:, 0]
+    gaps = scores[batch["index"][:, 0]] - scores[batch["index"][:, 1]]
+    torch.testing.assert_close(gaps, torch.full_like(gaps, math.log(3.0)), atol=0.02, rtol=0)
 
 
 def test_dropout_is_off_while_training_unless_asked(tmp_path: Path) -> None:

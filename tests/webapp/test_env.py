@@ -36,3 +36,8 @@ def test_choice_and_number_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("GRPO_UWO_LAMBDA", bad)
         with pytest.raises(ConfigError, match=message):
             env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0)
+    monkeypatch.setenv("REWARD_LABEL_SMOOTHING", "0.1")
+    assert env_float("REWARD_LABEL_SMOOTHING", 0.0, minimum=0.0, below=0.5) == 0.1
+    monkeypatch.setenv("REWARD_LABEL_SMOOTHING", "0.5")
+    with pytest.raises(ConfigError, match=r"REWARD_LABEL_SMOOTHING=0.5 must be below 0.5"):
+        env_float("REWARD_LABEL_SMOOTHING", 0.0, minimum=0.0, below=0.5)

@@ -102,6 +102,7 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
     settings.ARTIFACT_DIR, settings.ARTIFACT_STORE_URL = tmp_path / "artifacts", ""
     settings.REWARD_BACKBONE = settings.POLICY_BASE_MODEL = str(tiny_policy_path)
     settings.REWARD_ENSEMBLE_METHOD, settings.REWARD_ENSEMBLE_SIZE, settings.REWARD_MAX_STEPS = "heads", 3, 2
+    settings.REWARD_LABEL_SMOOTHING = 0.1
     owner, annotator = make_user(), make_user(username="ann")
     for i in range(6):
         task = make_pairwise_task(created_by=owner, question=f"What is {i} plus {i}?", texts=(f"{2 * i}.", "No."))
@@ -113,6 +114,7 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
     reward_model = RewardModel.objects.get()
     assert reward_model.member_paths == [""]  # one model in the version's folder
     assert reward_model.config["ensemble_method"] == "heads" and reward_model.metrics["members"][0]["heads"] == 3
+    assert reward_model.config["label_smoothing"] == 0.1  # the setting reaches the training config
     assert reward_model.n_members == 3  # what the dashboard shows
     scored = RewardEnsemble.load([local_path(reward_model.artifact_path)]).score(
         [[{"role": "user", "content": "What is 1 plus 1?"}]], ["2."]
