@@ -193,6 +193,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="ours only: RewardConfig.label_smoothing (train pairs towards P(chosen wins) = 1 - this)",
     )
     parser.add_argument(
+        "--ours-calibration-pairs",
+        type=int,
+        default=0,
+        help="with --eval-on dev: fit ours' temperature (RewardConfig.calibrate) on the first N dev pairs "
+        "and score on the rest",
+    )
+    parser.add_argument(
         "--ours-min-context",
         type=int,
         default=64,
@@ -248,6 +255,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not dev_idx:
             parser.exit(2, "--eval-on dev needs --train-pairs below the train split's size\n")
         test_idx = dev_idx
+    calibration_idx: list[int] = []
+    if args.ours_calibration_pairs:
+        if args.eval_on != "dev" or not 0 < args.ours_calibration_pairs < len(test_idx):
+            parser.exit(2, "--ours-calibration-pairs needs --eval-on dev and fewer pairs than the dev pairs\n")
+        calibration_idx, test_idx = test_idx[: args.ours_calibration_pairs], test_idx[args.ours_calibration_pairs :]
     print(
         f"HH-RLHF harmless-base: {len(examples)} pairs; train on {len(train_idx)} of the"
         f" {len(train_idx) + len(dev_idx)} train-split pairs, score on"
@@ -291,8 +303,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ensemble_size=args.members,
             ensemble_method=args.ours_ensemble_method,
             seed=args.seed,
+            calibrate=bool(calibration_idx),
         )
-        trained = train_reward_model([examples[i] for i in train_idx], Path(scratch) / "ours", config)
+        trained = train_reward_model(
+            [examples[i] for i in train_idx],
+            Path(scratch) / "ours",
+            config,
+            eval_examples=[examples[i] for i in calibration_idx] or None,
+        )
+        if "calibration" in trained:
+            results["ours_calibration"] = trained["calibration"]
         ensemble = RewardEnsemble.load(trained["member_paths"])
         start = time.perf_counter()
         scored = ensemble.score([e.prompt for e in test] * 2, [e.chosen for e in test] + [e.rejected for e in test])
@@ -306,6 +326,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["ours_single"] = {**single, "train_s": member_train_s[0], "score_s": per_member_score_s}
         results["ours_ensemble"] = {**mean, "train_s": sum(member_train_s), "score_s": score_s}
         results["ours_members"] = [pairwise_metrics(s[:n], s[n:])["accuracy"] for s in scored["members"]]
+        if temperatures := trained.get("calibration", {}).get("temperatures"):  # member 0's raw scores, for the ECE
+            raw = [x * temperatures[0] for x in scored["members"][0]]
+            results["ours_calibration"]["ece_uncalibrated_single"] = pairwise_metrics(raw[:n], raw[n:])["ece"]
         results["ours_inputs_truncated"] = trained["n_inputs_truncated"]
         first = trained["members"][0]
         if "probe_loss" in first:  # head_init="probe": its time is inside train_s
@@ -334,6 +357,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"ours' probe head: fitted on {probe['probe_examples']} pairs in {probe['probe_seconds']:.0f} s"
             f" (part of train s), loss {probe['probe_loss_start']:.3f} -> {probe['probe_loss']:.3f}"
+        )
+    if calibration := results.get("ours_calibration"):
+        temperatures = ", ".join(f"{t:.2f}" for t in calibration["temperatures"])
+        print(
+            f"ours' temperature: {temperatures}, fitted on {calibration['n_pairs']} other dev pairs (their ECE"
+            f" {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}, cross-fitted); the figures above"
+            f" are after it, on the rest, where (a) without it has ECE {calibration['ece_uncalibrated_single']:.3f}"
         )
     if args.skip_baseline:
         print(f"total wall time {time.perf_counter() - bench_start:.0f} s")

@@ -66,6 +66,7 @@ HEAD_INITS = ("random", "probe")
 ENSEMBLE_METHODS = ("seeds", "bootstrap", "heads")
 # Written next to each trained model: how its inputs were built, so scoring builds them the same way.
 REWARD_META_FILE = "prefloop_reward.json"
+CALIBRATION_MIN_PAIRS = 20  # fewer held-out pairs than this fit no temperature: one or two pairs would set it at random
 # Role names for backbones without a chat template (encoders, base LMs): "User: ...", "Assistant: ...".
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -318,6 +319,15 @@ class RewardConfig:
             "accuracy points). Ties and ranked lists are unchanged."
         },
     )
+    calibrate: bool = field(
+        default=False,
+        metadata={
+            "help": "With eval_examples: fit one temperature T per model on those held-out pairs (temperature "
+            "scaling, Guo et al. 2017) and divide its scores by T from then on. Rankings, and so accuracy, are "
+            "unchanged; sigmoid(score difference) becomes a calibrated probability of the pair's outcome. Needs "
+            f"at least {CALIBRATION_MIN_PAIRS} held-out non-tie pairs; with fewer, nothing is fitted."
+        },
+    )
     ensemble_size: int = field(
         default=1,
         metadata={"help": "Number of reward models to train, or of score heads with 'heads' (1 = a single one)."},
@@ -397,6 +407,8 @@ class RewardConfig:
             isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 0.5
         ):
             raise ValueError(f"label_smoothing={self.label_smoothing!r} must be a number in [0, 0.5)")
+        if not isinstance(self.calibrate, bool):
+            raise ValueError(f"calibrate={self.calibrate!r} must be True or False")
         if isinstance(self.ensemble_size, bool) or not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
             raise ValueError(f"ensemble_size={self.ensemble_size!r} must be a positive integer")
         if self.ensemble_method not in ENSEMBLE_METHODS:
@@ -1237,7 +1249,9 @@ def train_reward_model(
     ``n_rankings``, ``n_inputs_truncated``, ``members`` (per member: ``path``, ``seed``, ``heads``,
     ``trainable_parameters``, ``steps``, ``first_loss``, ``final_loss``, ``train_seconds``), ``member_paths``,
     ``train_seconds``, and, when ``eval_examples`` are given, ``eval`` (see
-    :func:`evaluate_pairs`, with the ensemble's mean score).
+    :func:`evaluate_pairs`, with the ensemble's mean score). With ``config.calibrate`` each model's
+    temperature is fitted on the ``eval_examples`` pairs first and saved with it, and ``calibration``
+    reports the temperatures and the ECE before and after (``eval`` is then read after).
     """
     examples = list(examples)
     for i, example in enumerate(examples):
@@ -1295,10 +1309,90 @@ def train_reward_model(
         "member_paths": [m["path"] for m in members],
         "train_seconds": round(sum(m["train_seconds"] for m in members), 3),
     }
+    if eval_examples and config.calibrate:
+        metrics["calibration"] = _calibrate_members(metrics["member_paths"], eval_examples, config.scoring_batch_size)
     if eval_examples:
         ensemble = RewardEnsemble.load(metrics["member_paths"], batch_size=config.scoring_batch_size)
         metrics["eval"] = evaluate_pairs(ensemble, eval_examples)
     return metrics
+
+
+def _calibrate_members(
+    paths: Sequence[str], eval_examples: Sequence[PreferenceExample], batch_size: int
+) -> dict[str, Any]:
+    """Fit each saved model's temperature on the held-out pairs and record it in its metadata file.
+
+    Returns ``temperatures`` (one per model, fitted on all the pairs) and the held-out pairs' ECE of
+    the ensemble's mean score before (``ece_before``) and after (``ece_after``); or, with fewer than
+    ``CALIBRATION_MIN_PAIRS`` non-tie pairs, only ``skipped`` (why), and the models keep temperature 1.
+    So that ``ece_after`` is not read on the very pairs a temperature was fitted on, it is
+    cross-fitted: the even-numbered pairs are scaled by temperatures fitted on the odd-numbered
+    ones, and the other way round.
+    """
+    pairs = [e for e in eval_examples if isinstance(e, PreferenceExample) and not e.tie]
+    if len(pairs) < CALIBRATION_MIN_PAIRS:
+        return {"skipped": f"{len(pairs)} held-out pairs, fewer than the {CALIBRATION_MIN_PAIRS} a temperature needs"}
+    prompts = [p.prompt for p in pairs] * 2
+    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    n = len(pairs)
+    before, after, temperatures = [], [], []
+    halves = [list(range(0, n, 2)), list(range(1, n, 2))]
+    for path in paths:
+        scores = RewardScorer.load(path, batch_size=batch_size).score(prompts, completions)
+        temperature = fit_temperature(scores[:n], scores[n:])
+        crossed = list(scores)
+        for fit_on, apply_to in (halves, halves[::-1]):
+            t = fit_temperature([scores[i] for i in fit_on], [scores[n + i] for i in fit_on])
+            for i in apply_to:
+                crossed[i], crossed[n + i] = scores[i] / t, scores[n + i] / t
+        meta_file = Path(path) / REWARD_META_FILE
+        meta = json.loads(meta_file.read_text())
+        meta["temperature"] = temperature
+        meta_file.write_text(json.dumps(meta, indent=2))
+        temperatures.append(temperature)
+        before.append(scores)
+        after.append(crossed)
+
+    def mean_ece(per_model: list[list[float]]) -> float:
+        mean = [sum(column) / len(column) for column in zip(*per_model, strict=True)]
+        return expected_calibration_error(preference_probabilities(mean[:n], mean[n:]))
+
+    return {"temperatures": temperatures, "ece_before": mean_ece(before), "ece_after": mean_ece(after), "n_pairs": n}
+
+
+def fit_temperature(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> float:
+    """Temperature scaling (Guo et al. 2017) for a reward model: the ``T`` that minimises the
+    held-out pairs' mean ``-log sigmoid((r_c - r_r) / T)``.
+
+    The loss is convex in ``1 / T``, which is found by golden-section search on [0.01, 100] (so
+    ``T`` lies in [0.01, 100]: an overconfident model gets ``T > 1``, an underconfident one
+    ``T < 1``; pairs that the model ranks all right, or all wrong, pin ``T`` at an end).
+    """
+    if len(chosen_scores) != len(rejected_scores):
+        raise ValueError(f"got {len(chosen_scores)} chosen scores but {len(rejected_scores)} rejected scores")
+    gaps = [float(c) - float(r) for c, r in zip(chosen_scores, rejected_scores, strict=True)]
+    if not gaps:
+        raise ValueError("fit_temperature needs at least one pair")
+    if not all(math.isfinite(g) for g in gaps):
+        raise ValueError("fit_temperature needs finite scores")
+
+    def loss(inverse: float) -> float:  # mean -log sigmoid(inverse * gap), computed stably
+        return sum(max(-inverse * g, 0.0) + math.log1p(math.exp(-abs(inverse * g))) for g in gaps) / len(gaps)
+
+    low, high = 0.01, 100.0
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    loss_a, loss_b = loss(a), loss(b)
+    for _ in range(80):  # the bracket shrinks by 0.618 per step: 80 steps take it below 1e-14 of its width
+        if loss_a <= loss_b:
+            high, b, loss_b = b, a, loss_a
+            a = high - ratio * (high - low)
+            loss_a = loss(a)
+        else:
+            low, a, loss_a = a, b, loss_b
+            b = low + ratio * (high - low)
+            loss_b = loss(b)
+    return 1.0 / ((low + high) / 2.0)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -1307,8 +1401,18 @@ def train_reward_model(
 class RewardScorer:
     """One trained reward model: scores (prompt, completion) inputs built exactly as in training."""
 
-    def __init__(self, model, tokenizer, *, max_length: int, min_context_tokens: int, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_length: int,
+        min_context_tokens: int,
+        batch_size: int = 16,
+        temperature: float = 1.0,
+    ) -> None:
         self.model = model.eval()
+        self.temperature = temperature  # scores are the model's outputs divided by this (see fit_temperature)
         self.heads = int(getattr(model.config, "num_labels", 1))  # > 1 for a 'heads' ensemble
         self.tokenizer = tokenizer
         self.layout = _layout(tokenizer)
@@ -1334,6 +1438,7 @@ class RewardScorer:
             max_length=int(meta["max_length"]),
             min_context_tokens=int(meta["min_context_tokens"]),
             batch_size=batch_size,
+            temperature=float(meta.get("temperature", 1.0)),
         )
 
     def score(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[float]:
@@ -1346,7 +1451,8 @@ class RewardScorer:
 
     def score_heads(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[list[float]]:
         """Each score head's scores of every (prompt, completion), ``(heads, inputs)``; one head for a
-        plain reward model. Batches are formed by length to pad little."""
+        plain reward model, divided by the model's temperature (1 unless it was calibrated). Batches are
+        formed by length to pad little."""
         import torch
 
         if len(prompts) != len(completions):
@@ -1379,7 +1485,7 @@ class RewardScorer:
                 logits = self.model(**inputs).logits.float().reshape(len(chunk), self.heads)  # (chunk, heads)
                 for row, i in enumerate(chunk):
                     for k in range(self.heads):
-                        scores[k][i] = float(logits[row, k])
+                        scores[k][i] = float(logits[row, k]) / self.temperature
         return scores
 
 

@@ -140,6 +140,8 @@ REWARD_EVERY_N_LABELS = env_int("REWARD_EVERY_N_LABELS", 0, minimum=0)  # 0: rew
 REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the pairs
 # Bradley-Terry pairs train towards P(chosen wins) = 1 - this: better calibrated rewards from crowd labels.
 REWARD_LABEL_SMOOTHING = env_float("REWARD_LABEL_SMOOTHING", 0.0, minimum=0.0, below=0.5)
+# Fit each reward model's temperature on the run's held-out labels, so its probabilities are calibrated.
+REWARD_CALIBRATE = env_bool("REWARD_CALIBRATE", True)
 # Where the worker trains: "auto" (a CUDA GPU when one is visible, in bf16 where supported), "cpu" or "cuda".
 TRAIN_DEVICE = env_choice("TRAIN_DEVICE", "auto", ("auto", "cpu", "cuda"))
 # GRPO runs: the newest GRPO_PROMPTS prompts, the newest reward model's mean - λ·variance score.

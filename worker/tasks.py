@@ -248,6 +248,7 @@ def _train_reward(*, run_id: int) -> None:
         ensemble_method=settings.REWARD_ENSEMBLE_METHOD,
         max_steps=settings.REWARD_MAX_STEPS or None,
         label_smoothing=settings.REWARD_LABEL_SMOOTHING,
+        calibrate=settings.REWARD_CALIBRATE,
         **device_options(),
     )
     store = artifact_store()

@@ -19,7 +19,9 @@ from webapp.runs.models import RewardModel, TrainingRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-QUESTIONS = [f"Question number {i}: what is {i} plus {i}?" for i in range(15)]
+# 50 questions x 2 annotators = 100 labels, of which every 5th (by id) is held out: 20 pairs, enough
+# for the worker to fit the model's temperature (REWARD_CALIBRATE, on by default)
+QUESTIONS = [f"Question number {i}: what is {i} plus {i}?" for i in range(50)]
 
 
 def test_admin_trains_a_reward_model_from_the_dashboard(
@@ -46,12 +48,12 @@ def test_admin_trains_a_reward_model_from_the_dashboard(
 
     run = TrainingRun.objects.get(kind=TrainingRun.Kind.REWARD)
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
-    assert run.trigger == TrainingRun.Trigger.ADMIN and run.n_pairs == 30
+    assert run.trigger == TrainingRun.Trigger.ADMIN and run.n_pairs == 100
     reward_model = RewardModel.objects.get()
     assert run.result_reward_model == reward_model
     assert reward_model.backbone == str(loop_files.base_model)  # REWARD_BACKBONE defaults to the policy's base
     held_out = reward_model.metrics["n_eval_pairs"]
-    assert held_out > 0 and reward_model.metrics["n_train_pairs"] + held_out == 30
+    assert held_out == 20 and reward_model.metrics["n_train_pairs"] + held_out == 100
     evaluation = reward_model.metrics["eval"]
     assert evaluation["n"] == held_out and 0.0 <= evaluation["accuracy"] <= 1.0
     assert set(evaluation["by_group"]) <= {"ann", "bob"}  # accuracy per annotator
@@ -64,3 +66,8 @@ def test_admin_trains_a_reward_model_from_the_dashboard(
     ensemble = RewardEnsemble.load([folder / m for m in reward_model.member_paths])
     scores = ensemble.score([[{"role": "user", "content": QUESTIONS[0]}]] * 2, ["The answer is 0.", "I refuse."])
     assert len(scores["mean"]) == 2 and scores["mean"][0] != scores["mean"][1]
+    # ... calibrated on the held-out pairs: the temperature fitted there is saved with it and applied
+    calibration = reward_model.metrics["calibration"]
+    assert calibration["n_pairs"] == 20 and len(calibration["temperatures"]) == 1
+    assert ensemble.members[0].temperature == calibration["temperatures"][0] > 0
+    assert 0.0 <= calibration["ece_after"] <= 1.0 and 0.0 <= calibration["ece_before"] <= 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from training.reward import (
     examples_from_items,
     expected_calibration_error,
     fit_head_by_probe,
+    fit_temperature,
     heads_preference_loss,
     pairwise_accuracy,
     pairwise_metrics,
@@ -665,6 +667,70 @@ def test_a_probe_with_label_smoothing_fits_each_pair_to_its_calibrated_gap(tiny_
         scores = model(**_ListCollator.model_inputs(batch)).logits[:, 0]
     gaps = scores[batch["index"][:, 0]] - scores[batch["index"][:, 1]]
     torch.testing.assert_close(gaps, torch.full_like(gaps, math.log(3.0)), atol=0.02, rtol=0)
+
+
+def test_fit_temperature_recovers_how_overconfident_the_scores_are() -> None:
+    # Pairs whose first answer wins with probability sigmoid(z), scored 3z apart: three times too sure.
+    rng = random.Random(0)
+    chosen, rejected = [], []
+    for _ in range(4000):
+        z = rng.gauss(0.0, 1.5)
+        first_wins = rng.random() < 1.0 / (1.0 + math.exp(-z))
+        gap = 3.0 * z if first_wins else -3.0 * z  # the chosen side's score minus the other's
+        chosen.append(gap)
+        rejected.append(0.0)
+    temperature = fit_temperature(chosen, rejected)
+    assert temperature == pytest.approx(3.0, rel=0.08)
+    before = expected_calibration_error(preference_probabilities(chosen, rejected))
+    after = expected_calibration_error(preference_probabilities([c / temperature for c in chosen], rejected))
+    assert after < 0.03 and before > 0.1  # the ECE of 4,000 pairs in 10 bins: about 0.02 at best
+    # every pair ranked right: nothing stops sharpening, so T stops at its lower end
+    assert fit_temperature([2.0, 1.0], [0.0, 0.0]) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="got 2 chosen scores but 1 rejected"):
+        fit_temperature([1.0, 2.0], [0.0])
+    with pytest.raises(ValueError, match="at least one pair"):
+        fit_temperature([], [])
+    with pytest.raises(ValueError, match="finite"):
+        fit_temperature([float("nan")], [0.0])
+
+
+def test_calibrate_fits_each_members_temperature_on_the_held_out_pairs(
+    tiny_ensemble: dict[str, Any], tmp_path: Path
+) -> None:
+    # Held-out pairs with every third label the other way round: the trained members are far too
+    # sure of them, so each gets a temperature above 1, saved with it and applied when it scores.
+    held_out = [
+        PreferenceExample(p.prompt, p.rejected, p.chosen) if i % 3 == 0 else p for i, p in enumerate(_easy_pairs())
+    ]
+    config = replace(tiny_ensemble["config"], calibrate=True)
+    metrics = train_reward_model(_easy_pairs(), tmp_path / "rm", config, eval_examples=held_out)
+    calibration = metrics["calibration"]
+    assert calibration["n_pairs"] == len(held_out) and len(calibration["temperatures"]) == 2
+    assert all(t > 1.0 for t in calibration["temperatures"])
+    assert calibration["ece_after"] < calibration["ece_before"]
+    prompts, answers = [p.prompt for p in held_out], [p.chosen for p in held_out]
+    for path, temperature in zip(metrics["member_paths"], calibration["temperatures"], strict=True):
+        assert json.loads((Path(path) / REWARD_META_FILE).read_text())["temperature"] == temperature
+        scorer = RewardScorer.load(path)
+        calibrated = scorer.score(prompts, answers)
+        scorer.temperature = 1.0
+        raw = scorer.score(prompts, answers)
+        assert calibrated == pytest.approx([r / temperature for r in raw])
+    # rankings are unchanged: the uncalibrated twin (same seeds, same data) has the same eval accuracy
+    plain = train_reward_model(
+        _easy_pairs(), tmp_path / "plain", replace(config, calibrate=False), eval_examples=held_out
+    )
+    assert "calibration" not in plain
+    assert metrics["eval"]["accuracy"] == plain["eval"]["accuracy"]
+    assert metrics["eval"]["ece"] < plain["eval"]["ece"]
+    # too few held-out pairs fit nothing: the temperatures already saved stay as they are
+    from training.reward import _calibrate_members
+
+    few = _calibrate_members(metrics["member_paths"], held_out[:5], batch_size=16)
+    assert few == {"skipped": "5 held-out pairs, fewer than the 20 a temperature needs"}
+    assert RewardScorer.load(metrics["member_paths"][0]).temperature == calibration["temperatures"][0]
+    with pytest.raises(ValueError, match="calibrate='yes' must be True or False"):
+        RewardConfig(backbone="some/model", calibrate="yes")  # type: ignore[arg-type]
 
 
 def test_dropout_is_off_while_training_unless_asked(tmp_path: Path) -> None:

@@ -115,6 +115,8 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
     assert reward_model.member_paths == [""]  # one model in the version's folder
     assert reward_model.config["ensemble_method"] == "heads" and reward_model.metrics["members"][0]["heads"] == 3
     assert reward_model.config["label_smoothing"] == 0.1  # the setting reaches the training config
+    # REWARD_CALIBRATE is on by default, but six labels hold out no pair to fit a temperature on
+    assert reward_model.config["calibrate"] is True and "calibration" not in reward_model.metrics
     assert reward_model.n_members == 3  # what the dashboard shows
     scored = RewardEnsemble.load([local_path(reward_model.artifact_path)]).score(
         [[{"role": "user", "content": "What is 1 plus 1?"}]], ["2."]
