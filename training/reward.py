@@ -1411,6 +1411,10 @@ class RewardScorer:
         batch_size: int = 16,
         temperature: float = 1.0,
     ) -> None:
+        if isinstance(temperature, bool) or not (
+            isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+        ):
+            raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
         self.model = model.eval()
         self.temperature = temperature  # scores are the model's outputs divided by this (see fit_temperature)
         self.heads = int(getattr(model.config, "num_labels", 1))  # > 1 for a 'heads' ensemble

@@ -729,6 +729,8 @@ def test_calibrate_fits_each_members_temperature_on_the_held_out_pairs(
     few = _calibrate_members(metrics["member_paths"], held_out[:5], batch_size=16)
     assert few == {"skipped": "5 held-out pairs, fewer than the 20 a temperature needs"}
     assert RewardScorer.load(metrics["member_paths"][0]).temperature == calibration["temperatures"][0]
+    with pytest.raises(ValueError, match=r"temperature=0\.0 must be a finite number > 0"):
+        RewardScorer(scorer.model, scorer.tokenizer, max_length=64, min_context_tokens=16, temperature=0.0)
     with pytest.raises(ValueError, match="calibrate='yes' must be True or False"):
         RewardConfig(backbone="some/model", calibrate="yes")  # type: ignore[arg-type]
 
