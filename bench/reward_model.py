@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from training.feedback_io import read_feedback  # noqa: E402
 from training.reward import (  # noqa: E402
+    CALIBRATION_MIN_PAIRS,
     PreferenceExample,
     RewardConfig,
     RewardEnsemble,
@@ -257,8 +258,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         test_idx = dev_idx
     calibration_idx: list[int] = []
     if args.ours_calibration_pairs:
-        if args.eval_on != "dev" or not 0 < args.ours_calibration_pairs < len(test_idx):
-            parser.exit(2, "--ours-calibration-pairs needs --eval-on dev and fewer pairs than the dev pairs\n")
+        if args.eval_on != "dev" or not CALIBRATION_MIN_PAIRS <= args.ours_calibration_pairs < len(test_idx):
+            parser.exit(
+                2,
+                f"--ours-calibration-pairs needs --eval-on dev and from {CALIBRATION_MIN_PAIRS} pairs to fewer than"
+                " the dev pairs\n",
+            )
         calibration_idx, test_idx = test_idx[: args.ours_calibration_pairs], test_idx[args.ours_calibration_pairs :]
     print(
         f"HH-RLHF harmless-base: {len(examples)} pairs; train on {len(train_idx)} of the"
@@ -358,7 +363,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"ours' probe head: fitted on {probe['probe_examples']} pairs in {probe['probe_seconds']:.0f} s"
             f" (part of train s), loss {probe['probe_loss_start']:.3f} -> {probe['probe_loss']:.3f}"
         )
-    if calibration := results.get("ours_calibration"):
+    if (calibration := results.get("ours_calibration")) and "skipped" in calibration:
+        print(f"ours' temperature: not fitted, {calibration['skipped']}")
+    elif calibration:
         temperatures = ", ".join(f"{t:.2f}" for t in calibration["temperatures"])
         print(
             f"ours' temperature: {temperatures}, fitted on {calibration['n_pairs']} other dev pairs (their ECE"

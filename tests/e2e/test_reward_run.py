@@ -36,7 +36,10 @@ def test_admin_trains_a_reward_model_from_the_dashboard(
             created_by=owner, question=question, texts=(f"The answer is {2 * i}.", "I refuse to answer that.")
         )
         for annotator in annotators:
-            label_create(task=task, annotator=annotator, data={"choice": "a", "strength": 3}, source="api")
+            # as crowds do, the annotators disagree now and then (bob on every third question), so the
+            # held-out pairs are not all ranked right and do pin a temperature down
+            choice = "b" if annotator.username == "bob" and i % 3 == 0 else "a"
+            label_create(task=task, annotator=annotator, data={"choice": choice, "strength": 3}, source="api")
     start_worker(policy_url="http://127.0.0.1:9", files=loop_files)  # no policy server needed for a reward run
 
     login(page, live_server, "boss", "boss-password")

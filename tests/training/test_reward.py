@@ -723,11 +723,27 @@ def test_calibrate_fits_each_members_temperature_on_the_held_out_pairs(
     assert "calibration" not in plain
     assert metrics["eval"]["accuracy"] == plain["eval"]["accuracy"]
     assert metrics["eval"]["ece"] < plain["eval"]["ece"]
-    # too few held-out pairs fit nothing: the temperatures already saved stay as they are
     from training.reward import _calibrate_members
+
+    # calibrating again fits on the models' own outputs, not on the already scaled scores
+    again = _calibrate_members(metrics["member_paths"], held_out, batch_size=16)
+    assert again["temperatures"] == pytest.approx(calibration["temperatures"])
+    # too few held-out pairs fit nothing: the temperatures already saved stay as they are
 
     few = _calibrate_members(metrics["member_paths"], held_out[:5], batch_size=16)
     assert few == {"skipped": "5 held-out pairs, fewer than the 20 a temperature needs"}
+    assert RewardScorer.load(metrics["member_paths"][0]).temperature == calibration["temperatures"][0]
+    # pairs the model ranks all right say nothing about its confidence (T would run to its end): skipped
+    first = RewardScorer.load(metrics["member_paths"][0])
+    a, b = first.score(prompts, answers), first.score(prompts, [p.rejected for p in held_out])
+    ranked_right = [
+        PreferenceExample(p.prompt, p.chosen, p.rejected)
+        if x > y
+        else PreferenceExample(p.prompt, p.rejected, p.chosen)
+        for p, x, y in zip(held_out, a, b, strict=True)
+    ]
+    unpinned = _calibrate_members(metrics["member_paths"][:1], ranked_right, batch_size=16)
+    assert unpinned["skipped"].startswith("the 24 held-out pairs do not pin a temperature down")
     assert RewardScorer.load(metrics["member_paths"][0]).temperature == calibration["temperatures"][0]
     with pytest.raises(ValueError, match=r"temperature=0\.0 must be a finite number > 0"):
         RewardScorer(scorer.model, scorer.tokenizer, max_length=64, min_context_tokens=16, temperature=0.0)
