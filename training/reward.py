@@ -1353,19 +1353,24 @@ def _calibrate_members(
             t = fit_temperature([scores[i] for i in fit_on], [scores[n + i] for i in fit_on])
             for i in apply_to:
                 crossed[i], crossed[n + i] = scores[i] / t, scores[n + i] / t
-        meta_file = Path(path) / REWARD_META_FILE
-        meta = json.loads(meta_file.read_text())
-        meta["temperature"] = temperature
-        meta_file.write_text(json.dumps(meta, indent=2))
         temperatures.append(temperature)
         before.append(scores)
         after.append(crossed)
+    # written only once every model has a temperature: a skip above leaves all of them at 1
+    for path, temperature in zip(paths, temperatures, strict=True):
+        meta_file = Path(path) / REWARD_META_FILE
+        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "temperature": temperature}, indent=2))
 
     def mean_ece(per_model: list[list[float]]) -> float:
-        mean = [sum(column) / len(column) for column in zip(*per_model, strict=True)]
+        mean = _column_means(per_model)
         return expected_calibration_error(preference_probabilities(mean[:n], mean[n:]))
 
     return {"temperatures": temperatures, "ece_before": mean_ece(before), "ece_after": mean_ece(after), "n_pairs": n}
+
+
+def _column_means(rows: Sequence[Sequence[float]]) -> list[float]:
+    """The mean of each column of equally long ``rows`` (models or heads x inputs -> inputs)."""
+    return [sum(column) / len(column) for column in zip(*rows, strict=True)]
 
 
 def fit_temperature(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> float:
@@ -1457,9 +1462,7 @@ class RewardScorer:
         """One score per (prompt, completion), in order: the model's score, or for a model with
         several score heads the mean of its heads' scores."""
         per_head = self.score_heads(prompts, completions)
-        if len(per_head) == 1:
-            return per_head[0]
-        return [sum(column) / len(column) for column in zip(*per_head, strict=True)]
+        return per_head[0] if len(per_head) == 1 else _column_means(per_head)
 
     def score_heads(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[list[float]]:
         """Each score head's scores of every (prompt, completion), ``(heads, inputs)``; one head for a

@@ -742,9 +742,17 @@ def test_calibrate_fits_each_members_temperature_on_the_held_out_pairs(
         else PreferenceExample(p.prompt, p.rejected, p.chosen)
         for p, x, y in zip(held_out, a, b, strict=True)
     ]
-    unpinned = _calibrate_members(metrics["member_paths"][:1], ranked_right, batch_size=16)
+    # member 1 comes first and, ranking some of these pairs wrong, is fitted; member 0 then skips, and
+    # neither model's saved temperature moves (none is written until every model has one)
+    member_1 = RewardScorer.load(metrics["member_paths"][1])
+    member_1.temperature = 1.0
+    c1 = member_1.score(prompts, [p.chosen for p in ranked_right])
+    r1 = member_1.score(prompts, [p.rejected for p in ranked_right])
+    assert pairwise_accuracy(c1, r1) < 1.0
+    unpinned = _calibrate_members(metrics["member_paths"][::-1], ranked_right, batch_size=16)
     assert unpinned["skipped"].startswith("the 24 held-out pairs do not pin a temperature down")
-    assert RewardScorer.load(metrics["member_paths"][0]).temperature == calibration["temperatures"][0]
+    for path, temperature in zip(metrics["member_paths"], calibration["temperatures"], strict=True):
+        assert RewardScorer.load(path).temperature == temperature
     with pytest.raises(ValueError, match=r"temperature=0\.0 must be a finite number > 0"):
         RewardScorer(scorer.model, scorer.tokenizer, max_length=64, min_context_tokens=16, temperature=0.0)
     with pytest.raises(ValueError, match="calibrate='yes' must be True or False"):
