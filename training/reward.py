@@ -67,7 +67,7 @@ ENSEMBLE_METHODS = ("seeds", "bootstrap", "heads")
 # Written next to each trained model: how its inputs were built, so scoring builds them the same way.
 REWARD_META_FILE = "prefloop_reward.json"
 CALIBRATION_MIN_PAIRS = 20  # fewer held-out pairs than this fit no temperature: one or two pairs would set it at random
-TEMPERATURE_RANGE = (0.01, 100.0)  # where fit_temperature looks
+TEMPERATURE_RANGE = (1e-6, 1e6)  # where fit_temperature looks (a barely trained model can need T near 0.01)
 # Role names for backbones without a chat template (encoders, base LMs): "User: ...", "Assistant: ...".
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -1325,11 +1325,11 @@ def _calibrate_members(
 
     Returns ``temperatures`` (one per model, fitted on all the pairs) and the held-out pairs' ECE of
     the ensemble's mean score before (``ece_before``) and after (``ece_after``); or, with fewer than
-    ``CALIBRATION_MIN_PAIRS`` non-tie pairs, or pairs that leave a model's temperature at the end of its
-    range (all ranked right), only ``skipped`` (why), and the models keep temperature 1.
+    ``CALIBRATION_MIN_PAIRS`` non-tie pairs, or pairs that a model ranks all right (or all wrong), only
+    ``skipped`` (why), and the models keep temperature 1.
     So that ``ece_after`` is not read on the very pairs a temperature was fitted on, it is
     cross-fitted: the even-numbered pairs are scaled by temperatures fitted on the odd-numbered
-    ones, and the other way round.
+    ones, and the other way round (by the full fit where a half alone pins nothing down).
     """
     pairs = [e for e in eval_examples if isinstance(e, PreferenceExample) and not e.tie]
     if len(pairs) < CALIBRATION_MIN_PAIRS:
@@ -1343,14 +1343,14 @@ def _calibrate_members(
         scorer = RewardScorer.load(path, batch_size=batch_size)
         scorer.temperature = 1.0  # fit on the model's own outputs, even if it was calibrated before
         scores = scorer.score(prompts, completions)
+        if not _pins_temperature(scores[:n], scores[n:]):
+            return {"skipped": f"the {n} held-out pairs do not pin a temperature down (the model ranks all one way)"}
         temperature = fit_temperature(scores[:n], scores[n:])
-        if not TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01:
-            # every pair ranked right (or every one wrong): the loss falls all the way to the range's end,
-            # and the pairs say nothing about how confident the model should be
-            return {"skipped": f"the {n} held-out pairs do not pin a temperature down (it ran to {temperature:g})"}
         crossed = list(scores)
         for fit_on, apply_to in (halves, halves[::-1]):
-            t = fit_temperature([scores[i] for i in fit_on], [scores[n + i] for i in fit_on])
+            chosen, rejected = [scores[i] for i in fit_on], [scores[n + i] for i in fit_on]
+            # a half the model ranks all one way has no fit of its own: the other half takes the full one
+            t = fit_temperature(chosen, rejected) if _pins_temperature(chosen, rejected) else temperature
             for i in apply_to:
                 crossed[i], crossed[n + i] = scores[i] / t, scores[n + i] / t
         temperatures.append(temperature)
@@ -1368,6 +1368,13 @@ def _calibrate_members(
     return {"temperatures": temperatures, "ece_before": mean_ece(before), "ece_after": mean_ece(after), "n_pairs": n}
 
 
+def _pins_temperature(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> bool:
+    """Whether the pairs have a best temperature: some ranked right and some wrong. Ranked all right,
+    the loss keeps falling as T goes to 0 (all wrong: to infinity), and the pairs say nothing about
+    how confident the model should be."""
+    return len({c > r for c, r in zip(chosen_scores, rejected_scores, strict=True) if c != r}) == 2
+
+
 def _column_means(rows: Sequence[Sequence[float]]) -> list[float]:
     """The mean of each column of equally long ``rows`` (models or heads x inputs -> inputs)."""
     return [sum(column) / len(column) for column in zip(*rows, strict=True)]
@@ -1377,9 +1384,10 @@ def fit_temperature(chosen_scores: Sequence[float], rejected_scores: Sequence[fl
     """Temperature scaling (Guo et al. 2017) for a reward model: the ``T`` that minimises the
     held-out pairs' mean ``-log sigmoid((r_c - r_r) / T)``.
 
-    The loss is convex in ``1 / T``, which is found by golden-section search on [0.01, 100] (so
-    ``T`` lies in [0.01, 100]: an overconfident model gets ``T > 1``, an underconfident one
-    ``T < 1``; pairs that the model ranks all right, or all wrong, pin ``T`` at an end).
+    The loss is convex in ``1 / T``, so unimodal in ``log(1 / T)``, which is found by golden-section
+    search over ``TEMPERATURE_RANGE`` on a log scale: an overconfident model gets ``T > 1``, an
+    underconfident one ``T < 1``. Pairs that the model ranks all right, or all wrong, have no
+    minimum (see :func:`_pins_temperature`) and are refused.
     """
     if len(chosen_scores) != len(rejected_scores):
         raise ValueError(f"got {len(chosen_scores)} chosen scores but {len(rejected_scores)} rejected scores")
@@ -1388,15 +1396,18 @@ def fit_temperature(chosen_scores: Sequence[float], rejected_scores: Sequence[fl
         raise ValueError("fit_temperature needs at least one pair")
     if not all(math.isfinite(g) for g in gaps):
         raise ValueError("fit_temperature needs finite scores")
+    if not _pins_temperature(chosen_scores, rejected_scores):
+        raise ValueError("fit_temperature needs pairs ranked some right and some wrong; these have no best temperature")
 
-    def loss(inverse: float) -> float:  # mean -log sigmoid(inverse * gap), computed stably
+    def loss(log_inverse: float) -> float:  # mean -log sigmoid(gap / T), computed stably, at log(1 / T)
+        inverse = math.exp(log_inverse)
         return sum(max(-inverse * g, 0.0) + math.log1p(math.exp(-abs(inverse * g))) for g in gaps) / len(gaps)
 
-    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]  # the range of 1 / T
+    low, high = -math.log(TEMPERATURE_RANGE[1]), -math.log(TEMPERATURE_RANGE[0])  # the range of log(1 / T)
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     a, b = high - ratio * (high - low), low + ratio * (high - low)
     loss_a, loss_b = loss(a), loss(b)
-    for _ in range(80):  # the bracket shrinks by 0.618 per step: 80 steps take it below 1e-14 of its width
+    for _ in range(80):  # the bracket shrinks by 0.618 per step: 80 steps take it below 1e-16 of its width
         if loss_a <= loss_b:
             high, b, loss_b = b, a, loss_a
             a = high - ratio * (high - low)
@@ -1405,7 +1416,7 @@ def fit_temperature(chosen_scores: Sequence[float], rejected_scores: Sequence[fl
             low, a, loss_a = a, b, loss_b
             b = low + ratio * (high - low)
             loss_b = loss(b)
-    return 1.0 / ((low + high) / 2.0)
+    return math.exp(-(low + high) / 2.0)
 
 
 # --------------------------------------------------------------------------- scoring

@@ -684,8 +684,12 @@ def test_fit_temperature_recovers_how_overconfident_the_scores_are() -> None:
     before = expected_calibration_error(preference_probabilities(chosen, rejected))
     after = expected_calibration_error(preference_probabilities([c / temperature for c in chosen], rejected))
     assert after < 0.03 and before > 0.1  # the ECE of 4,000 pairs in 10 bins: about 0.02 at best
-    # every pair ranked right: nothing stops sharpening, so T stops at its lower end
-    assert fit_temperature([2.0, 1.0], [0.0, 0.0]) == pytest.approx(0.01)
+    # every pair ranked right: nothing stops sharpening, so there is no best T to return
+    with pytest.raises(ValueError, match="some right and some wrong"):
+        fit_temperature([2.0, 1.0], [0.0, 0.0])
+    # a barely trained model's gaps are tiny: it needs a temperature far below 1, inside the range
+    tiny_gaps = fit_temperature([c / 500.0 for c in chosen], rejected)
+    assert tiny_gaps == pytest.approx(temperature / 500.0, rel=1e-6)
     with pytest.raises(ValueError, match="got 2 chosen scores but 1 rejected"):
         fit_temperature([1.0, 2.0], [0.0])
     with pytest.raises(ValueError, match="at least one pair"):
