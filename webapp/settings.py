@@ -152,10 +152,27 @@ GRPO_UWO_LAMBDA = env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0)
 GRPO_REWARD = env_choice("GRPO_REWARD", "reward_model", ("reward_model", "followup"))
 FOLLOWUP_MODEL = env_str("FOLLOWUP_MODEL", "") or POLICY_BASE_MODEL
 TRAIN_EVERY_N_LABELS = env_int("TRAIN_EVERY_N_LABELS", 16, minimum=0)  # 0 turns automatic runs off
+# Runs that never get stuck: a running run's worker records a heartbeat every RUN_HEARTBEAT_S; the
+# reaper (every RUN_REAP_EVERY_S) fails a run whose heartbeat is older than RUN_STALE_S; a run is
+# tried at most RUN_MAX_ATTEMPTS times; a queued run is sent again after RUN_RESEND_S.
+RUN_HEARTBEAT_S = env_int("RUN_HEARTBEAT_S", 5, minimum=1)
+RUN_STALE_S = env_int("RUN_STALE_S", 60, minimum=2 * RUN_HEARTBEAT_S)
+RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3, minimum=1)
+RUN_REAP_EVERY_S = env_int("RUN_REAP_EVERY_S", 15, minimum=1)
+RUN_RESEND_S = env_int("RUN_RESEND_S", 900, minimum=1)
+# Above the longest run: Redis hands an unacknowledged message to another worker after this long.
+RUN_VISIBILITY_TIMEOUT_S = env_int("RUN_VISIBILITY_TIMEOUT_S", 12 * 3600, minimum=60)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": RUN_VISIBILITY_TIMEOUT_S,
+        # A broker that is down must not hold a request for long: the run waits for the reaper.
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+    }
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -177,6 +194,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "prefloop.check_training_threshold",
         "schedule": float(env_int("TRAIN_CHECK_EVERY_S", 60, minimum=1)),
     },
+    "reap-runs": {"task": "prefloop.reap_runs", "schedule": float(RUN_REAP_EVERY_S)},
 }
 
 LOGGING = {

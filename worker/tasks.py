@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 import traceback
 import uuid
@@ -18,12 +20,16 @@ from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
 from training.followup import FollowupScorer
 from training.grpo import GRPOTrainConfig, ensemble_reward, followup_reward, train_grpo
 from training.kto import KTOTrainConfig, ThumbExample, train_kto
-from training.reward import PreferenceExample, RewardConfig, RewardEnsemble, train_reward_model
-from webapp.feedback.selectors import label_count, preference_pairs, prompts_recent
-from webapp.feedback.transfer import export_rows
+from training.lipo import LiPOTrainConfig, RankedAnswers, train_lipo
+from training.reward import PreferenceExample, RankingExample, RewardConfig, RewardEnsemble, train_reward_model
+from webapp.feedback.models import Project
+from webapp.feedback.selectors import prompts_recent
+from webapp.feedback.services import project_default
 from webapp.runs import services
 from webapp.runs.artifacts import artifact_store, reward_model_local_path, version_local_path
-from webapp.runs.models import TrainingRun
+from webapp.runs.data import TrainingData, lineage_label_ids, training_data
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
+from webapp.runs.recipe import Recipe
 from webapp.runs.selectors import reward_model_list, run_get, version_serving
 from worker.celery import app
 
@@ -31,30 +37,92 @@ logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
 
 
-@app.task(name="prefloop.train_policy", queue="gpu", acks_late=True, ignore_result=True)
-def train_policy(run_id: int) -> None:
-    """Train a new policy version (DPO, KTO or GRPO, after the run's kind), serve it, and record the run.
+class RunCancelled(Exception):
+    """An admin cancelled the run: training stops at its next step and keeps nothing half written."""
 
-    Idempotent: a run that is already finished is left alone, so a redelivered message does no
-    harm. Any error moves the run to FAILED with its text; the serving version stays as it was.
-    """
-    parent = version_serving()
-    run = services.run_start(run_id=run_id, parent_version=parent)
-    if run is None:
-        logger.info("run %s is not active; nothing to do", run_id)
-        return
+
+class RunGuard:
+    """While a run trains: a heartbeat every RUN_HEARTBEAT_S from a thread of its own (long steps and
+    evaluations included), the run's stage, and the cancel flag, which `check` turns into
+    RunCancelled at the next step."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.cancelled = threading.Event()
+        self._stop = threading.Event()
+        self._stage: str | None = None
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def __enter__(self) -> RunGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _beat(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.is_set():
+                try:
+                    if services.run_heartbeat(run_id=self.run_id, stage=self._stage):
+                        self.cancelled.set()
+                except Exception:  # a database hiccup must not kill the run; the next beat retries
+                    logger.exception("heartbeat of run %s failed", self.run_id)
+                self._stop.wait(settings.RUN_HEARTBEAT_S)
+        finally:
+            connection.close()
+
+    def stage(self, stage: str) -> None:
+        self._stage = stage
+        if services.run_heartbeat(run_id=self.run_id, stage=stage):
+            self.cancelled.set()
+        self.check()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise RunCancelled(f"run {self.run_id} was cancelled")
+
+
+def _guarded(run_id: int, body: Callable[[RunGuard], None]) -> None:
+    """Run `body` under a RunGuard: a cancel ends the run cancelled, any error ends it failed."""
     try:
-        _train_and_serve(run_id=run_id, parent=parent)
+        with RunGuard(run_id) as guard:
+            body(guard)
+    except RunCancelled:
+        logger.info("run %s cancelled", run_id)
+        services.run_cancelled(run_id=run_id)
     except Exception as exc:  # the run must never stay RUNNING: record why it failed
         logger.exception("run %s failed", run_id)
         services.run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
 
 
-def _progress_reporter(run_id: int) -> Callable[[dict[str, Any]], None]:
-    """A training progress callback that records the run's progress and metrics, at most once a second."""
+@app.task(name="prefloop.train_policy", queue="gpu", acks_late=True, ignore_result=True)
+def train_policy(run_id: int) -> None:
+    """Train a candidate policy version (the run's kind: DPO, LiPO, KTO or GRPO) on its project's
+    labels, evaluate it against the serving version, and promote it only if it passes the gate.
+
+    Idempotent: a finished run, or one a live worker holds, is left alone, so a redelivered
+    message does no harm. Any error moves the run to FAILED with its text; the serving version
+    stays as it was.
+    """
+    parent = version_serving()
+    run = services.run_start(run_id=run_id, parent_version=parent)
+    if run is None:
+        logger.info("run %s is not startable here; nothing to do", run_id)
+        return
+    _guarded(run_id, lambda guard: _train_and_serve(run_id=run_id, parent=parent, guard=guard))
+
+
+def _progress_reporter(run_id: int, guard: RunGuard) -> Callable[[dict[str, Any]], None]:
+    """A training progress callback that stops a cancelled run at its step, and records the run's
+    progress and metrics at most once a second."""
     last_report = [0.0]
 
     def progress(logs: dict[str, Any]) -> None:
+        guard.check()
         now = time.monotonic()
         if now - last_report[0] >= PROGRESS_EVERY_S or logs.get("fraction", 0) >= 1:
             last_report[0] = now
@@ -82,14 +150,16 @@ def device_options() -> DeviceOptions:
 
 @dataclass
 class _Update:
-    """What one policy-update run trains on: a trainer (`train_dpo`, `train_kto`, `train_grpo`) and its
-    data and config, called with the parent adapter, the output folder and a progress callback."""
+    """What one policy-update run trains on: a trainer (`train_dpo`, `train_lipo`, `train_kto`,
+    `train_grpo`) and its data and config, called with the parent adapter, the output folder and a
+    progress callback."""
 
     trainer: Callable[..., dict[str, Any]]
     data: dict[str, Any]  # the trainer's data and reward arguments (pairs=, examples=, prompts= + reward_fn=)
     config: Any
     records: list[dict[str, Any]]  # plain data, hashed into the version's data_hash
     n_examples: int
+    label_ids: list[int] = field(default_factory=list)  # the labels the trainer sees
     notes: dict[str, Any] = field(default_factory=dict)  # added to the run's metrics
 
     def train(self, adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -104,82 +174,173 @@ class _Update:
         return {**metrics, **self.notes}
 
 
-def _dpo_update() -> _Update:
-    rows = preference_pairs()
+def _common(recipe: Recipe, config_cls: type, *, epochs_field: str = "num_train_epochs") -> dict[str, Any]:
+    """The recipe's β, learning rate and epochs where it sets them (non-zero); the trainer's own
+    defaults where it leaves them at 0."""
+    out: dict[str, Any] = {}
+    if recipe.beta:
+        out["beta"] = recipe.beta
+    if recipe.learning_rate:
+        out["learning_rate"] = recipe.learning_rate
+    if recipe.epochs:
+        out[epochs_field] = type(getattr(config_cls(), epochs_field))(recipe.epochs)
+    return out
+
+
+def _pair_label_ids(rows: list[dict[str, Any]]) -> list[int]:
+    return sorted({int(r["label_id"]) for r in rows})
+
+
+def _dpo_update(data: TrainingData, recipe: Recipe) -> _Update:
+    """DPO (sigmoid), robust DPO (with ε) or IPO on the project's training pairs."""
+    rows = data.pairs
     if not rows:
-        raise ValueError("no decisive pairwise labels yet (ties and 'both bad' carry no preference)")
+        raise ValueError(
+            "no decisive pairwise labels yet to train on (ties and 'both bad' carry no preference); "
+            f"left out: {data.excluded or 'none'}"
+        )
     pairs = [
         PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"])
         for r in rows
     ]
-    return _Update(train_dpo, {"pairs": pairs}, DPOTrainConfig(**device_options()), rows, len(pairs))
+    loss = {"dpo": "sigmoid", "robust_dpo": "robust", "ipo": "ipo"}.get(recipe.method, "sigmoid")
+    config = DPOTrainConfig(
+        loss_type=loss,
+        label_smoothing=recipe.robust_epsilon if loss == "robust" else 0.0,
+        max_steps=recipe.max_steps or None,
+        lora_r=recipe.lora_rank,
+        **_common(recipe, DPOTrainConfig),
+        **device_options(),
+    )
+    return _Update(train_dpo, {"pairs": pairs}, config, rows, len(pairs), _pair_label_ids(rows))
 
 
-def _kto_update() -> _Update:
+def _lipo_update(data: TrainingData, recipe: Recipe) -> _Update:
+    """LiPO-λ on the project's rankings, each a list."""
+    rows = data.rankings
+    if not rows:
+        raise ValueError("no rankings yet to train LiPO on (rank 2 or more different answers)")
+    rankings = [RankedAnswers(prompt=r["prompt"], completions=r["completions"], ranks=r["ranks"]) for r in rows]
+    options = device_options()
+    config = LiPOTrainConfig(**_common(recipe, LiPOTrainConfig, epochs_field="epochs"), bf16=options["bf16"])
+    return _Update(train_lipo, {"rankings": rankings}, config, rows, len(rankings), _pair_label_ids(rows))
+
+
+def _kto_update(data: TrainingData, recipe: Recipe) -> _Update:
     """KTO from thumbs in the chat and from choices (the chosen answer liked, the other not)."""
-    rows = list(export_rows(kind="kto"))
+    rows = [
+        {"prompt": r["prompt"], "completion": text, "desirable": desirable, "label_id": r["label_id"]}
+        for r in data.pairs
+        for text, desirable in ((r["chosen"], True), (r["rejected"], False))
+    ] + data.thumbs
     examples = [
-        ThumbExample(prompt=r["prompt"], completion=r["completion"][0]["content"], desirable=bool(r["label"]))
+        ThumbExample(prompt=r["prompt"], completion=r["completion"], desirable=bool(r["desirable"]))
         for r in rows
-        if r["completion"][0]["content"].strip()
+        if r["completion"].strip()
     ]
     if not examples:
         raise ValueError("no thumbs or decisive choices yet for KTO")
-    return _Update(train_kto, {"examples": examples}, KTOTrainConfig(**device_options()), rows, len(examples))
+    config = KTOTrainConfig(max_steps=recipe.max_steps or None, **_common(recipe, KTOTrainConfig), **device_options())
+    label_ids = sorted({int(r["label_id"]) for r in rows if "label_id" in r})
+    return _Update(train_kto, {"examples": examples}, config, rows, len(examples), label_ids)
 
 
-def _grpo_update() -> _Update:
-    """GRPO on the newest prompts (chats and imports), rewarded (GRPO_REWARD) by the newest reward
-    model's uncertainty-weighted score (mean - GRPO_UWO_LAMBDA * variance over its members), or by
-    the follow-up likelihood of a frozen FOLLOWUP_MODEL (no labels needed)."""
+def _wco_reward(score_fn: Callable[[Any, Any], Any]) -> Callable[..., list[float]]:
+    """Worst-case optimisation: the lowest member's score."""
+
+    def reward(prompts: list[list[dict[str, str]]], completions: list[str]) -> list[float]:
+        members = score_fn(prompts, completions)
+        return [min(float(m[i]) for m in members) for i in range(len(completions))]
+
+    reward.__name__ = "wco_reward"
+    return reward
+
+
+def _grpo_update(data: TrainingData, recipe: Recipe, project: Project | None = None) -> _Update:
+    """GRPO on the project's newest prompts (never the gate's held-out ones), rewarded (GRPO_REWARD)
+    by the project's newest reward model, as the recipe's uwo (mean - λ·variance) or wco (min) over
+    its members, or by the follow-up likelihood of a frozen FOLLOWUP_MODEL (no labels needed)."""
     reward_model = None
     if settings.GRPO_REWARD == "reward_model":
-        reward_model = reward_model_list().first()
+        reward_model = _project_reward_model(project)
         if reward_model is None:
             raise ValueError(
                 "GRPO needs a reward model: train one first (dashboard or POST /api/runs/ kind=reward), "
                 "or set GRPO_REWARD=followup"
             )
-    prompts = prompts_recent(limit=settings.GRPO_PROMPTS)
+    held_out = {json.dumps(p, sort_keys=True) for p in data.held_out_prompts}
+    prompts = [
+        p for p in prompts_recent(limit=settings.GRPO_PROMPTS + len(held_out), project=project)
+        if json.dumps(p, sort_keys=True) not in held_out
+    ][: settings.GRPO_PROMPTS]  # fmt: skip
     if not prompts:
         raise ValueError("no prompts yet for GRPO (chat, or import prompts)")
     if reward_model is None:
         scorer = FollowupScorer.from_pretrained(settings.FOLLOWUP_MODEL)
         reward_fn, source = followup_reward(scorer), {"reward": "followup", "followup_model": settings.FOLLOWUP_MODEL}
     else:
-        root = Path(reward_model_local_path(reward_model))
-        ensemble = RewardEnsemble.load([root / m for m in reward_model.member_paths])
-        reward_fn = ensemble_reward(lambda p, c: ensemble.score(p, c)["members"], settings.GRPO_UWO_LAMBDA)
-        source = {"reward": "reward_model", "reward_model": reward_model.name}
+        ensemble = _load_ensemble(reward_model)
+        members = lambda p, c: ensemble.score(p, c)["members"]  # noqa: E731
+        if recipe.grpo_score == "wco":
+            reward_fn = _wco_reward(members)
+        else:
+            reward_fn = ensemble_reward(members, recipe.grpo_lambda)
+        source = {"reward": "reward_model", "reward_model": reward_model.name, "score": recipe.grpo_score}
     config = GRPOTrainConfig(
-        max_steps=settings.GRPO_MAX_STEPS or None,
+        max_steps=(recipe.max_steps or settings.GRPO_MAX_STEPS) or None,
         max_completion_length=settings.POLICY_MAX_TOKENS,
+        **_common(recipe, GRPOTrainConfig),
         **device_options(),
     )
     records = [{"prompt": p} for p in prompts] + [source]
-    return _Update(train_grpo, {"prompts": prompts, "reward_fn": reward_fn}, config, records, len(prompts), source)
+    return _Update(train_grpo, {"prompts": prompts, "reward_fn": reward_fn}, config, records, len(prompts), [], source)
 
 
-POLICY_UPDATES: dict[str, Callable[[], _Update]] = {
-    TrainingRun.Kind.DPO: _dpo_update,
-    TrainingRun.Kind.KTO: _kto_update,
+def _project_reward_model(project: Project | None) -> RewardModel | None:
+    models = reward_model_list()
+    if project is not None:
+        models = models.filter(project=project)
+    return models.first()
+
+
+def _load_ensemble(reward_model: RewardModel) -> RewardEnsemble:
+    root = Path(reward_model_local_path(reward_model))
+    return RewardEnsemble.load([root / m for m in reward_model.member_paths])
+
+
+POLICY_UPDATES: dict[str, Callable[[TrainingData, Recipe, Project], _Update]] = {
+    TrainingRun.Kind.DPO: lambda data, recipe, project: _dpo_update(data, recipe),
+    TrainingRun.Kind.LIPO: lambda data, recipe, project: _lipo_update(data, recipe),
+    TrainingRun.Kind.KTO: lambda data, recipe, project: _kto_update(data, recipe),
     TrainingRun.Kind.GRPO: _grpo_update,
 }
 
 
-def _train_and_serve(*, run_id: int, parent: Any) -> None:
+def _run_inputs(run: TrainingRun) -> tuple[Project, Recipe, TrainingData]:
+    """The run's project, the recipe it was queued with, and what that recipe trains on (for a
+    policy run, without the labels that already trained the starting version's lineage, when the
+    recipe's label scope is "new")."""
+    project = run.project or project_default()
+    recipe = Recipe.from_dict(run.recipe or project.recipe, defaults=services.recipe_defaults())
+    trained = lineage_label_ids(run.parent_version) if run.kind != TrainingRun.Kind.REWARD else set()
+    return project, recipe, training_data(project=project, recipe=recipe, trained=trained)
+
+
+def _train_and_serve(*, run_id: int, parent: ModelVersion | None, guard: RunGuard) -> None:
     if parent is None:
         raise RuntimeError("no serving policy version: run `manage.py prefloop_setup` first")
     run = run_get(run_id=run_id)
-    services.run_record_data(run=run, n_labels=label_count(), n_pairs=0)
-    update = POLICY_UPDATES[run.kind]()
-    services.run_record_data(run=run, n_labels=run.n_labels, n_pairs=update.n_examples)
+    project, recipe, data = _run_inputs(run)
+    services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=0, data=data.summary())
+    update = POLICY_UPDATES[run.kind](data, recipe, project)
+    services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=update.n_examples)
     store = artifact_store()
     name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
     with store.write_version(name) as folder:
-        metrics = update.train(version_local_path(parent), folder, _progress_reporter(run_id))
+        metrics = update.train(version_local_path(parent), folder, _progress_reporter(run_id, guard))
+        guard.check()  # a cancel during the last step: the folder is removed, nothing is registered
         digest = data_hash(update.records)
-        config = {"kind": run.kind, **asdict(update.config)}
+        config = {"kind": run.kind, "method": recipe.method, **asdict(update.config)}
         store.write_meta(
             folder,
             VersionMeta(
@@ -199,49 +360,140 @@ def _train_and_serve(*, run_id: int, parent: Any) -> None:
         config=config,
         metrics=metrics,
         data_hash=digest,
+        label_ids=update.label_ids,
+        project=project,
     )
-    # Hot swap with no restart: the server loads the version under its own name, new requests
-    # name it, and older adapters are unloaded.
-    services.version_serve(version=version)
-    services.run_succeed(run_id=run_id, version=version, metrics=metrics)
-    logger.info("%s run %s served %s from %d examples", run.kind, run_id, version, update.n_examples)
+    gate = _gate_and_serve(version=version, project=project, recipe=recipe, data=data, guard=guard)
+    services.run_succeed(run_id=run_id, version=version, metrics={**metrics, "gate": gate})
+    logger.info(
+        "%s run %s made %s (%s) from %d examples", run.kind, run_id, version, gate["verdict"], update.n_examples
+    )
+
+
+def _gate_and_serve(
+    *, version: ModelVersion, project: Project, recipe: Recipe, data: TrainingData, guard: RunGuard
+) -> dict[str, Any]:
+    """Evaluate the candidate against the version serving now; promote it if it passes. If another
+    run promoted a version meanwhile, evaluate again against that one: never promote silently over
+    a newer version."""
+    gate: dict[str, Any] = {}
+    for _ in range(3):
+        serving = version_serving()
+        if serving is None:
+            raise RuntimeError("no serving policy version to evaluate against")
+        try:
+            guard.stage(TrainingRun.Stage.EVALUATING)
+            gate = evaluate_against(
+                version=version, serving=serving, project=project, recipe=recipe, data=data, guard=guard
+            )
+        except RunCancelled:
+            services.version_gate_record(
+                version=version, gate={"verdict": "rejected", "reason": "its run was cancelled during the evaluation"}
+            )
+            raise
+        version = services.version_gate_record(version=version, gate=gate)
+        if gate["verdict"] != "passed":
+            return gate
+        guard.stage(TrainingRun.Stage.SERVING)
+        try:
+            services.version_serve(
+                version=version, expected_serving=serving, reason=f"passed the gate against {serving}: {gate['reason']}"
+            )
+            return gate
+        except services.ServingChanged as exc:
+            logger.info("%s: %s", version, exc)
+    raise RuntimeError(f"the serving version kept changing while {version} was evaluated; promote it by hand")
+
+
+def evaluate_against(
+    *,
+    version: ModelVersion,
+    serving: ModelVersion,
+    project: Project,
+    recipe: Recipe,
+    data: TrainingData,
+    guard: RunGuard | None = None,
+) -> dict[str, Any]:
+    """The gate's checks of candidate `version` against `serving`, on data the candidate never saw."""
+    from training.gate import GateConfig, evaluate_candidate
+    from webapp.runs.data import held_out_prompts
+    from webapp.runs.gate import gate_judge
+
+    skipped: dict[str, str] = {}
+    pairs = data.held_out_pairs
+    if len(pairs) < recipe.min_heldout_pairs:
+        skipped["heldout_accuracy"] = f"{len(pairs)} held-out pairs, fewer than {recipe.min_heldout_pairs}"
+        pairs = []
+    prompts = held_out_prompts(project=project, recipe=recipe, limit=recipe.gate_prompts)
+    if not prompts:
+        skipped["kl"] = skipped["win_rate"] = "no held-out prompts"
+    reward_model = _project_reward_model(project)
+    score_members = None
+    if reward_model is None:
+        skipped.setdefault("win_rate", "the project has no reward model yet")
+    elif prompts:
+        ensemble = _load_ensemble(reward_model)
+        score_members = lambda p, a: ensemble.score(p, a)["members"]  # noqa: E731
+    options = device_options()
+    figures = evaluate_candidate(
+        base_model_path=settings.POLICY_BASE_MODEL,
+        candidate_adapter=version_local_path(version),
+        serving_adapter=version_local_path(serving),
+        pairs=pairs,
+        prompts=prompts,
+        score_members=score_members,
+        config=GateConfig(
+            max_tokens=settings.POLICY_MAX_TOKENS, bf16=options["bf16"], device="cpu" if options["use_cpu"] else "cuda"
+        ),
+        should_stop=guard.check if guard is not None else None,
+    )
+    gate = gate_judge(figures, recipe, against=serving.name, skipped=skipped)
+    if reward_model is not None and "win_rate" in figures:
+        gate["reward_model"] = reward_model.name
+    return gate
 
 
 @app.task(name="prefloop.train_reward", queue="gpu", acks_late=True, ignore_result=True)
 def train_reward(run_id: int) -> None:
-    """Train a reward model (or an ensemble) on every preference the labels express, score it on
-    held-out pairs, and register it. Idempotent and failure-safe like `train_policy`."""
+    """Train a reward model (or an ensemble) on every preference its project's labels express (pairs,
+    ties, lists), score it on the held-out pairs, and register it. Idempotent and failure-safe like
+    `train_policy`."""
     run = services.run_start(run_id=run_id, parent_version=None)
     if run is None:
-        logger.info("run %s is not active; nothing to do", run_id)
+        logger.info("run %s is not startable here; nothing to do", run_id)
         return
-    try:
-        _train_reward(run_id=run_id)
-    except Exception as exc:  # the run must never stay RUNNING: record why it failed
-        logger.exception("run %s failed", run_id)
-        services.run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+    _guarded(run_id, lambda guard: _train_reward(run_id=run_id, guard=guard))
 
 
-HELD_OUT_EVERY = 5  # labels whose id is a multiple of this are held out for evaluation (>= 10 pairs)
-
-
-def _train_reward(*, run_id: int) -> None:
-    rows = preference_pairs()
+def _train_reward(*, run_id: int, guard: RunGuard) -> None:
     run = run_get(run_id=run_id)
-    services.run_record_data(run=run, n_labels=label_count(), n_pairs=len(rows))
-    if len(rows) < 2:
-        raise ValueError(f"a reward model needs at least 2 preference pairs; the labels give {len(rows)}")
-    examples = [
+    project, _, data = _run_inputs(run)
+    services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=len(data.pairs), data=data.summary())
+    if len(data.pairs) + len(data.rankings) < 2:
+        raise ValueError(
+            f"a reward model needs at least 2 preference pairs; the labels give {len(data.pairs) + len(data.rankings)}"
+        )
+    listed = {r["label_id"] for r in data.rankings}  # a ranking trains as its list, not as its pairs
+    train: list[PreferenceExample | RankingExample] = [
         PreferenceExample(
             prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"], group=r["annotator"]
         )
-        for r in rows
+        for r in data.pairs
+        if r["label_id"] not in listed
     ]
-    held_out = [r["label_id"] % HELD_OUT_EVERY == 0 for r in rows] if len(rows) >= 10 else [False] * len(rows)
-    if all(held_out):  # keep something to train on
-        held_out = [False] * len(rows)
-    train = [e for e, out in zip(examples, held_out, strict=True) if not out]
-    evaluate = [e for e, out in zip(examples, held_out, strict=True) if out]
+    train += [
+        PreferenceExample(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], tie=True) for r in data.ties
+    ]
+    train += [
+        RankingExample(prompt=r["prompt"], completions=r["completions"], ranks=r["ranks"], group=r["annotator"])
+        for r in data.rankings
+    ]
+    evaluate = [
+        PreferenceExample(
+            prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"], group=r["annotator"]
+        )
+        for r in data.held_out_pairs
+    ]
     config = RewardConfig(
         backbone=settings.REWARD_BACKBONE,
         ensemble_size=settings.REWARD_ENSEMBLE_SIZE,
@@ -254,11 +506,15 @@ def _train_reward(*, run_id: int) -> None:
     store = artifact_store()
     name = f"reward-{run_id}-{uuid.uuid4().hex[:8]}"
     with store.write_version(name) as folder:
-        metrics = train_reward_model(train, folder, config, progress=_progress_reporter(run_id), eval_examples=evaluate)
-        digest = data_hash(rows)
+        metrics = train_reward_model(
+            train, folder, config, progress=_progress_reporter(run_id, guard), eval_examples=evaluate
+        )
+        guard.check()
+        digest = data_hash([*data.pairs, *data.ties, *data.rankings])
         members = [str(Path(p).relative_to(folder)) if Path(p) != folder else "" for p in metrics["member_paths"]]
         summary = {k: v for k, v in metrics.items() if k not in ("member_paths",)}
         summary["n_train_pairs"], summary["n_eval_pairs"] = len(train), len(evaluate)
+        summary["n_ties"], summary["n_lists"] = len(data.ties), len(data.rankings)
         store.write_meta(
             folder,
             VersionMeta(
@@ -278,9 +534,16 @@ def _train_reward(*, run_id: int) -> None:
         config=config.to_dict(),
         metrics=summary,
         data_hash=digest,
+        project=project,
     )
     services.run_succeed(run_id=run_id, reward_model=reward_model, metrics=summary)
-    logger.info("run %s made %s from %d pairs (%d held out)", run_id, reward_model, len(train), len(evaluate))
+    logger.info("run %s made %s from %d examples (%d held out)", run_id, reward_model, len(train), len(evaluate))
+
+
+@app.task(name="prefloop.reap_runs", queue="cpu", ignore_result=True)
+def reap_runs() -> None:
+    """Scheduled by beat: fail runs whose worker was lost, and send queued runs the broker never took."""
+    services.runs_reap()
 
 
 @app.task(name="prefloop.check_training_threshold", queue="cpu", ignore_result=True)

@@ -13,6 +13,7 @@ from tests.e2e.conftest import serve_version_one
 from tests.factories import make_user
 from training.policy_client import PolicyClient
 from webapp.feedback.models import Label, MessageFeedback
+from webapp.runs.data import is_held_out
 from webapp.runs.models import ModelVersion, TrainingRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -99,8 +100,12 @@ def test_chat_feedback_trains_and_the_next_answer_comes_from_version_2(
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
     assert run.trigger == TrainingRun.Trigger.THRESHOLD
     assert run.n_labels == 8
-    # Each decisive label is a pair, unless the policy sampled the same text twice.
-    distinct = sum(len({s.candidate.text for s in label.task.slots.all()}) == 2 for label in Label.objects.all())
+    # Each decisive label is a pair, unless the policy sampled the same text twice or the project
+    # holds it out for the evaluation gate.
+    distinct = sum(
+        len({s.candidate.text for s in label.task.slots.all()}) == 2 and not is_held_out(label.pk, 0.2)
+        for label in Label.objects.all()
+    )
     assert run.n_pairs == distinct >= 1
     v2 = ModelVersion.objects.get(number=2)
     assert v2.status == ModelVersion.Status.SERVING and v2.parent_id == v1.pk

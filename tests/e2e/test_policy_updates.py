@@ -19,6 +19,7 @@ from tests.e2e.conftest import serve_version_one
 from tests.factories import make_pairwise_task, make_user
 from training.reward import PreferenceExample, RewardConfig, train_reward_model
 from webapp.feedback.assignments import label_create
+from webapp.feedback.services import project_default
 from webapp.runs import services
 from webapp.runs.models import ModelVersion
 
@@ -39,6 +40,8 @@ def test_kto_then_grpo_runs_each_serve_a_new_version(
     loop_settings.POLICY_SERVER_URL = builtin_policy_server
     loop_settings.TRAIN_EVERY_N_LABELS = 0
     v1 = serve_version_one(files=loop_files)
+    chat = project_default()
+    services.recipe_update(project=chat, data={"held_out_share": 0})  # every label trains: exact counts below
     owner, ann = make_user(), make_user(username="ann")
     make_user("admin", username="boss", password="boss-password")
     questions = ["What is the capital of Italy?", "How many legs does a cat have?", "Why do we sleep?"]
@@ -61,6 +64,7 @@ def test_kto_then_grpo_runs_each_serve_a_new_version(
         artifact_path=str(folder),
         backbone=str(loop_files.base_model),
         member_paths=[Path(p).name for p in trained["member_paths"]],  # member-0, member-1
+        project=chat,
     )
     start_worker(policy_url=builtin_policy_server, files=loop_files, env={"GRPO_MAX_STEPS": "2"})
 

@@ -15,12 +15,17 @@ from tests.e2e.test_annotate_browser import login
 from tests.factories import make_pairwise_task, make_user
 from training.reward import RewardEnsemble
 from webapp.feedback.assignments import label_create
+from webapp.feedback.models import Label
+from webapp.feedback.services import project_default
+from webapp.runs import services
+from webapp.runs.data import is_held_out
 from webapp.runs.models import RewardModel, TrainingRun
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+# Label ids from 1, so that the held-out share (a hash of the id) is the same in every run.
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, reset_sequences=True)]
 
-# 50 questions x 2 annotators = 100 labels, of which every 5th (by id) is held out: 20 pairs, enough
-# for the worker to fit the model's temperature (REWARD_CALIBRATE, on by default)
+# 50 questions x 2 annotators = 100 labels, of which the project holds out a quarter (by a hash of the
+# id): 23 pairs, enough for the worker to fit the model's temperature (REWARD_CALIBRATE, on by default)
 QUESTIONS = [f"Question number {i}: what is {i} plus {i}?" for i in range(50)]
 
 
@@ -28,6 +33,7 @@ def test_admin_trains_a_reward_model_from_the_dashboard(
     live_server, loop_settings, loop_files, start_worker, page, tmp_path
 ):
     loop_settings.TRAIN_EVERY_N_LABELS = 0
+    services.recipe_update(project=project_default(), data={"held_out_share": 0.25})
     owner = make_user()
     annotators = [make_user(username="ann"), make_user(username="bob")]
     make_user("admin", username="boss", password="boss-password")
@@ -51,12 +57,15 @@ def test_admin_trains_a_reward_model_from_the_dashboard(
 
     run = TrainingRun.objects.get(kind=TrainingRun.Kind.REWARD)
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
-    assert run.trigger == TrainingRun.Trigger.ADMIN and run.n_pairs == 100
+    expected_held_out = sum(is_held_out(label.pk, 0.25) for label in Label.objects.all())
+    assert expected_held_out >= 20
+    assert run.trigger == TrainingRun.Trigger.ADMIN and run.n_pairs == 100 - expected_held_out
     reward_model = RewardModel.objects.get()
     assert run.result_reward_model == reward_model
     assert reward_model.backbone == str(loop_files.base_model)  # REWARD_BACKBONE defaults to the policy's base
     held_out = reward_model.metrics["n_eval_pairs"]
-    assert held_out == 20 and reward_model.metrics["n_train_pairs"] + held_out == 100
+    assert held_out == expected_held_out and reward_model.metrics["n_train_pairs"] + held_out == 100
+    assert reward_model.project == project_default()
     evaluation = reward_model.metrics["eval"]
     assert evaluation["n"] == held_out and 0.0 <= evaluation["accuracy"] <= 1.0
     assert set(evaluation["by_group"]) <= {"ann", "bob"}  # accuracy per annotator
@@ -71,6 +80,6 @@ def test_admin_trains_a_reward_model_from_the_dashboard(
     assert len(scores["mean"]) == 2 and scores["mean"][0] != scores["mean"][1]
     # ... calibrated on the held-out pairs: the temperature fitted there is saved with it and applied
     calibration = reward_model.metrics["calibration"]
-    assert calibration["n_pairs"] == 20 and len(calibration["temperatures"]) == 1
+    assert calibration["n_pairs"] == expected_held_out and len(calibration["temperatures"]) == 1
     assert ensemble.members[0].temperature == calibration["temperatures"][0] > 0
     assert 0.0 <= calibration["ece_after"] <= 1.0 and 0.0 <= calibration["ece_before"] <= 1.0

@@ -15,6 +15,16 @@ from worker import tasks
 pytestmark = pytest.mark.django_db
 
 
+def _grpo_update():
+    """The GRPO update of the chat project under its recipe, as a run would build it."""
+    from webapp.feedback.services import project_default
+    from webapp.runs.data import training_data
+
+    project = project_default()
+    recipe = services.recipe_for(project)
+    return tasks._grpo_update(training_data(project=project, recipe=recipe), recipe, project)
+
+
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
@@ -34,7 +44,11 @@ def test_a_policy_run_without_its_data_fails_with_a_clear_error(kind: str, messa
 
 def test_grpo_with_a_reward_model_but_no_prompt_fails_with_a_clear_error() -> None:
     make_serving_version()
-    services.reward_model_register(artifact_path="/nonexistent/rm", backbone="tiny", member_paths=[""])
+    from webapp.feedback.services import project_default
+
+    services.reward_model_register(
+        artifact_path="/nonexistent/rm", backbone="tiny", member_paths=[""], project=project_default()
+    )
     run, _ = services.run_create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.GRPO)
     tasks.train_policy(run.pk)
     run.refresh_from_db()
@@ -67,7 +81,7 @@ def test_grpo_can_be_rewarded_by_follow_up_likelihood_without_any_label(settings
     settings.GRPO_REWARD, settings.GRPO_MAX_STEPS, settings.POLICY_MAX_TOKENS = "followup", 1, 8
     for text in ("What is the capital of Italy?", "Say something kind.", "What is the capital of Italy?"):
         Prompt.objects.create(project=project_default(), messages=[{"role": "user", "content": text}], source="api")
-    update = tasks._grpo_update()  # no reward model exists: the follow-up reward needs none
+    update = _grpo_update()  # no reward model exists: the follow-up reward needs none
     assert update.n_examples == 2  # distinct prompts
     adapter = create_initial_adapter(tiny_policy_path, tmp_path / "v1", DPOTrainConfig())
     logs: list[dict] = []
@@ -115,8 +129,9 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
     assert reward_model.member_paths == [""]  # one model in the version's folder
     assert reward_model.config["ensemble_method"] == "heads" and reward_model.metrics["members"][0]["heads"] == 3
     assert reward_model.config["label_smoothing"] == 0.1  # the setting reaches the training config
-    # REWARD_CALIBRATE is on by default, but six labels hold out no pair to fit a temperature on
-    assert reward_model.config["calibrate"] is True and "calibration" not in reward_model.metrics
+    # REWARD_CALIBRATE is on by default, but six labels hold out too few pairs to fit a temperature on
+    assert reward_model.config["calibrate"] is True
+    assert "fewer than the 20" in reward_model.metrics["calibration"]["skipped"]
     assert reward_model.n_members == 3  # what the dashboard shows
     scored = RewardEnsemble.load([local_path(reward_model.artifact_path)]).score(
         [[{"role": "user", "content": "What is 1 plus 1?"}]], ["2."]
@@ -127,7 +142,7 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
         project=project_default(), messages=[{"role": "user", "content": "What is 1 plus 1?"}], source="api"
     )
     settings.GRPO_REWARD, settings.GRPO_UWO_LAMBDA = "reward_model", 0.5
-    update = tasks._grpo_update()
+    update = _grpo_update()
     assert update.notes["reward_model"] == reward_model.name
     rewards = update.data["reward_fn"]([[{"role": "user", "content": "What is 1 plus 1?"}]], ["2."])
     heads = scored["members"]

@@ -15,7 +15,7 @@ from django.utils.text import slugify
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -40,6 +40,8 @@ from webapp.api.serializers import (
     TaskSerializer,
     ThumbsSerializer,
     TrainingRunSerializer,
+    VersionEventSerializer,
+    VersionPromoteSerializer,
 )
 from webapp.core.http import api_user
 from webapp.feedback import assignments
@@ -50,8 +52,10 @@ from webapp.feedback.quality import project_quality
 from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
 from webapp.feedback.transfer import export_rows, import_items
 from webapp.runs import services as run_services
-from webapp.runs.models import TrainingRun
-from webapp.runs.selectors import reward_model_list, run_list, version_list
+from webapp.runs.data import lineage_label_ids, training_data
+from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
+from webapp.runs.recipe import PRESETS, RecipeError
+from webapp.runs.selectors import reward_model_list, run_list, version_list, version_serving
 
 BULK_LIMIT = 1000
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -361,14 +365,18 @@ class RunListCreateApi(APIView):
     @extend_schema(
         request=RunCreateSerializer,
         responses={201: TrainingRunSerializer, 200: TrainingRunSerializer},
-        summary="Launch a training run: a policy update by `dpo` (the default), `kto` or `grpo`, or a `reward` "
-        "model; returns the active run of that kind, with 200, if one is already queued or running",
+        summary="Launch a training run of a project: a policy update (`policy`, the default: the project "
+        "recipe's method; or `dpo`, `lipo`, `kto`, `grpo`), or a `reward` model; returns the project's active "
+        "run of that kind, with 200, if one is already queued or running",
     )
     def post(self, request: Request) -> Response:
         body = RunCreateSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
         run, created = run_services.run_create(
-            trigger=TrainingRun.Trigger.API, created_by=api_user(request), kind=body.validated_data["kind"]
+            trigger=TrainingRun.Trigger.API,
+            created_by=api_user(request),
+            kind=body.validated_data["kind"],
+            project=body.validated_data.get("project"),
         )
         return Response(
             TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -381,6 +389,117 @@ class RunDetailApi(generics.RetrieveAPIView):
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return run_list()
+
+
+class ApiConflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+    default_detail = "The request conflicts with the current state."
+
+
+class RunCancelApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        request=None,
+        responses={200: TrainingRunSerializer},
+        summary="Cancel a queued run at once, or a running one at its next step (it then ends `cancelled` and "
+        "registers nothing); 409 for a finished run",
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        get_object_or_404(TrainingRun, pk=run_id)
+        try:
+            run = run_services.run_cancel(run_id=run_id)
+        except ValueError as exc:
+            raise ApiConflict(str(exc)) from None
+        return Response(TrainingRunSerializer(run).data)
+
+
+class VersionPromoteApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        request=VersionPromoteSerializer,
+        responses={200: ModelVersionSerializer},
+        summary="Promote a version, or roll back to an earlier one: the policy server loads its adapter first, "
+        "then it serves; recorded with who and why. A rejected candidate needs `confirm: true` (409 without, "
+        "naming what it failed)",
+    )
+    def post(self, request: Request, version_id: int) -> Response:
+        version = get_object_or_404(ModelVersion, pk=version_id)
+        body = VersionPromoteSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        try:
+            version = run_services.version_promote_by_admin(
+                version=version,
+                actor=api_user(request),
+                reason=body.validated_data["reason"],
+                confirm=body.validated_data["confirm"],
+            )
+        except (run_services.NeedsConfirmation, ValueError) as exc:
+            raise ApiConflict(str(exc)) from None
+        return Response(ModelVersionSerializer(version).data)
+
+
+class VersionLabelsApi(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Which labels trained a version: the snapshot of their ids")
+    def get(self, request: Request, version_id: int) -> Response:
+        version = get_object_or_404(ModelVersion, pk=version_id)
+        return Response({"version": version.number, "label_ids": version.label_ids, "n_labels": len(version.label_ids)})
+
+
+class VersionEventListApi(generics.ListAPIView):
+    """The audit trail: every promotion, rollback and rejection, newest first."""
+
+    serializer_class = VersionEventSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return VersionEvent.objects.select_related("version", "previous", "actor")
+
+
+class ProjectRecipeApi(APIView):
+    permission_classes = [AdminForWrites]
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="A project's training recipe, and what a run would train on")
+    def get(self, request: Request, project_id: int) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        return Response(_recipe_body(project))
+
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Change the fields of the recipe it names (PATCH), or set the whole recipe (PUT); 400 names every "
+        "bad field",
+    )
+    def patch(self, request: Request, project_id: int) -> Response:
+        return self._update(request, project_id, replace=False)
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT, summary="Set the whole recipe")
+    def put(self, request: Request, project_id: int) -> Response:
+        return self._update(request, project_id, replace=True)
+
+    def _update(self, request: Request, project_id: int, *, replace: bool) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        data = request.data
+        if not isinstance(data, dict):
+            raise ValidationError({"detail": "send the recipe as a JSON object"})
+        data = dict(data)
+        preset = data.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValidationError({"preset": f"unknown preset {preset!r}: one of {', '.join(PRESETS)}"})
+            data = {**PRESETS[preset], **data}
+        try:
+            run_services.recipe_update(project=project, data=data, replace=replace)
+        except RecipeError as exc:
+            raise ValidationError(exc.errors) from None
+        return Response(_recipe_body(project))
+
+
+def _recipe_body(project: Project) -> dict[str, Any]:
+    recipe = run_services.recipe_for(project)
+    data = training_data(project=project, recipe=recipe, trained=lineage_label_ids(version_serving()))
+    return {"project": project.pk, "recipe": recipe.to_dict(), "kind": recipe.kind, "training_data": data.summary()}
 
 
 class RewardModelListApi(generics.ListAPIView):

@@ -16,7 +16,7 @@ from webapp.feedback.models import (
     Task,
 )
 from webapp.feedback.validation import clean_messages
-from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
 
 
 class MessageSerializer(serializers.Serializer):
@@ -208,9 +208,34 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "artifact_path",
             "metrics",
             "data_hash",
+            "gate",
+            "project",
+            "n_labels",
             "created_at",
             "promoted_at",
         ]
+
+    n_labels = serializers.SerializerMethodField(help_text="How many labels trained this version.")
+
+    def get_n_labels(self, version: ModelVersion) -> int:
+        return len(version.label_ids or [])
+
+
+class VersionPromoteSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    confirm = serializers.BooleanField(
+        required=False, default=False, help_text="Needed to promote a candidate the gate rejected."
+    )
+
+
+class VersionEventSerializer(serializers.ModelSerializer):
+    version = serializers.SlugRelatedField(slug_field="number", read_only=True)  # type: ignore[var-annotated]
+    previous = serializers.SlugRelatedField(slug_field="number", read_only=True)  # type: ignore[var-annotated]
+    actor = serializers.CharField(source="actor_name", read_only=True)
+
+    class Meta:
+        model = VersionEvent
+        fields = ["id", "action", "version", "previous", "actor", "reason", "created_at"]
 
 
 class RewardModelSerializer(serializers.ModelSerializer):
@@ -239,7 +264,14 @@ class RewardModelSerializer(serializers.ModelSerializer):
 
 
 class RunCreateSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=TrainingRun.Kind.choices, default=TrainingRun.Kind.DPO)
+    kind = serializers.ChoiceField(
+        choices=[("policy", "The project's recipe decides"), *TrainingRun.Kind.choices],
+        default="policy",
+        help_text="`policy` (the default): the update method of the project's recipe.",
+    )
+    project = serializers.PrimaryKeyRelatedField(
+        queryset=Project.objects.all(), required=False, allow_null=True, help_text="Default: the chat's project."
+    )
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
@@ -258,8 +290,14 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "kind",
+            "project",
             "status",
+            "stage",
             "trigger",
+            "recipe",
+            "attempts",
+            "heartbeat_at",
+            "cancel_requested",
             "progress",
             "n_labels",
             "n_pairs",

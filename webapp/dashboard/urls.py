@@ -10,5 +10,8 @@ urlpatterns = [
     path("runs/", views.runs, name="runs"),
     path("runs/new/", views.run_new, name="run_new"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
+    path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
+    path("versions/<int:version_id>/promote/", views.version_promote, name="version_promote"),
+    path("projects/<int:project_id>/recipe/", views.recipe, name="recipe"),
     path("quality/", views.quality, name="quality"),
 ]

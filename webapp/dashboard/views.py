@@ -9,13 +9,16 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from training.policy_client import PolicyServerError
 from webapp.core.http import AuthedHttpRequest
 from webapp.feedback.models import Conversation, Label, Project, Task
 from webapp.feedback.quality import project_quality
 from webapp.runs import services
-from webapp.runs.models import TrainingRun
+from webapp.runs.data import lineage_label_ids, training_data
+from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
+from webapp.runs.recipe import GATE_CHECKS, METHOD_LABELS, PRESETS, RecipeError
 from webapp.runs.selectors import reward_model_list, run_list, version_list, version_serving
 
 
@@ -36,7 +39,14 @@ def _runs_context() -> dict[str, Any]:
         "versions": version_list()[:20],
         "serving": version_serving(),
         "reward_models": reward_model_list()[:20],
+        "events": VersionEvent.objects.select_related("version", "previous", "actor")[:20],
     }
+
+
+def _runs_response(request: AuthedHttpRequest, *, error: str = "") -> HttpResponse:
+    if not request.htmx:
+        return redirect("dashboard:index")
+    return render(request, "dashboard/_runs.html", {**_runs_context(), "action_error": error})
 
 
 @require_GET
@@ -47,6 +57,7 @@ def index(request: AuthedHttpRequest) -> HttpResponse:
         "n_labels": Label.objects.count(),
         "n_tasks": Task.objects.count(),
         "n_conversations": Conversation.objects.count(),
+        "projects": Project.objects.all(),
     }
     return render(request, "dashboard/index.html", context)
 
@@ -60,13 +71,107 @@ def runs(request: AuthedHttpRequest) -> HttpResponse:
 @require_POST
 @admin_required
 def run_new(request: AuthedHttpRequest) -> HttpResponse:
-    kind = request.POST.get("kind") or TrainingRun.Kind.DPO
-    if kind not in TrainingRun.Kind.values:
-        return HttpResponseBadRequest(f"unknown run kind {kind!r}: one of {', '.join(TrainingRun.Kind.values)}")
-    services.run_create(trigger=TrainingRun.Trigger.ADMIN, created_by=request.user, kind=kind)
-    if not request.htmx:
-        return redirect("dashboard:index")
-    return render(request, "dashboard/_runs.html", _runs_context())
+    kind = request.POST.get("kind") or "policy"
+    if kind != "policy" and kind not in TrainingRun.Kind.values:
+        return HttpResponseBadRequest(f"unknown run kind {kind!r}: one of policy, {', '.join(TrainingRun.Kind.values)}")
+    project = None
+    if request.POST.get("project"):
+        project = Project.objects.filter(pk=_int(request.POST["project"])).first()
+        if project is None:
+            return HttpResponseBadRequest(f"no project {request.POST['project']!r}")
+    services.run_create(trigger=TrainingRun.Trigger.ADMIN, created_by=request.user, kind=kind, project=project)
+    if request.POST.get("next") == "recipe" and project is not None:
+        return redirect("dashboard:recipe", project.pk)
+    return _runs_response(request)
+
+
+def _int(value: str) -> int:
+    return int(value) if value.strip().isdigit() else 0
+
+
+@require_POST
+@admin_required
+def run_cancel(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
+    """Cancel a queued run, or stop a running one at its next step."""
+    get_object_or_404(TrainingRun, pk=run_id)
+    try:
+        services.run_cancel(run_id=run_id)
+    except ValueError as exc:
+        return _runs_response(request, error=str(exc)) if request.htmx else HttpResponse(str(exc), status=409)
+    return _runs_response(request)
+
+
+@require_POST
+@admin_required
+def version_promote(request: AuthedHttpRequest, version_id: int) -> HttpResponse:
+    """Promote a version or roll back to it; a rejected one needs the confirmation its button asks for."""
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    reason = (request.headers.get("HX-Prompt") or request.POST.get("reason") or "").strip()
+    confirm = request.POST.get("confirm") in ("1", "true", "on")
+    try:
+        services.version_promote_by_admin(version=version, actor=request.user, reason=reason, confirm=confirm)
+    except (services.NeedsConfirmation, ValueError, PolicyServerError) as exc:
+        return _runs_response(request, error=str(exc)) if request.htmx else HttpResponse(str(exc), status=409)
+    return _runs_response(request)
+
+
+@require_http_methods(["GET", "POST"])
+@admin_required
+def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
+    """A project's training recipe: a form with presets and validation, and what a run would train on."""
+    project = get_object_or_404(Project, pk=project_id)
+    errors: dict[str, str] = {}
+    saved = False
+    values = services.recipe_for(project).to_dict()
+    if request.method == "POST":
+        posted: dict[str, Any] = {f: request.POST[f] for f in values if f in request.POST and f != "required_checks"}
+        posted["required_checks"] = request.POST.getlist("required_checks")
+        preset = request.POST.get("preset", "")
+        if preset:
+            if preset not in PRESETS:
+                return HttpResponseBadRequest(f"unknown preset {preset!r}")
+            posted = {**values, **PRESETS[preset]}
+        try:
+            values = services.recipe_update(project=project, data=posted, replace=True).to_dict()
+            saved = True
+        except RecipeError as exc:
+            errors = exc.errors
+            values = {**values, **posted}
+    current = services.recipe_for(project)
+    data = training_data(project=project, recipe=current, trained=lineage_label_ids(version_serving()))
+    context = {
+        "project": project,
+        "values": values,
+        "errors": errors,
+        "saved": saved,
+        "methods": METHOD_LABELS,
+        "presets": PRESETS,
+        "checks": GATE_CHECKS,
+        "fields": RECIPE_FIELDS,
+        "summary": data.summary(),
+        "kind": current.kind,
+    }
+    return render(request, "dashboard/recipe.html", context, status=400 if errors else 200)
+
+
+# The form's fields after the method: (name, label, input type, step).
+RECIPE_FIELDS = [
+    ("beta", "β (0: the method's own)", "number", "any"),
+    ("learning_rate", "Learning rate (0: the method's own)", "number", "any"),
+    ("epochs", "Epochs (0: the method's own)", "number", "1"),
+    ("max_steps", "Steps (0: by epochs)", "number", "1"),
+    ("lora_rank", "LoRA rank", "number", "1"),
+    ("robust_epsilon", "Robust DPO ε", "number", "any"),
+    ("grpo_lambda", "GRPO λ", "number", "any"),
+    ("auto_train_every", "Train after this many new labels (0: by hand)", "number", "1"),
+    ("trust_floor", "Trust floor", "number", "any"),
+    ("held_out_share", "Held-out share", "number", "any"),
+    ("min_heldout_pairs", "Held-out pairs before the accuracy check", "number", "1"),
+    ("min_heldout_accuracy", "Gate: least held-out accuracy", "number", "any"),
+    ("min_win_rate", "Gate: least win rate", "number", "any"),
+    ("max_kl", "Gate: most KL (nats)", "number", "any"),
+    ("gate_prompts", "Gate: held-out prompts", "number", "1"),
+]
 
 
 @require_GET
@@ -85,7 +190,8 @@ def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     """One run, live: status, progress, the latest metrics and a chart of every logged step."""
     run = get_object_or_404(run_list(), pk=run_id)
     template = "dashboard/_run_detail.html" if request.htmx else "dashboard/run.html"
-    return render(request, template, {"run": run, "chart": _chart_data(run.history)})
+    gate = run.result_version.gate if run.result_version is not None else {}
+    return render(request, template, {"run": run, "chart": _chart_data(run.history), "gate": gate})
 
 
 CHART_SERIES = ("loss", "rewards/margins", "rewards/accuracies", "kl")

@@ -30,6 +30,9 @@ class Project(models.Model):
     gold_rate = models.FloatField(default=0.0, help_text="Share of served tasks that are gold items (0 to 1).")
     allow_partial_ranking = models.BooleanField(default=False, help_text="Allow ranking only the top k answers.")
     lease_seconds = models.PositiveIntegerField(default=900, help_text="How long a served task is held for one person.")
+    recipe = models.JSONField(
+        default=dict, blank=True, help_text="The project's training recipe (webapp.runs.recipe.Recipe); {} = defaults."
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="ProjectMember", related_name="projects")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -50,19 +50,25 @@ def label_count() -> int:
     return Label.objects.count()
 
 
-def labels_since_last_run(*, kind: str = TrainingRun.Kind.DPO) -> int:
-    last = TrainingRun.objects.filter(kind=kind).order_by("-created_at").first()
+def labels_since_last_run(*, kind: str = TrainingRun.Kind.DPO, project: Project | None = None) -> int:
+    """Labels (of `project`, when given) written since the last run of `kind` (of that project)."""
+    runs = TrainingRun.objects.filter(kind=kind)
     labels = Label.objects.all()
+    if project is not None:
+        runs, labels = runs.filter(project=project), labels.filter(task__project=project)
+    last = runs.order_by("-created_at").first()
     if last is not None:
         labels = labels.filter(created_at__gt=last.created_at)
     return labels.count()
 
 
-def prompts_recent(*, limit: int) -> list[list[dict[str, str]]]:
-    """The newest `limit` distinct prompts (chats and imports) that end with a user turn, newest first."""
+def prompts_recent(*, limit: int, project: Project | None = None) -> list[list[dict[str, str]]]:
+    """The newest `limit` distinct prompts (chats and imports, of `project` when given) that end
+    with a user turn, newest first."""
     seen: set[str] = set()
     prompts: list[list[dict[str, str]]] = []
-    for messages in Prompt.objects.order_by("-id").values_list("messages", flat=True).iterator(chunk_size=500):
+    rows = Prompt.objects.all() if project is None else Prompt.objects.filter(project=project)
+    for messages in rows.order_by("-id").values_list("messages", flat=True).iterator(chunk_size=500):
         key = json.dumps(messages, sort_keys=True)
         if not messages or messages[-1].get("role") != "user" or key in seen:
             continue

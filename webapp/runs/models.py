@@ -12,6 +12,7 @@ class ModelVersion(models.Model):
         CANDIDATE = "candidate", "Candidate"
         SERVING = "serving", "Serving"
         RETIRED = "retired", "Retired"
+        REJECTED = "rejected", "Rejected"
 
     number = models.PositiveIntegerField(unique=True)
     kind = models.CharField(max_length=16, default="lora")
@@ -22,6 +23,14 @@ class ModelVersion(models.Model):
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     data_hash = models.CharField(max_length=64, blank=True)
+    # The evaluation gate: each check's figure, the threshold it was held to, and the verdict
+    # ({"verdict": "passed" | "rejected" | "waiting", "against": "v3", "checks": [...], "reason": ...}).
+    gate = models.JSONField(default=dict, blank=True)
+    # The ids of the labels that trained this version (a snapshot: "which labels made v7").
+    label_ids = models.JSONField(default=list, blank=True)
+    project = models.ForeignKey(
+        "feedback.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="versions"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
 
@@ -49,12 +58,49 @@ class ModelVersion(models.Model):
         """
         return f"{settings.POLICY_MODEL_NAME}-v{self.number}"
 
+    @property
+    def gate_failures(self) -> list[str]:
+        """What the gate found wrong, one phrase per failed check (empty when none failed)."""
+        checks = self.gate.get("checks", []) if isinstance(self.gate, dict) else []
+        return [str(c.get("summary", c.get("name"))) for c in checks if c.get("passed") is False]
+
+
+class VersionEvent(models.Model):
+    """The audit trail of the serving version: every promotion, rollback and rejection, by whom and why."""
+
+    class Action(models.TextChoices):
+        PROMOTE = "promote", "Promoted"
+        ROLLBACK = "rollback", "Rolled back"
+        REJECT = "reject", "Rejected by the gate"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="events")
+    previous = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.version}"
+
+    @property
+    def actor_name(self) -> str:
+        return self.actor.username if self.actor is not None else "the gate"
+
 
 class RewardModel(models.Model):
     """A trained reward model (one model or an ensemble) in the artifact store, with its held-out metrics."""
 
     number = models.PositiveIntegerField(unique=True)
     backbone = models.CharField(max_length=500)
+    project = models.ForeignKey(
+        "feedback.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="reward_models"
+    )
     artifact_path = models.CharField(max_length=1000)
     member_paths = models.JSONField(default=list, blank=True)  # relative to artifact_path; [""] for one model
     config = models.JSONField(default=dict, blank=True)
@@ -88,6 +134,14 @@ class TrainingRun(models.Model):
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Stage(models.TextChoices):
+        WAITING = "", "Waiting"
+        TRAINING = "training", "Training"
+        EVALUATING = "evaluating", "Evaluating"
+        SERVING = "serving", "Serving"
+        DONE = "done", "Done"
 
     class Trigger(models.TextChoices):
         ADMIN = "admin", "Admin"
@@ -98,12 +152,19 @@ class TrainingRun(models.Model):
         DPO = "dpo", "DPO policy update"
         KTO = "kto", "KTO policy update"
         GRPO = "grpo", "GRPO policy update"
+        LIPO = "lipo", "LiPO policy update"
         REWARD = "reward", "Reward model"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
 
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DPO)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.WAITING, blank=True)
+    project = models.ForeignKey(
+        "feedback.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="runs"
+    )
+    # The project's recipe as it was when the run was queued (later edits do not change a queued run).
+    recipe = models.JSONField(default=dict, blank=True)
     trigger = models.CharField(max_length=16, choices=Trigger.choices)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -121,6 +182,10 @@ class TrainingRun(models.Model):
     n_labels = models.PositiveIntegerField(default=0)
     n_pairs = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When the broker took its message.")
+    cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -128,9 +193,11 @@ class TrainingRun(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            # At most one queued-or-running run per kind: a double click queues one run.
+            # At most one queued-or-running run per project and kind: a double click queues one run.
             models.UniqueConstraint(
-                fields=["kind"], condition=Q(status__in=["queued", "running"]), name="runs_one_active_run_per_kind"
+                fields=["project", "kind"],
+                condition=Q(status__in=["queued", "running"]),
+                name="runs_one_active_run_per_project_kind",
             ),
             models.CheckConstraint(
                 condition=Q(progress__gte=0.0) & Q(progress__lte=1.0), name="runs_progress_between_0_and_1"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from webapp.accounts.models import User
-from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
+from webapp.feedback.models import Project
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
+from webapp.runs.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +23,11 @@ TRAIN_TASK_NAMES: dict[str, str] = {
     TrainingRun.Kind.DPO: "prefloop.train_policy",
     TrainingRun.Kind.KTO: "prefloop.train_policy",
     TrainingRun.Kind.GRPO: "prefloop.train_policy",
+    TrainingRun.Kind.LIPO: "prefloop.train_policy",
     TrainingRun.Kind.REWARD: "prefloop.train_reward",
 }
 HISTORY_LIMIT = 500
+POLICY_KINDS = (TrainingRun.Kind.DPO, TrainingRun.Kind.KTO, TrainingRun.Kind.GRPO, TrainingRun.Kind.LIPO)
 NumberedT = TypeVar("NumberedT", ModelVersion, RewardModel)
 
 
@@ -47,6 +52,8 @@ def version_register(
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     data_hash: str = "",
+    label_ids: list[int] | None = None,
+    project: Project | None = None,
 ) -> ModelVersion:
     """Register a complete version folder under the next free number (status: candidate)."""
     return _create_numbered(
@@ -57,6 +64,8 @@ def version_register(
         config=config or {},
         metrics=metrics or {},
         data_hash=data_hash,
+        label_ids=sorted(label_ids or []),
+        project=project,
     )
 
 
@@ -68,6 +77,7 @@ def reward_model_register(
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     data_hash: str = "",
+    project: Project | None = None,
 ) -> RewardModel:
     """Register a complete reward-model folder under the next free number."""
     return _create_numbered(
@@ -78,17 +88,36 @@ def reward_model_register(
         config=config or {},
         metrics=metrics or {},
         data_hash=data_hash,
+        project=project,
     )
 
 
-def version_serve(*, version: ModelVersion) -> ModelVersion:
-    """Load `version` into the policy server under its own name, promote it, and unload the
-    adapters older than the one it replaces. No restart: the next request simply names it."""
+class ServingChanged(Exception):
+    """The serving version changed after a candidate was evaluated against it."""
+
+
+class NeedsConfirmation(Exception):
+    """Promoting a rejected candidate needs an explicit confirmation; the message names what it failed."""
+
+
+def version_serve(
+    *,
+    version: ModelVersion,
+    actor: User | None = None,
+    reason: str = "",
+    expected_serving: ModelVersion | None = None,
+) -> ModelVersion:
+    """Load `version` into the policy server under its own name, then make it the serving version,
+    and unload the adapters older than the one it replaces. No restart: the next request names it;
+    answers in flight finish on the version that began them (each version has its own name).
+
+    With `expected_serving`, the flip happens only if that version still serves (ServingChanged
+    otherwise): a candidate evaluated against one version is never promoted over a newer one.
+    """
     from webapp.core import policy
 
-    previous = ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).exclude(pk=version.pk).first()
     policy.adapter_load(version)
-    version = version_promote(version=version)
+    version, previous = _promote(version=version, actor=actor, reason=reason, expected_serving=expected_serving)
     try:
         policy.adapters_retire(keep=[v for v in (version, previous) if v is not None])
     except policy.PolicyServerError as exc:  # stale adapters cost memory, not correctness
@@ -96,80 +125,251 @@ def version_serve(*, version: ModelVersion) -> ModelVersion:
     return version
 
 
-@transaction.atomic
-def version_promote(*, version: ModelVersion) -> ModelVersion:
-    """Make `version` the serving one; the previous serving version is retired.
+def version_promote(*, version: ModelVersion, actor: User | None = None, reason: str = "") -> ModelVersion:
+    """Make `version` the serving one and retire the previous one; record who, when and why.
+    Promoting a version older than the serving one is a rollback.
 
     Call after the policy server has loaded the version's adapter, so the table never names a
-    version the server does not have.
+    version the server does not have (`version_serve` does both).
     """
+    return _promote(version=version, actor=actor, reason=reason)[0]
+
+
+def _promote(
+    *,
+    version: ModelVersion,
+    actor: User | None = None,
+    reason: str = "",
+    expected_serving: ModelVersion | None = None,
+) -> tuple[ModelVersion, ModelVersion | None]:
+    """`version_promote`, returning (version, the version it replaced); with `expected_serving`,
+    ServingChanged unless that version is the one serving."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        previous = (
+            ModelVersion.objects.select_for_update()
+            .filter(status=ModelVersion.Status.SERVING)
+            .exclude(pk=version.pk)
+            .first()
+        )
+        if expected_serving is not None and (previous is None or previous.pk != expected_serving.pk):
+            if version.status != ModelVersion.Status.SERVING:
+                raise ServingChanged(
+                    f"{previous or 'no version'} serves now, not {expected_serving}: evaluate against it first"
+                )
+        if version.status == ModelVersion.Status.SERVING:
+            return version, None
+        if previous is not None:
+            previous.status = ModelVersion.Status.RETIRED
+            previous.save(update_fields=["status"])
+        version.status = ModelVersion.Status.SERVING
+        version.promoted_at = timezone.now()
+        version.save(update_fields=["status", "promoted_at"])
+        rollback = previous is not None and version.number < previous.number
+        VersionEvent.objects.create(
+            version=version,
+            previous=previous,
+            action=VersionEvent.Action.ROLLBACK if rollback else VersionEvent.Action.PROMOTE,
+            actor=actor,
+            reason=reason[:2000],
+        )
+    return version, previous
+
+
+def version_promote_by_admin(
+    *, version: ModelVersion, actor: User, reason: str = "", confirm: bool = False
+) -> ModelVersion:
+    """An admin's promotion or rollback. A rejected candidate needs `confirm`: NeedsConfirmation
+    names what it failed. Raises ValueError for a version that cannot serve."""
+    version.refresh_from_db()
+    if version.status == ModelVersion.Status.SERVING:
+        raise ValueError(f"{version} is already serving")
+    if not version.artifact_path:
+        raise ValueError(f"{version} has no adapter to serve")
+    if version.status == ModelVersion.Status.REJECTED and not confirm:
+        failed = "; ".join(version.gate_failures) or version.gate.get("reason", "the gate")
+        raise NeedsConfirmation(f"{version} was rejected by the gate ({failed}); confirm to promote it anyway")
+    return version_serve(version=version, actor=actor, reason=reason or "promoted by an admin")
+
+
+@transaction.atomic
+def version_gate_record(*, version: ModelVersion, gate: dict[str, Any]) -> ModelVersion:
+    """Store the gate's figures and verdict on the version; a rejection marks it rejected."""
     version = ModelVersion.objects.select_for_update().get(pk=version.pk)
-    ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.SERVING).exclude(pk=version.pk).update(
-        status=ModelVersion.Status.RETIRED
-    )
-    version.status = ModelVersion.Status.SERVING
-    version.promoted_at = timezone.now()
-    version.save(update_fields=["status", "promoted_at"])
+    version.gate = gate
+    fields = ["gate"]
+    if gate.get("verdict") == "rejected" and version.status == ModelVersion.Status.CANDIDATE:
+        version.status = ModelVersion.Status.REJECTED
+        fields.append("status")
+        VersionEvent.objects.create(
+            version=version, action=VersionEvent.Action.REJECT, reason=str(gate.get("reason", ""))[:2000]
+        )
+    version.save(update_fields=fields)
     return version
 
 
-def run_create(
-    *, trigger: str, created_by: User | None = None, kind: str = TrainingRun.Kind.DPO
-) -> tuple[TrainingRun, bool]:
-    """Queue a training run of `kind`, or return the one of that kind already queued or running (a
-    double submit is harmless). Runs of different kinds may be active at once.
+# --- recipes ------------------------------------------------------------------------------------
 
-    The worker task is enqueued after the transaction commits.
+
+def recipe_defaults() -> dict[str, Any]:
+    """The process-wide settings a project's recipe starts from."""
+    return {"auto_train_every": settings.TRAIN_EVERY_N_LABELS, "grpo_lambda": settings.GRPO_UWO_LAMBDA}
+
+
+def recipe_for(project: Project) -> Recipe:
+    """The project's recipe (its stored fields over the defaults)."""
+    return Recipe.from_dict(project.recipe, defaults=recipe_defaults())
+
+
+def recipe_update(*, project: Project, data: dict[str, Any], replace: bool = False) -> Recipe:
+    """Validate and store the project's recipe (RecipeError names every bad field). With `replace`
+    the data is the whole recipe; otherwise it changes only the fields it names."""
+    base = {} if replace else dict(project.recipe or {})
+    recipe = Recipe.from_dict({**base, **data}, defaults=recipe_defaults())
+    project.recipe = recipe.to_dict()
+    project.save(update_fields=["recipe"])
+    return recipe
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def _project_or_default(project: Project | None) -> Project:
+    from webapp.feedback.services import project_default
+
+    return project if project is not None else project_default()
+
+
+def run_create(
+    *,
+    trigger: str,
+    created_by: User | None = None,
+    kind: str | None = None,
+    project: Project | None = None,
+) -> tuple[TrainingRun, bool]:
+    """Queue a training run of `kind` (None or "policy": the project's recipe decides) for
+    `project` (the default project when None), or return the one of that project and kind already
+    queued or running (a double submit is harmless). The recipe is copied onto the run.
+
+    The worker task is enqueued after the transaction commits; a broker that is down loses
+    nothing: the run waits in the database and the reaper enqueues it when the broker is back.
     """
+    project = _project_or_default(project)
+    recipe = recipe_for(project)
+    if kind in (None, "", "policy"):
+        kind = recipe.kind
     if kind not in TRAIN_TASK_NAMES:
-        raise ValueError(f"unknown run kind {kind!r}: one of {', '.join(TRAIN_TASK_NAMES)}")
+        raise ValueError(f"unknown run kind {kind!r}: one of policy, {', '.join(TRAIN_TASK_NAMES)}")
     try:
         with transaction.atomic():
             active = (
                 TrainingRun.objects.select_for_update()
-                .filter(kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
+                .filter(project=project, kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
                 .first()
             )
             if active is not None:
                 return active, False
-            run = TrainingRun.objects.create(kind=kind, trigger=trigger, created_by=created_by)
+            run = TrainingRun.objects.create(
+                kind=kind, trigger=trigger, created_by=created_by, project=project, recipe=recipe.to_dict()
+            )
             transaction.on_commit(lambda: run_enqueue(run_id=run.pk, kind=kind))
             return run, True
     except IntegrityError:  # a concurrent request created it between our check and insert
-        active = TrainingRun.objects.get(kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
+        active = TrainingRun.objects.get(project=project, kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
         return active, False
 
 
-def run_enqueue(*, run_id: int, kind: str = TrainingRun.Kind.DPO) -> None:
-    """Send the run's worker task to the broker by name."""
+def run_enqueue(*, run_id: int, kind: str = TrainingRun.Kind.DPO) -> bool:
+    """Send the run's worker task to the broker by name; return whether the broker took it.
+
+    Never raises: with the broker down the run stays queued with no `enqueued_at`, and
+    `runs_reap` sends it once the broker answers again.
+    """
     from worker.celery import app
 
-    app.send_task(TRAIN_TASK_NAMES[kind], args=[run_id], queue="gpu")
+    try:
+        app.send_task(
+            TRAIN_TASK_NAMES[kind],
+            args=[run_id],
+            queue="gpu",
+            retry=True,
+            retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
+        )
+    except Exception as exc:  # kombu and redis raise several kinds of connection error
+        logger.warning("the broker did not take run %s (%s); it waits for the reaper", run_id, exc)
+        return False
+    TrainingRun.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
+    return True
 
 
-@transaction.atomic
+def _heartbeat_is_fresh(run: TrainingRun) -> bool:
+    if run.heartbeat_at is None:
+        return False
+    return (timezone.now() - run.heartbeat_at).total_seconds() < settings.RUN_STALE_S
+
+
 def run_start(*, run_id: int, parent_version: ModelVersion | None) -> TrainingRun | None:
-    """Move a queued run to running; return None when another delivery already finished it.
+    """Move a queued run to running; return None when there is nothing to do.
 
-    A run found RUNNING was started by a worker that died before acknowledging the task (tasks
-    are acknowledged late), so the redelivered task starts it again rather than leaving it stuck.
+    - a finished or cancelled run is left alone (a redelivered message does no harm);
+    - a running run with a fresh heartbeat belongs to a live worker: a redelivered message is a
+      no-op, not a restart;
+    - a running run with a stale heartbeat was left by a worker that died: it starts again,
+      unless it has been tried RUN_MAX_ATTEMPTS times, when it fails.
     """
-    run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
-    if run is None or run.status not in TrainingRun.ACTIVE_STATUSES:
-        return None
-    run.status = TrainingRun.Status.RUNNING
-    run.started_at = timezone.now()
-    run.parent_version = parent_version
-    run.progress = 0.0
-    run.error = ""
-    run.save(update_fields=["status", "started_at", "parent_version", "progress", "error"])
-    return run
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status not in TrainingRun.ACTIVE_STATUSES:
+            return None
+        if run.cancel_requested:
+            _finish(run, TrainingRun.Status.CANCELLED, error="cancelled before it started")
+            return None
+        if run.status == TrainingRun.Status.RUNNING and _heartbeat_is_fresh(run):
+            logger.info("run %s is running with a fresh heartbeat; this delivery does nothing", run_id)
+            return None
+        if run.attempts >= settings.RUN_MAX_ATTEMPTS:
+            _finish(run, TrainingRun.Status.FAILED, error=f"tried {run.attempts} times (RUN_MAX_ATTEMPTS); giving up")
+            return None
+        run.status = TrainingRun.Status.RUNNING
+        run.stage = TrainingRun.Stage.TRAINING
+        run.attempts += 1
+        run.started_at = run.heartbeat_at = timezone.now()
+        run.parent_version = parent_version
+        run.progress = 0.0
+        run.error = ""
+        run.save(
+            update_fields=[
+                "status", "stage", "attempts", "started_at", "heartbeat_at", "parent_version", "progress", "error"
+            ]
+        )  # fmt: skip
+        return run
 
 
-def run_record_data(*, run: TrainingRun, n_labels: int, n_pairs: int) -> None:
+def _finish(run: TrainingRun, status: str, *, error: str = "") -> None:
+    run.status = status
+    run.error = error[:10_000]
+    run.finished_at = timezone.now()
+    run.stage = TrainingRun.Stage.DONE
+    run.save(update_fields=["status", "error", "finished_at", "stage"])
+
+
+def run_heartbeat(*, run_id: int, stage: str | None = None) -> bool:
+    """Record that the run's worker is alive (and its stage); return whether a cancel was asked."""
+    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    if stage is not None:
+        fields["stage"] = stage
+    TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.RUNNING).update(**fields)
+    return TrainingRun.objects.filter(pk=run_id, cancel_requested=True).exists()
+
+
+def run_record_data(*, run: TrainingRun, n_labels: int, n_pairs: int, data: dict[str, Any] | None = None) -> None:
     run.n_labels = n_labels
     run.n_pairs = n_pairs
-    run.save(update_fields=["n_labels", "n_pairs"])
+    fields = ["n_labels", "n_pairs"]
+    if data is not None:
+        run.metrics = {**run.metrics, "data": data}
+        fields.append("metrics")
+    run.save(update_fields=fields)
 
 
 def run_progress(*, run_id: int, progress: float, metrics: dict[str, Any]) -> None:
@@ -181,7 +381,12 @@ def run_progress(*, run_id: int, progress: float, metrics: dict[str, Any]) -> No
         run.progress = min(max(progress, 0.0), 1.0)
         run.metrics = {**run.metrics, **metrics}
         run.history = [*run.history, metrics][-HISTORY_LIMIT:]
-        run.save(update_fields=["progress", "metrics", "history"])
+        run.heartbeat_at = timezone.now()
+        run.save(update_fields=["progress", "metrics", "history", "heartbeat_at"])
+
+
+class RunNotRunning(Exception):
+    """A run can only succeed from running (it was cancelled, reaped or finished meanwhile)."""
 
 
 @transaction.atomic
@@ -192,15 +397,23 @@ def run_succeed(
     version: ModelVersion | None = None,
     reward_model: RewardModel | None = None,
 ) -> TrainingRun:
-    """Finish a run with what it made: a policy version (DPO) or a reward model."""
+    """Finish a run with what it made: a policy version or a reward model. Only a running run can
+    succeed (RunNotRunning otherwise)."""
     run = TrainingRun.objects.select_for_update().get(pk=run_id)
+    if run.status != TrainingRun.Status.RUNNING:
+        raise RunNotRunning(f"run {run_id} is {run.status}, not running: it cannot succeed")
     run.status = TrainingRun.Status.SUCCEEDED
+    run.stage = TrainingRun.Stage.DONE
     run.result_version = version
     run.result_reward_model = reward_model
     run.progress = 1.0
     run.metrics = {**run.metrics, **metrics}
     run.finished_at = timezone.now()
-    run.save(update_fields=["status", "result_version", "result_reward_model", "progress", "metrics", "finished_at"])
+    run.save(
+        update_fields=[
+            "status", "stage", "result_version", "result_reward_model", "progress", "metrics", "finished_at"
+        ]
+    )  # fmt: skip
     return run
 
 
@@ -209,28 +422,84 @@ def run_fail(*, run_id: int, error: str) -> TrainingRun | None:
     run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
     if run is None or not run.is_active:
         return run
-    run.status = TrainingRun.Status.FAILED
-    run.error = error[:10_000]
-    run.finished_at = timezone.now()
-    run.save(update_fields=["status", "error", "finished_at"])
+    _finish(run, TrainingRun.Status.FAILED, error=error)
     return run
 
 
+@transaction.atomic
+def run_cancel(*, run_id: int) -> TrainingRun:
+    """Cancel a queued run at once, or ask a running one to stop at its next step (its worker then
+    ends it cancelled and keeps nothing it half wrote). ValueError for a finished run."""
+    run = TrainingRun.objects.select_for_update().get(pk=run_id)
+    if not run.is_active:
+        raise ValueError(f"run {run_id} is already {run.status}")
+    if run.status == TrainingRun.Status.QUEUED:
+        _finish(run, TrainingRun.Status.CANCELLED, error="cancelled before it started")
+    else:
+        run.cancel_requested = True
+        run.save(update_fields=["cancel_requested"])
+    return run
+
+
+@transaction.atomic
+def run_cancelled(*, run_id: int) -> TrainingRun | None:
+    """The worker stopped a run whose cancel was asked: end it cancelled."""
+    run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+    if run is None or not run.is_active:
+        return run
+    _finish(run, TrainingRun.Status.CANCELLED, error="cancelled while it ran; nothing it wrote was kept")
+    return run
+
+
+def runs_reap() -> dict[str, list[int]]:
+    """The reaper, run by beat: fail running runs whose heartbeat is older than RUN_STALE_S (their
+    worker was lost; their kind is free again), and send queued runs the broker never took."""
+    stale_before = timezone.now() - timedelta(seconds=settings.RUN_STALE_S)
+    lost = []
+    for run_id in TrainingRun.objects.filter(
+        status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale_before
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            run = TrainingRun.objects.select_for_update().get(pk=run_id)
+            if run.status == TrainingRun.Status.RUNNING and not _heartbeat_is_fresh(run):
+                _finish(
+                    run,
+                    TrainingRun.Status.FAILED,
+                    error=f"the worker was lost (no heartbeat for {settings.RUN_STALE_S} s)",
+                )
+                lost.append(run.pk)
+    # Queued runs the broker never took, and (rarely) ones whose message it may have lost, such as
+    # a Redis that restarted without persistence: a second message for a run is harmless.
+    resend_before = timezone.now() - timedelta(seconds=settings.RUN_RESEND_S)
+    waiting = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=resend_before)
+    )
+    sent = [run.pk for run in waiting if run_enqueue(run_id=run.pk, kind=run.kind)]
+    if lost or sent:
+        logger.info("reaper: failed lost runs %s, sent queued runs %s", lost, sent)
+    return {"lost": lost, "sent": sent}
+
+
 def run_maybe_trigger() -> list[TrainingRun]:
-    """Queue a DPO run every `TRAIN_EVERY_N_LABELS` new labels and a reward-model run every
-    `REWARD_EVERY_N_LABELS` (0 = never), counted since the last run of that kind; return those queued."""
+    """Queue each project's policy run every `auto_train_every` new labels of that project (its
+    recipe) and a reward-model run every `REWARD_EVERY_N_LABELS` (0 = never), counted since the
+    project's last run of that kind; return those queued."""
     from webapp.feedback.selectors import labels_since_last_run
 
     queued = []
-    for kind, every in (
-        (TrainingRun.Kind.DPO, settings.TRAIN_EVERY_N_LABELS),
-        (TrainingRun.Kind.REWARD, settings.REWARD_EVERY_N_LABELS),
-    ):
-        active = TrainingRun.objects.filter(kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
-        if every <= 0 or active.exists() or labels_since_last_run(kind=kind) < every:
-            continue
-        run, created = run_create(trigger=TrainingRun.Trigger.THRESHOLD, kind=kind)
-        if created:
-            logger.info("queued %s after %d new labels", run, every)
-            queued.append(run)
+    for project in Project.objects.all():
+        recipe = recipe_for(project)
+        for kind, every in (
+            (recipe.kind, recipe.auto_train_every),
+            (TrainingRun.Kind.REWARD, settings.REWARD_EVERY_N_LABELS),
+        ):
+            if every <= 0:
+                continue
+            active = TrainingRun.objects.filter(project=project, kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
+            if active.exists() or labels_since_last_run(kind=kind, project=project) < every:
+                continue
+            run, created = run_create(trigger=TrainingRun.Trigger.THRESHOLD, kind=kind, project=project)
+            if created:
+                logger.info("queued %s after %d new labels of %s", run, every, project)
+                queued.append(run)
     return queued

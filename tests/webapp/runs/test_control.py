@@ -1,0 +1,191 @@
+"""Runs that never get stuck, promotions with an audit trail, and what a run trains on (PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.factories import make_project, make_serving_version, make_task, make_user
+from webapp.feedback.assignments import label_create
+from webapp.runs import services
+from webapp.runs.data import EXCLUDED_GOLD, EXCLUDED_HELD_OUT, EXCLUDED_TRUST, is_held_out, training_data
+from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
+from webapp.runs.recipe import Recipe
+
+pytestmark = pytest.mark.django_db
+
+
+def _run(**fields) -> TrainingRun:
+    from webapp.feedback.services import project_default
+
+    fields.setdefault("trigger", TrainingRun.Trigger.API)
+    fields.setdefault("project", project_default())
+    return TrainingRun.objects.create(**fields)
+
+
+def test_a_redelivered_message_for_a_run_with_a_fresh_heartbeat_is_a_no_op(settings):
+    settings.RUN_STALE_S = 60
+    v1 = make_serving_version()
+    run = _run()
+    assert services.run_start(run_id=run.pk, parent_version=v1) is not None
+    assert services.run_start(run_id=run.pk, parent_version=v1) is None  # a live worker holds it
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == (TrainingRun.Status.RUNNING, 1)
+
+
+def test_a_run_left_by_a_dead_worker_restarts_until_its_attempts_run_out(settings):
+    settings.RUN_STALE_S, settings.RUN_MAX_ATTEMPTS = 60, 2
+    run = _run()
+    for attempt in (1, 2):
+        assert services.run_start(run_id=run.pk, parent_version=None) is not None
+        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=120))
+        run.refresh_from_db()
+        assert run.attempts == attempt
+    assert services.run_start(run_id=run.pk, parent_version=None) is None
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "tried 2 times" in run.error
+
+
+def test_the_reaper_fails_a_run_whose_heartbeat_is_stale_and_frees_its_kind(settings):
+    settings.RUN_STALE_S = 30
+    stale, fresh = _run(), _run(kind=TrainingRun.Kind.REWARD)
+    for run in (stale, fresh):
+        services.run_start(run_id=run.pk, parent_version=None)
+    TrainingRun.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=31))
+    result = services.runs_reap()
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert result["lost"] == [stale.pk]
+    assert stale.status == TrainingRun.Status.FAILED and "the worker was lost" in stale.error
+    assert fresh.status == TrainingRun.Status.RUNNING
+    again, created = services.run_create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.DPO)
+    assert created and again.pk != stale.pk  # the kind is free again
+
+
+def test_only_a_running_run_can_succeed():
+    run = _run()
+    services.run_cancel(run_id=run.pk)
+    with pytest.raises(services.RunNotRunning, match="cancelled, not running"):
+        services.run_succeed(run_id=run.pk, metrics={})
+
+
+def test_cancel_ends_a_queued_run_at_once_and_asks_a_running_one_to_stop():
+    queued, running = _run(), _run(kind=TrainingRun.Kind.KTO)
+    services.run_start(run_id=running.pk, parent_version=None)
+    services.run_cancel(run_id=queued.pk)
+    services.run_cancel(run_id=running.pk)
+    queued.refresh_from_db()
+    running.refresh_from_db()
+    assert queued.status == TrainingRun.Status.CANCELLED
+    assert running.status == TrainingRun.Status.RUNNING and running.cancel_requested
+    assert services.run_heartbeat(run_id=running.pk) is True  # the worker learns it at its next beat
+    services.run_cancelled(run_id=running.pk)
+    running.refresh_from_db()
+    assert running.status == TrainingRun.Status.CANCELLED
+    with pytest.raises(ValueError, match="already cancelled"):
+        services.run_cancel(run_id=running.pk)
+
+
+def test_a_broker_that_is_down_never_fails_the_run_it_was_asked_for(settings):
+    from worker.celery import app
+
+    old = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    try:
+        app.pool.force_close_all()
+        run = _run()
+        assert services.run_enqueue(run_id=run.pk, kind=run.kind) is False
+    finally:
+        app.conf.broker_url = old
+        app.pool.force_close_all()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.QUEUED and run.enqueued_at is None
+
+
+def test_promotions_and_rollbacks_are_recorded_with_who_and_why():
+    admin = make_user("admin")
+    v1 = make_serving_version()
+    v2 = services.version_register(artifact_path="/a/v2", base_model="tiny", parent=v1)
+    services.version_promote(version=v2, actor=admin, reason="better answers")
+    services.version_promote(version=v1, actor=admin, reason="v2 is rude")
+    events = list(VersionEvent.objects.order_by("id"))
+    assert [(e.action, e.version_id, e.previous_id) for e in events[-2:]] == [
+        ("promote", v2.pk, v1.pk),
+        ("rollback", v1.pk, v2.pk),
+    ]
+    assert (events[-1].actor, events[-1].reason) == (admin, "v2 is rude")
+
+
+def test_a_rejected_candidate_needs_a_confirmation_that_names_what_it_failed():
+    admin = make_user("admin")
+    v1 = make_serving_version()
+    v2 = services.version_register(artifact_path="/a/v2", base_model="tiny", parent=v1)
+    gate = {
+        "verdict": "rejected",
+        "reason": "held-out preference accuracy 0.200 < 0.5",
+        "checks": [
+            {"name": "heldout_accuracy", "passed": False, "summary": "held-out preference accuracy 0.200 < 0.5"}
+        ],
+    }
+    v2 = services.version_gate_record(version=v2, gate=gate)
+    assert v2.status == ModelVersion.Status.REJECTED
+    assert VersionEvent.objects.filter(version=v2, action="reject").exists()
+    with pytest.raises(services.NeedsConfirmation, match=r"held-out preference accuracy 0.200 < 0.5"):
+        services.version_promote_by_admin(version=v2, actor=admin)
+
+
+def test_a_candidate_evaluated_against_one_version_is_never_promoted_over_another():
+    v1 = make_serving_version()
+    v2 = services.version_register(artifact_path="/a/v2", base_model="tiny", parent=v1)
+    v3 = services.version_register(artifact_path="/a/v3", base_model="tiny", parent=v1)
+    services.version_promote(version=v2)
+    with pytest.raises(services.ServingChanged, match="v2 serves now, not v1"):
+        services._promote(version=v3, expected_serving=v1)
+    v3.refresh_from_db()
+    assert v3.status == ModelVersion.Status.CANDIDATE
+
+
+def _label(task, annotator, choice="a"):
+    return label_create(task=task, annotator=annotator, data={"choice": choice, "strength": 2}, source="api")[0]
+
+
+def test_a_run_reads_only_its_projects_labels_and_never_gold_or_untrusted_ones():
+    a, b = make_project(name="A"), make_project(name="B")
+    ann = make_user(username="ann")
+    labels_a = [_label(make_task(project=a, question=f"A{i}?", texts=(f"a{i}", f"b{i}")), ann) for i in range(12)]
+    labels_b = [_label(make_task(project=b, question=f"B{i}?", texts=(f"a{i}", f"b{i}")), ann) for i in range(5)]
+    gold = make_task(project=a, question="Gold?", texts=("x", "y"), is_gold=True, gold={"choice": "a"})
+    gold_label = _label(gold, ann)
+    recipe = Recipe(held_out_share=0.25)
+    data = training_data(project=a, recipe=recipe)
+    ids_b = {label.pk for label in labels_b}
+    seen = {r["label_id"] for r in data.pairs + data.held_out_pairs}
+    assert not seen & ids_b and gold_label.pk not in seen
+    held = {label.pk for label in labels_a if is_held_out(label.pk, 0.25)}
+    assert {r["label_id"] for r in data.held_out_pairs} == held
+    assert set(data.label_ids) == {label.pk for label in labels_a} - held  # the snapshot: what trains
+    assert data.excluded[EXCLUDED_GOLD] == 1 and data.excluded.get(EXCLUDED_HELD_OUT, 0) == len(held)
+    assert training_data(project=a, recipe=recipe).label_ids == data.label_ids  # the split never moves
+    # an annotator under the trust floor is left out (gold accuracy 0 of 5 sets the trust)
+    bad = make_user(username="bad")
+    for i in range(5):
+        _label(make_task(project=a, question=f"G{i}?", texts=("x", "y"), is_gold=True, gold={"choice": "a"}), bad, "b")
+    bad_label = _label(make_task(project=a, question="Z?", texts=("z1", "z2")), bad)
+    floored = training_data(project=a, recipe=Recipe(held_out_share=0.0, trust_floor=0.5))
+    assert bad_label.pk not in floored.label_ids and floored.excluded[EXCLUDED_TRUST] == 1
+
+
+def test_rankings_train_as_lists_and_ties_are_kept_for_the_reward_model():
+    project = make_project(name="R")
+    ann = make_user(username="ranker")
+    task = make_task(project=project, kind="ranking", texts=("best", "middle", "worst"))
+    ids = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
+    label_create(task=task, annotator=ann, data={"ranking": [[ids[0]], [ids[1]], [ids[2]]]}, source="api")
+    tie = make_task(project=project, texts=("same-ish one", "same-ish two"))
+    label_create(task=tie, annotator=ann, data={"choice": "tie"}, source="api")
+    data = training_data(project=project, recipe=Recipe(held_out_share=0.0))
+    assert data.rankings[0]["completions"] == ["best", "middle", "worst"] and data.rankings[0]["ranks"] == [0, 1, 2]
+    assert len(data.pairs) == 3  # and as pairs for DPO
+    assert [(t["chosen"], t["rejected"]) for t in data.ties] == [("same-ish one", "same-ish two")]

@@ -1,0 +1,241 @@
+"""What a training run trains on: one project's labels, through its recipe.
+
+- Only the project's labels are read.
+- Gold items never train (they measure annotators).
+- Annotators whose trust is below the recipe's floor are left out.
+- A fixed share of the labels, chosen by a stable hash of the label's id, is held out for the
+  evaluation gate and never trained on; the same label is held out in every run.
+- Raw labels: each label as given. Aggregated: one Dawid-Skene label per pairwise item that more
+  than one person judged (items judged once pass as they are).
+- Pairwise labels give pairs; ties and "both bad" give ties (for the reward model's tie loss);
+  rankings give lists (for LiPO and the reward model's Plackett-Luce loss) and pairs (for DPO);
+  a critique's rewrite is preferred to the critiqued answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
+from webapp.runs.recipe import Recipe
+
+EXCLUDED_GOLD = "gold item"
+EXCLUDED_TRUST = "annotator below the trust floor"
+EXCLUDED_HELD_OUT = "held out for the gate"
+EXCLUDED_AGGREGATED = "merged into an aggregate label"
+EXCLUDED_NO_PREFERENCE = "expresses no preference"
+EXCLUDED_TRAINED = "already trained the starting version"
+
+
+def is_held_out(label_id: int, share: float) -> bool:
+    """Whether a label is held out for the gate: a stable hash of its id, so it never moves."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(f"prefloop-label-{label_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+
+@dataclass
+class TrainingData:
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # label_id, annotator, prompt, chosen, rejected, strength
+    ties: list[dict[str, Any]] = field(default_factory=list)  # label_id, annotator, prompt, chosen, rejected
+    rankings: list[dict[str, Any]] = field(default_factory=list)  # label_id, annotator, prompt, completions, ranks
+    thumbs: list[dict[str, Any]] = field(default_factory=list)  # prompt, completion, desirable
+    held_out_pairs: list[dict[str, Any]] = field(default_factory=list)
+    held_out_prompts: list[list[dict[str, str]]] = field(default_factory=list)
+    label_ids: list[int] = field(default_factory=list)  # the labels that train, in id order
+    excluded: dict[str, int] = field(default_factory=dict)  # why -> how many labels
+    n_labels: int = 0  # the project's labels, all of them
+
+    def summary(self) -> dict[str, Any]:
+        """What the run will train on, for the form and the run's record."""
+        return {
+            "labels": self.n_labels,
+            "training_labels": len(self.label_ids),
+            "pairs": len(self.pairs),
+            "ties": len(self.ties),
+            "lists": len(self.rankings),
+            "thumbs": len(self.thumbs),
+            "held_out_pairs": len(self.held_out_pairs),
+            "held_out_prompts": len(self.held_out_prompts),
+            "left_out": dict(sorted(self.excluded.items())),
+        }
+
+
+def annotator_trust(project: Project) -> dict[str, float | None]:
+    from webapp.feedback.quality import project_quality
+
+    return {a["username"]: a["trust"] for a in project_quality(project=project)["annotators"]}
+
+
+def lineage_label_ids(version: Any) -> set[int]:
+    """The labels that trained `version` (a ModelVersion) and its ancestors."""
+    seen: set[int] = set()
+    while version is not None:
+        seen.update(version.label_ids or [])
+        version = version.parent
+    return seen
+
+
+def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None = None) -> TrainingData:
+    """Everything a run of `project` under `recipe` trains on and is gated on. With the recipe's
+    label scope "new", the labels in `trained` (those that trained the starting version's lineage)
+    are left out of training."""
+    trained = trained if recipe.label_scope == "new" and trained else set()
+    data = TrainingData()
+    labels = list(
+        Label.objects.filter(task__project=project)
+        .select_related("task__prompt", "annotator")
+        .prefetch_related("task__slots__candidate")
+        .order_by("id")
+    )
+    data.n_labels = len(labels)
+    excluded: Counter[str] = Counter()
+    trust = annotator_trust(project) if recipe.trust_floor > 0 else {}
+    kept: list[Label] = []
+    held_out: list[Label] = []
+    for label in labels:
+        if label.task.is_gold:
+            excluded[EXCLUDED_GOLD] += 1
+        elif is_held_out(label.pk, recipe.held_out_share):
+            excluded[EXCLUDED_HELD_OUT] += 1
+            held_out.append(label)
+        elif label.pk in trained:
+            excluded[EXCLUDED_TRAINED] += 1
+        elif recipe.trust_floor > 0 and (trust.get(label.annotator.username) or 0.0) < recipe.trust_floor:
+            excluded[EXCLUDED_TRUST] += 1
+        else:
+            kept.append(label)
+    if recipe.labels == "aggregated":
+        kept, merged = _aggregate(kept)
+        excluded[EXCLUDED_AGGREGATED] += merged
+    for label in kept:
+        texts, order = _slots(label)
+        before = len(data.pairs) + len(data.ties) + len(data.rankings)
+        _add_label(data, label, texts, order)
+        if len(data.pairs) + len(data.ties) + len(data.rankings) > before:
+            data.label_ids.append(label.pk)
+        else:
+            excluded[EXCLUDED_NO_PREFERENCE] += 1
+    for label in held_out:
+        texts, order = _slots(label)
+        data.held_out_pairs += _pairs(label, texts, order)
+    data.held_out_prompts = _distinct_prompts([label.task.prompt.messages for label in held_out])
+    if project.name == _default_project_name():  # the chat's thumbs belong to the chat's project
+        data.thumbs = _thumbs()
+    data.excluded = dict(excluded)
+    return data
+
+
+def _default_project_name() -> str:
+    from webapp.feedback.services import DEFAULT_PROJECT_NAME
+
+    return DEFAULT_PROJECT_NAME
+
+
+def _slots(label: Label) -> tuple[dict[int, str], list[int]]:
+    slots = sorted(label.task.slots.all(), key=lambda s: s.position)
+    return {s.candidate_id: s.candidate.text for s in slots}, [s.candidate_id for s in slots]
+
+
+def _row(label: Label, **fields: Any) -> dict[str, Any]:
+    return {"label_id": label.pk, "annotator": label.annotator.username, "prompt": label.task.prompt.messages, **fields}
+
+
+def _pairs(label: Label, texts: dict[int, str], order: list[int]) -> list[dict[str, Any]]:
+    """The label's strict preferences as (chosen, rejected) pairs of different texts."""
+    out = []
+    if label.kind == Task.Kind.PAIRWISE and label.choice in (Label.Choice.A, Label.Choice.B):
+        a, b = texts[order[0]], texts[order[1]]
+        chosen, rejected = (a, b) if label.choice == Label.Choice.A else (b, a)
+        out.append((chosen, rejected, label.strength or 1))
+    elif label.kind == Task.Kind.RANKING and label.ranking:
+        groups = label.ranking
+        out += [
+            (texts[w], texts[lo], 1) for i, upper in enumerate(groups) for lower in groups[i + 1 :] for w in upper
+            for lo in lower
+        ]  # fmt: skip
+    elif label.kind == Task.Kind.CRITIQUE and label.rewrite:
+        out.append((label.rewrite, texts[order[0]], 1))
+    return [_row(label, chosen=c, rejected=r, strength=s) for c, r, s in out if c.strip() != r.strip()]
+
+
+def _add_label(data: TrainingData, label: Label, texts: dict[int, str], order: list[int]) -> None:
+    data.pairs += _pairs(label, texts, order)
+    if label.kind == Task.Kind.PAIRWISE and label.choice in (Label.Choice.TIE, Label.Choice.BOTH_BAD):
+        a, b = texts[order[0]], texts[order[1]]
+        if a.strip() != b.strip():
+            data.ties.append(_row(label, chosen=a, rejected=b))
+    if label.kind == Task.Kind.RANKING and label.ranking:
+        completions, ranks = [], []
+        for rank, group in enumerate(label.ranking):
+            for candidate_id in group:
+                completions.append(texts[candidate_id])
+                ranks.append(rank)
+        if len(set(ranks)) >= 2 and len({c.strip() for c in completions}) == len(completions):
+            data.rankings.append(_row(label, completions=completions, ranks=ranks))
+
+
+def _aggregate(labels: list[Label]) -> tuple[list[Label], int]:
+    """One Dawid-Skene label per pairwise item judged by more than one person; return the labels to
+    train on and how many were merged away. The kept label is one that agrees with the aggregate."""
+    from training.aggregation import dawid_skene
+
+    by_task: dict[int, list[Label]] = defaultdict(list)
+    for label in labels:
+        if label.kind == Task.Kind.PAIRWISE:
+            by_task[label.task_id].append(label)
+    overlapped = {t: ls for t, ls in by_task.items() if len(ls) > 1}
+    if not overlapped:
+        return labels, 0
+    triples = [(t, label.annotator.username, label.choice) for t, ls in overlapped.items() for label in ls]
+    result = dawid_skene(triples)
+    keep: set[int] = set()
+    for task_id, task_labels in overlapped.items():
+        verdict = result.labels.get(task_id)
+        agreeing = [label for label in task_labels if label.choice == verdict]
+        if agreeing:
+            keep.add(agreeing[0].pk)
+    drop = {label.pk for ls in overlapped.values() for label in ls} - keep
+    return [label for label in labels if label.pk not in drop], len(drop)
+
+
+def _distinct_prompts(prompts: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+    seen: set[str] = set()
+    out = []
+    for messages in prompts:
+        key = json.dumps(messages, sort_keys=True)
+        if messages and messages[-1].get("role") == "user" and key not in seen:
+            seen.add(key)
+            out.append(messages)
+    return out
+
+
+def held_out_prompts(*, project: Project, recipe: Recipe, limit: int) -> list[list[dict[str, str]]]:
+    """Prompts for the gate's win rate and KL: those of held-out labels first, then the project's
+    prompts that no label has touched, never a prompt that trained."""
+    data = training_data(project=project, recipe=recipe)
+    trained = {json.dumps(r["prompt"], sort_keys=True) for r in data.pairs + data.ties + data.rankings}
+    prompts = [p for p in data.held_out_prompts if json.dumps(p, sort_keys=True) not in trained]
+    if len(prompts) < limit:
+        fresh = Prompt.objects.filter(project=project, tasks__labels__isnull=True).order_by("-id")[: limit * 4]
+        prompts = _distinct_prompts(prompts + [p.messages for p in fresh])
+        prompts = [p for p in prompts if json.dumps(p, sort_keys=True) not in trained]
+    return prompts[:limit]
+
+
+def _thumbs() -> list[dict[str, Any]]:
+    """KTO examples from the chat's thumbs: the answer after its context, liked or not."""
+    from webapp.feedback.selectors import context_before
+
+    out = []
+    for feedback in MessageFeedback.objects.select_related("message__conversation").order_by("id"):
+        message = feedback.message
+        context = context_before(message=message)
+        if message.content.strip() and context and context[-1]["role"] == "user":
+            out.append({"prompt": context, "completion": message.content, "desirable": feedback.value == "up"})
+    return out
