@@ -9,6 +9,8 @@ Contents and sources:
 * :func:`bradley_terry_loss` - pairwise reward-model loss (Bradley & Terry 1952; the margin term as
   in Touvron et al. 2023, "Llama 2", eq. 2).
 * :func:`plackett_luce_loss` - listwise reward-model loss (Plackett 1975; Luce 1959), with ties.
+* :func:`preference_loss` - the loss of one batch of :mod:`training.reward`'s rows: Bradley-Terry pairs,
+  ties (target ½) and Plackett-Luce lists mixed; :func:`heads_preference_loss` - its mean over score heads.
 * :func:`dpo_loss` - DPO "sigmoid" (Rafailov et al. 2023, eq. 7), "robust" (Chowdhury et al. 2024,
   "Provably Robust DPO", eq. 8) and "ipo" (Azar et al. 2023, eq. 17), written to agree with TRL
   1.16's ``DPOTrainer`` for the same inputs.
@@ -215,6 +217,90 @@ def plackett_luce_loss(scores: Tensor, ranks: Tensor, mask: Tensor | None = None
             "ranking/items": mask.sum(dim=1).float().mean(),
         }
     return loss, diagnostics
+
+
+def preference_loss(
+    scores: Tensor,
+    index: Tensor,
+    ranks: Tensor,
+    margin: Tensor,
+    tie: Tensor,
+    center_rewards_coefficient: float | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The reward-model loss of one batch of rows (pairs, ties and ranked lists mixed).
+
+    Args:
+        scores: ``(answers,)`` the model's score of every answer in the batch.
+        index: ``(batch, n_max)`` position in ``scores`` of each row's answers (-1 = no answer).
+        ranks: ``(batch, n_max)`` 0 = best; a pair is ``[0, 1]`` (chosen first), a tie ``[0, 0]``.
+        margin: ``(batch,)`` Bradley-Terry margins of the pairs.
+        tie: ``(batch,)`` True for a tied pair.
+
+    Rows of two answers are pairs: Bradley-Terry with margin (and ``label_smoothing``, see
+    :func:`training.losses.bradley_terry_loss`), or for a tie the symmetric Bradley-Terry loss
+    (target ½); longer rows are Plackett-Luce lists. The loss is the mean over
+    rows of each row's loss, plus ``center_rewards_coefficient * mean(scores²)``.
+    Returns ``(loss, diagnostics)`` with plain floats.
+    """
+    mask = index >= 0  # (batch, n_max)
+    per_row = scores[index.clamp(min=0)]  # (batch, n_max); padded entries hold a copy of answer 0, masked below
+    n_answers = mask.sum(dim=1)  # (batch,)
+    pair = (n_answers == 2) & ~tie
+    tied = (n_answers == 2) & tie
+    listed = n_answers > 2
+    total = scores.new_zeros(())
+    diagnostics: dict[str, float] = {}
+    if bool(pair.any()):
+        chosen, rejected = per_row[pair, 0], per_row[pair, 1]
+        loss, diag = bradley_terry_loss(chosen, rejected, margin[pair], label_smoothing=label_smoothing)
+        total = total + loss * int(pair.sum())
+        diagnostics["accuracy"] = float(diag["rewards/accuracies"])
+        diagnostics["margin"] = float(diag["rewards/margins"])
+    if bool(tied.any()):
+        a, b = per_row[tied, 0], per_row[tied, 1]
+        forward, _ = bradley_terry_loss(a, b)
+        backward, _ = bradley_terry_loss(b, a)
+        total = total + 0.5 * (forward + backward) * int(tied.sum())
+        diagnostics["tie_abs_diff"] = float((a - b).detach().abs().mean())
+    if bool(listed.any()):
+        loss, diag = plackett_luce_loss(per_row[listed], ranks[listed], mask[listed])
+        total = total + loss * int(listed.sum())
+        diagnostics["ranking_pair_accuracy"] = float(diag["ranking/pair_accuracy"])
+    loss = total / index.shape[0]
+    if center_rewards_coefficient:
+        loss = loss + center_rewards_coefficient * torch.mean(scores**2)
+    diagnostics["mean_reward"] = float(scores.detach().mean())
+    return loss, diagnostics
+
+
+def heads_preference_loss(
+    scores: Tensor,
+    index: Tensor,
+    ranks: Tensor,
+    margin: Tensor,
+    tie: Tensor,
+    center_rewards_coefficient: float | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The loss of a reward model with several score heads: the mean over heads of each head's
+    :func:`preference_loss`.
+
+    ``scores`` is ``(answers, heads)``, or ``(answers,)`` for one head (then this is exactly
+    :func:`preference_loss`). Each head gets its own loss, so the heads stay separate reward models
+    that share a backbone, not one model whose scores are averaged before the loss. The diagnostics
+    are those of the heads' mean score, the score the ensemble is read by.
+    """
+
+    def loss_of(head_scores: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return preference_loss(head_scores, index, ranks, margin, tie, center_rewards_coefficient, label_smoothing)
+
+    if scores.dim() == 1:
+        return loss_of(scores)
+    losses = [loss_of(scores[:, k])[0] for k in range(scores.shape[1])]
+    with torch.no_grad():
+        _, diagnostics = loss_of(scores.mean(dim=1))
+    return torch.stack(losses).mean(), diagnostics
 
 
 # --------------------------------------------------------------------------- policy losses

@@ -21,8 +21,7 @@ from django.utils import timezone
 
 from webapp.accounts.models import User
 from webapp.feedback.models import Assignment, Label, Project, Task
-from webapp.feedback.validation import clean_label
-from webapp.runs.services import run_maybe_trigger
+from webapp.feedback.services import label_create  # written there; still importable from here (apis, tests)
 
 OPEN_STATUSES = (Assignment.Status.LEASED, Assignment.Status.SUBMITTED)
 
@@ -130,69 +129,6 @@ def _claim_one(*, task_id: int, project: Project, annotator: User, gold: bool, w
                 )
         except IntegrityError:  # this person already has it (a concurrent request of theirs)
             return None
-
-
-def _gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
-    if not task.is_gold or not task.gold:
-        return None
-    if task.kind == Task.Kind.PAIRWISE:
-        return fields.get("choice") == task.gold.get("choice")
-    if task.kind == Task.Kind.RANKING:
-        expected = task.gold.get("ranking") or []
-        return bool(expected) and set(fields["ranking"][0]) == set(expected[0])
-    if task.kind == Task.Kind.RATING:
-        return abs(int(fields["rating"]) - int(task.gold.get("rating", 0))) <= 1
-    return None
-
-
-def label_create(
-    *,
-    task: Task,
-    annotator: User,
-    data: dict[str, Any],
-    source: str,
-    assignment: Assignment | None = None,
-    idempotency_key: str = "",
-) -> tuple[Label, bool]:
-    """Validate and store one raw judgment of `task`; return it and whether it is new.
-
-    The same person judging the same task again, or reusing an idempotency key, gets the first
-    label back: a double submit is harmless. Raises ValidationError for bad input.
-    """
-    if idempotency_key:
-        existing = Label.objects.filter(annotator=annotator, idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return existing, False
-    slots = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
-    fields = clean_label(
-        kind=task.kind, data=data, candidate_ids=slots, allow_partial_ranking=task.project.allow_partial_ranking
-    )
-    try:
-        with transaction.atomic():
-            label = Label.objects.create(
-                task=task,
-                annotator=annotator,
-                assignment=assignment,
-                kind=task.kind,
-                source=source,
-                gold_correct=_gold_correct(task, fields),
-                idempotency_key=idempotency_key,
-                **fields,
-            )
-            if assignment is not None:
-                Assignment.objects.filter(pk=assignment.pk).update(
-                    status=Assignment.Status.SUBMITTED, finished_at=timezone.now()
-                )
-    except IntegrityError:
-        existing = (
-            Label.objects.filter(task=task, annotator=annotator).first()
-            or Label.objects.filter(annotator=annotator, idempotency_key=idempotency_key).first()
-        )
-        if existing is None:
-            raise
-        return existing, False
-    run_maybe_trigger()
-    return label, True
 
 
 def assignment_submit(

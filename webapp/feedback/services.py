@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from webapp.accounts.models import User
 from webapp.core import policy
-from webapp.feedback.assignments import label_create
 from webapp.feedback.models import (
+    Assignment,
     Candidate,
     Conversation,
     Label,
@@ -23,9 +24,10 @@ from webapp.feedback.models import (
     Task,
     TaskCandidate,
 )
-from webapp.feedback.validation import clean_messages, clean_user_text
+from webapp.feedback.validation import clean_label, clean_messages, clean_user_text
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
+from webapp.runs.services import run_maybe_trigger
 
 DEFAULT_PROJECT_NAME = "Chat"
 DEFAULT_GUIDELINES = (
@@ -131,6 +133,78 @@ def _pairwise_task_store(
         candidate = Candidate.objects.create(prompt=prompt, text=text, policy_version=version)
         TaskCandidate.objects.create(task=task, candidate=candidate, position=position)
     return task
+
+
+def _gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
+    if not task.is_gold or not task.gold:
+        return None
+    if task.kind == Task.Kind.PAIRWISE:
+        return fields.get("choice") == task.gold.get("choice")
+    if task.kind == Task.Kind.RANKING:
+        expected = task.gold.get("ranking") or []
+        return bool(expected) and set(fields["ranking"][0]) == set(expected[0])
+    if task.kind == Task.Kind.RATING:
+        return abs(int(fields["rating"]) - int(task.gold.get("rating", 0))) <= 1
+    return None
+
+
+def label_create(
+    *,
+    task: Task,
+    annotator: User,
+    data: dict[str, Any],
+    source: str,
+    assignment: Assignment | None = None,
+    idempotency_key: str = "",
+) -> tuple[Label, bool]:
+    """Validate and store one raw judgment of `task`; return it and whether it is new.
+
+    The same person judging the same task again, or reusing an idempotency key, gets the first
+    label back: a double submit is harmless. Raises ValidationError for bad input.
+    """
+    if idempotency_key:
+        existing = Label.objects.filter(annotator=annotator, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    slots = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
+    fields = clean_label(
+        kind=task.kind, data=data, candidate_ids=slots, allow_partial_ranking=task.project.allow_partial_ranking
+    )
+    try:
+        with transaction.atomic():
+            label = Label.objects.create(
+                task=task,
+                annotator=annotator,
+                assignment=assignment,
+                kind=task.kind,
+                source=source,
+                gold_correct=_gold_correct(task, fields),
+                idempotency_key=idempotency_key,
+                **fields,
+            )
+            if assignment is not None:
+                Assignment.objects.filter(pk=assignment.pk).update(
+                    status=Assignment.Status.SUBMITTED, finished_at=timezone.now()
+                )
+    except IntegrityError:
+        existing = (
+            Label.objects.filter(task=task, annotator=annotator).first()
+            or Label.objects.filter(annotator=annotator, idempotency_key=idempotency_key).first()
+        )
+        if existing is None:
+            raise
+        return existing, False
+    run_maybe_trigger()
+    return label, True
+
+
+def labels_bulk_create(*, labels: list[Label]) -> list[Label]:
+    """Store raw labels built by an import (unsaved `Label` rows) in one query; return them.
+
+    Unlike `label_create` there is no validation, no idempotency check and no training trigger:
+    an import's labels never had them. Call it inside the import's transaction.
+    """
+    return Label.objects.bulk_create(labels)
 
 
 def label_submit(

@@ -17,7 +17,7 @@ from training.feedback_io import BadRecord, ImportedCandidate, ImportedItem, Imp
 from webapp.accounts.models import User
 from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
 from webapp.feedback.selectors import context_before
-from webapp.feedback.services import tasks_bulk_create
+from webapp.feedback.services import labels_bulk_create, tasks_bulk_create
 
 IMPORTED_USER_PREFIX = "import-"
 EXPORT_CHUNK = 500
@@ -143,7 +143,7 @@ def _import_batch(project: Project, batch: list[ImportedItem], report: ImportRep
                     **_label_fields(label, candidate_ids),
                 )
             )
-    Label.objects.bulk_create(labels)
+    labels_bulk_create(labels=labels)
     report.labels += len(labels)
 
 
