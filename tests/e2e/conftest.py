@@ -143,9 +143,18 @@ def start_worker(tmp_path: Path, settings) -> Iterator:
 
     processes: list[Process] = []
 
-    def start(*, policy_url: str, files: LoopFiles, env: dict[str, str] | None = None) -> Process:
+    def start(
+        *,
+        policy_url: str,
+        files: LoopFiles,
+        env: dict[str, str] | None = None,
+        beat: bool = False,
+        queues: str = "cpu,gpu,generate",
+        clear: bool = True,
+    ) -> Process:
+        """A worker on `queues`; with `beat`, Celery beat runs inside it (the reaper and the threshold check)."""
         broker = settings.CELERY_BROKER_URL
-        if broker.startswith("redis://"):
+        if broker.startswith("redis://") and clear:
             redis.Redis.from_url(broker).delete("gpu", "cpu", "generate")  # no stale task of an earlier run
         env = {
             **os.environ,
@@ -165,7 +174,7 @@ def start_worker(tmp_path: Path, settings) -> Iterator:
             "worker.celery",
             "worker",
             "-Q",
-            "cpu,gpu,generate",
+            queues,
             "--pool",
             "solo",
             "--loglevel",
@@ -173,7 +182,9 @@ def start_worker(tmp_path: Path, settings) -> Iterator:
             "--hostname",
             f"e2e-{free_port()}@%h",
         ]
-        process = start_process("worker", argv, env, tmp_path)
+        if beat:
+            argv += ["--beat", "--schedule", str(tmp_path / f"beat-{len(processes)}")]
+        process = start_process(f"worker-{len(processes)}", argv, env, tmp_path)
         processes.append(process)
         deadline = time.monotonic() + 90
         while "ready" not in process.log():

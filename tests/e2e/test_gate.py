@@ -1,0 +1,148 @@
+"""The evaluation gate on real training: a candidate trained on bad labels is rejected and the
+serving version keeps answering; one trained on sound labels is promoted; a run that started from
+an older version is evaluated against the newer one. Worker tasks run in this process, on
+PostgreSQL, against the built-in policy server over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from tests.e2e.conftest import serve_version_one
+from tests.factories import make_project, make_task, make_user
+from webapp.core import policy
+from webapp.feedback.assignments import label_create
+from webapp.runs import services
+from webapp.runs.data import is_held_out
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
+from worker import tasks
+
+# Label ids from 1, so that which labels are held out (a hash of the id) is the same in every run:
+# with a share of 0.3, 10 of the 30 sound labels (ids 1-30) and 1 of the 10 bad ones (31-40).
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, reset_sequences=True)]
+
+GOOD, BAD = "Yes.", "No, never."
+RECIPE = {
+    "method": "dpo",
+    "learning_rate": 1e-3,
+    "held_out_share": 0.3,
+    "min_heldout_pairs": 5,
+    "auto_train_every": 0,
+    "gate_prompts": 4,
+    "max_kl": 25.0,
+    # The tiny model's samples are close to gibberish, so the reward model's verdict on them is
+    # near a coin toss: the held-out accuracy decides here; the win rate is measured and shown.
+    "min_win_rate": 0.2,
+}
+
+
+def _judge(project, annotator, questions, choice):
+    """One pairwise label per question over (GOOD, BAD): choice 'a' prefers GOOD, 'b' prefers BAD."""
+    return [
+        label_create(
+            task=make_task(project=project, question=q, texts=(GOOD, BAD)),
+            annotator=annotator,
+            data={"choice": choice, "strength": 2},
+            source="api",
+        )[0]
+        for q in questions
+    ]
+
+
+def _run(kind, project):
+    run, created = services.run_create(trigger=TrainingRun.Trigger.API, kind=kind, project=project)
+    assert created
+    return run
+
+
+@pytest.fixture
+def gate_settings(loop_settings, loop_files, builtin_policy_server):
+    loop_settings.POLICY_SERVER_URL = builtin_policy_server
+    loop_settings.REWARD_BACKBONE = str(loop_files.base_model)
+    loop_settings.REWARD_MAX_STEPS, loop_settings.POLICY_MAX_TOKENS = 8, 8
+    loop_settings.TRAIN_DEVICE = "cpu"
+    return loop_settings
+
+
+def test_bad_labels_are_rejected_by_the_gate_and_sound_ones_promoted(gate_settings, loop_files):
+    v1 = serve_version_one(files=loop_files)
+    project = make_project(name="gated")
+    services.recipe_update(project=project, data=RECIPE)
+    ann = make_user(username="ann")
+    sound = _judge(project, ann, [f"Question number {i}?" for i in range(30)], "a")
+    held = [label.pk for label in sound if is_held_out(label.pk, 0.3)]
+    assert len(held) == 10
+
+    reward_run = _run(TrainingRun.Kind.REWARD, project)
+    tasks.train_reward(reward_run.pk)
+    reward_run.refresh_from_db()
+    assert reward_run.status == TrainingRun.Status.SUCCEEDED, reward_run.error
+    assert RewardModel.objects.get().project == project
+
+    first = _run("policy", project)
+    tasks.train_policy(first.pk)
+    first.refresh_from_db()
+    assert first.status == TrainingRun.Status.SUCCEEDED, first.error
+    v2 = first.result_version
+    assert v2.status == ModelVersion.Status.SERVING and v2.gate["verdict"] == "passed", v2.gate
+    checks = {c["name"]: c for c in v2.gate["checks"]}
+    assert checks["heldout_accuracy"]["value"] >= 0.9 and checks["heldout_accuracy"]["n"] == 10
+    assert checks["win_rate"]["value"] is not None and checks["kl"]["value"] is not None
+    assert v2.gate["against"] == "v1" and v2.gate["reward_model"] == "rm1"
+    assert sorted(v2.label_ids) == sorted(label.pk for label in sound if label.pk not in held)  # the snapshot
+    assert VersionEvent.objects.filter(version=v2, action="promote", actor=None).exists()
+
+    # A batch of bad labels: the answer the held-out labels and the reward model call worse.
+    bad = _judge(project, ann, [f"Query {i}?" for i in range(10)], "b")
+    second = _run("policy", project)
+    tasks.train_policy(second.pk)
+    second.refresh_from_db()
+    assert second.status == TrainingRun.Status.SUCCEEDED, second.error
+    v3 = second.result_version
+    assert v3.status == ModelVersion.Status.REJECTED, v3.gate
+    assert v3.gate["verdict"] == "rejected" and "held-out preference accuracy" in v3.gate["reason"]
+    # label scope "new": v3 trained only on the labels v2's lineage had not seen
+    assert set(v3.label_ids) == {label.pk for label in bad if not is_held_out(label.pk, 0.3)}
+    v2.refresh_from_db()
+    assert v2.status == ModelVersion.Status.SERVING
+    assert policy.generate([{"role": "user", "content": "Hello?"}], n=1, version=v2)  # v2 keeps answering
+
+    # The reason is on the dashboard, and the API lists the figures and the snapshot.
+    make_user("admin", username="boss", password="boss-password")
+    client = Client()
+    client.login(username="boss", password="boss-password")
+    row = client.get("/dashboard/runs/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'id="version-3" class="version-rejected"' in row and "held-out preference accuracy" in row
+    versions = {v["number"]: v for v in client.get("/api/versions/").json()["results"]}
+    assert versions[3]["gate"]["verdict"] == "rejected" and versions[3]["n_labels"] == len(v3.label_ids)
+    assert client.get(f"/api/versions/{v3.pk}/labels/").json()["label_ids"] == sorted(v3.label_ids)
+    refused = client.post(f"/api/versions/{v3.pk}/promote/", {}, content_type="application/json")
+    assert refused.status_code == 409 and "held-out preference accuracy" in refused.json()["error"]["message"]
+    assert v1.pk != v2.pk
+
+
+def test_a_run_that_started_from_an_older_version_is_evaluated_against_the_newer_one(gate_settings, loop_files):
+    v1 = serve_version_one(files=loop_files)
+    a, b = make_project(name="A"), make_project(name="B")
+    for project in (a, b):
+        services.recipe_update(project=project, data={**RECIPE, "min_win_rate": 0.0, "held_out_share": 0.0})
+    ann = make_user(username="ann")
+    _judge(a, ann, [f"A {i}?" for i in range(4)], "a")
+    _judge(b, ann, [f"B {i}?" for i in range(4)], "a")
+    run_a, run_b = _run("policy", a), _run("policy", b)
+    # both start from v1; run A finishes first and promotes v2
+    assert services.run_start(run_id=run_b.pk, parent_version=v1) is not None
+    tasks.train_policy(run_a.pk)
+    run_a.refresh_from_db()
+    v2 = run_a.result_version
+    assert v2.status == ModelVersion.Status.SERVING, (run_a.error, v2 and v2.gate)
+    tasks._guarded(run_b.pk, lambda guard: tasks._train_and_serve(run_id=run_b.pk, parent=v1, guard=guard))
+    run_b.refresh_from_db()
+    assert run_b.status == TrainingRun.Status.SUCCEEDED, run_b.error
+    v3 = run_b.result_version
+    assert v3.parent == v1 and v3.gate["against"] == "v2"  # never judged against the version it started from
+    promoted = VersionEvent.objects.filter(version=v3, action="promote").first()
+    if v3.status == ModelVersion.Status.SERVING:
+        assert promoted is not None and promoted.previous == v2 and "against v2" in promoted.reason
+    else:
+        assert promoted is None and ModelVersion.objects.get(pk=v2.pk).status == ModelVersion.Status.SERVING
