@@ -139,3 +139,65 @@ def save_trained(trainer, out: Path, history: list[dict[str, Any]], what: str) -
         raise RuntimeError(f"{what} training logged no step; check max_steps and the data")
     save_adapter(trainer.accelerator.unwrap_model(trainer.model), out)
     return history[0], history[-1]
+
+
+def adapter_rank(adapter_path: str | Path) -> int:
+    """The LoRA rank ``r`` an adapter folder was saved with."""
+    import json
+
+    return int(json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"])
+
+
+def resize_adapter(adapter_path: str | Path, out_dir: str | Path, rank: int, *, seed: int = 0) -> Path:
+    """Write a copy of a LoRA adapter with rank ``rank`` into ``out_dir`` and return ``out_dir``.
+
+    Each module's update ``ΔW = (alpha / r) · B A`` is kept: the new factors come from the SVD of
+    ``B A`` (``B' = U √S``, ``A' = √S Vᵀ``), and ``lora_alpha`` is scaled with the rank so that
+    ``alpha / r`` stays the same. A larger rank keeps ΔW exactly; its extra directions start as a
+    new LoRA does (``A`` small and random, ``B`` zero), so they can train. A smaller rank keeps the
+    best rank-``rank`` approximation of ΔW (Eckart-Young). Adapters with per-module ranks or alphas
+    (``rank_pattern``, ``alpha_pattern``) or rsLoRA are refused.
+    """
+    import json
+    import math
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank={rank!r} must be a positive integer")
+    source, out = check_folders(adapter_path, out_dir)
+    config = json.loads((source / "adapter_config.json").read_text())
+    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_rslora"):
+        raise ValueError(f"{source}: adapters with rank_pattern, alpha_pattern or rsLoRA cannot be resized")
+    old_rank = int(config["r"])
+    weights = load_file(str(source / "adapter_model.safetensors"))
+    generator = torch.Generator().manual_seed(seed)
+    resized: dict[str, torch.Tensor] = {}
+    for name, tensor in weights.items():
+        if ".lora_B." in name:
+            continue
+        if ".lora_A." not in name:
+            resized[name] = tensor
+            continue
+        b_name = name.replace(".lora_A.", ".lora_B.")
+        a, b = tensor.float(), weights[b_name].float()  # (r, in), (out, r)
+        u, s, vh = torch.linalg.svd(b @ a, full_matrices=False)
+        keep = min(rank, s.shape[0], old_rank)
+        root = s[:keep].sqrt()
+        new_a = torch.zeros(rank, a.shape[1])
+        new_b = torch.zeros(b.shape[0], rank)
+        new_a[:keep] = root.unsqueeze(1) * vh[:keep]
+        new_b[:, :keep] = u[:, :keep] * root
+        if rank > keep:  # fresh directions, initialised as peft initialises lora_A
+            bound = 1 / math.sqrt(a.shape[1])
+            new_a[keep:] = (torch.rand(rank - keep, a.shape[1], generator=generator) * 2 - 1) * bound
+        resized[name] = new_a.to(tensor.dtype).contiguous()
+        resized[b_name] = new_b.to(weights[b_name].dtype).contiguous()
+    alpha = config["lora_alpha"] * rank / old_rank
+    config["lora_alpha"] = int(alpha) if float(alpha).is_integer() else alpha
+    config["r"] = rank
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(resized, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out

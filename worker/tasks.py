@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
 import time
 import traceback
@@ -15,6 +16,7 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 
+from training.adapters import adapter_rank, resize_adapter
 from training.artifacts import VersionMeta, data_hash
 from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
 from training.followup import FollowupScorer
@@ -336,8 +338,11 @@ def _train_and_serve(*, run_id: int, parent: ModelVersion | None, guard: RunGuar
     services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=update.n_examples)
     store = artifact_store()
     name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
-    with store.write_version(name) as folder:
-        metrics = update.train(version_local_path(parent), folder, _progress_reporter(run_id, guard))
+    with store.write_version(name) as folder, tempfile.TemporaryDirectory(prefix="resized-") as scratch:
+        start = version_local_path(parent)
+        if adapter_rank(start) != recipe.lora_rank:  # the recipe's rank: resize the parent's adapter, keeping ΔW
+            start = str(resize_adapter(start, Path(scratch) / "adapter", recipe.lora_rank))
+        metrics = update.train(start, folder, _progress_reporter(run_id, guard))
         guard.check()  # a cancel during the last step: the folder is removed, nothing is registered
         digest = data_hash(update.records)
         config = {"kind": run.kind, "method": recipe.method, **asdict(update.config)}

@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import serve_version_one
 from tests.factories import make_task, make_user
-from tests.processes import free_port
+from tests.processes import celery_broker, free_port
 from webapp.feedback.models import Label
 from webapp.feedback.services import project_default
 from webapp.runs import services
@@ -115,15 +115,10 @@ def _pings(port: int) -> bool:
 def test_a_label_is_accepted_while_the_broker_is_down_and_its_run_starts_when_it_is_back(
     live_server, loop_settings, loop_files, builtin_policy_server, start_worker, tmp_path
 ):
-    from worker.celery import app
-
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
     loop_settings.POLICY_SERVER_URL = builtin_policy_server
     loop_settings.CELERY_BROKER_URL = broker
-    old_broker = app.conf.broker_url
-    app.conf.broker_url = broker  # the web app (the live server, in this process) sends to this broker
-    app.pool.force_close_all()
     serve_version_one(files=loop_files)
     project = project_default()
     services.recipe_update(
@@ -134,7 +129,8 @@ def test_a_label_is_accepted_while_the_broker_is_down_and_its_run_starts_when_it
     api = httpx.Client(base_url=f"{live_server.url}/api", timeout=60)
     token = api.post("/auth/token/", json={"username": "boss", "password": "boss-password"}).json()["token"]
     headers = {"Authorization": f"Token {token}"}
-    try:
+    # the web app (the live server, in this process) sends its tasks to this broker
+    with celery_broker(broker):
         with own_redis(port, tmp_path) as redis_process:
             start_worker(policy_url=builtin_policy_server, files=loop_files, env=FAST, beat=True)
             for task in tasks[:2]:
@@ -152,6 +148,3 @@ def test_a_label_is_accepted_while_the_broker_is_down_and_its_run_starts_when_it
             _wait_for(lambda: not _status(run).is_active, 240, "the queued run to run once the broker is back")
             assert run.status == TrainingRun.Status.SUCCEEDED, run.error
             assert run.enqueued_at is not None and run.trigger == TrainingRun.Trigger.THRESHOLD
-    finally:
-        app.conf.broker_url = old_broker
-        app.pool.force_close_all()

@@ -10,6 +10,7 @@ from django.test import Client
 
 from tests.e2e.conftest import serve_version_one
 from tests.factories import make_project, make_task, make_user
+from training.adapters import adapter_rank
 from webapp.core import policy
 from webapp.feedback.assignments import label_create
 from webapp.runs import services
@@ -57,11 +58,16 @@ def _run(kind, project):
 
 @pytest.fixture
 def gate_settings(loop_settings, loop_files, builtin_policy_server):
+    """The tasks run in this process: the messages their runs send go to an in-memory broker, where
+    no worker process of another test could take them."""
+    from tests.processes import celery_broker
+
     loop_settings.POLICY_SERVER_URL = builtin_policy_server
     loop_settings.REWARD_BACKBONE = str(loop_files.base_model)
     loop_settings.REWARD_MAX_STEPS, loop_settings.POLICY_MAX_TOKENS = 8, 8
     loop_settings.TRAIN_DEVICE = "cpu"
-    return loop_settings
+    with celery_broker("memory://"):
+        yield loop_settings
 
 
 def test_bad_labels_are_rejected_by_the_gate_and_sound_ones_promoted(gate_settings, loop_files):
@@ -126,6 +132,7 @@ def test_a_run_that_started_from_an_older_version_is_evaluated_against_the_newer
     a, b = make_project(name="A"), make_project(name="B")
     for project in (a, b):
         services.recipe_update(project=project, data={**RECIPE, "min_win_rate": 0.0, "held_out_share": 0.0})
+    services.recipe_update(project=b, data={"lora_rank": 4})  # B's versions are rank 4: v1's adapter is resized
     ann = make_user(username="ann")
     _judge(a, ann, [f"A {i}?" for i in range(4)], "a")
     _judge(b, ann, [f"B {i}?" for i in range(4)], "a")
@@ -141,6 +148,7 @@ def test_a_run_that_started_from_an_older_version_is_evaluated_against_the_newer
     assert run_b.status == TrainingRun.Status.SUCCEEDED, run_b.error
     v3 = run_b.result_version
     assert v3.parent == v1 and v3.gate["against"] == "v2"  # never judged against the version it started from
+    assert (adapter_rank(v2.artifact_path), adapter_rank(v3.artifact_path)) == (8, 4)
     promoted = VersionEvent.objects.filter(version=v3, action="promote").first()
     if v3.status == ModelVersion.Status.SERVING:
         assert promoted is not None and promoted.previous == v2 and "against v2" in promoted.reason

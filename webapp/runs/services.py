@@ -462,11 +462,11 @@ def runs_reap() -> dict[str, list[int]]:
         with transaction.atomic():
             run = TrainingRun.objects.select_for_update().get(pk=run_id)
             if run.status == TrainingRun.Status.RUNNING and not _heartbeat_is_fresh(run):
-                _finish(
-                    run,
-                    TrainingRun.Status.FAILED,
-                    error=f"the worker was lost (no heartbeat for {settings.RUN_STALE_S} s)",
-                )
+                lost_worker = f"the worker was lost (no heartbeat for {settings.RUN_STALE_S} s)"
+                if run.cancel_requested:  # it was being cancelled anyway
+                    _finish(run, TrainingRun.Status.CANCELLED, error=f"cancelled; {lost_worker}")
+                else:
+                    _finish(run, TrainingRun.Status.FAILED, error=lost_worker)
                 lost.append(run.pk)
     # Queued runs the broker never took, and (rarely) ones whose message it may have lost, such as
     # a Redis that restarted without persistence: a second message for a run is harmless.

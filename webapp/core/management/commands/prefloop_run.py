@@ -69,6 +69,10 @@ class Command(BaseCommand):
                 "solo",
                 "--loglevel",
                 "INFO",
+                # beat inside the worker: the label-threshold check and the reaper of lost runs
+                "--beat",
+                "--schedule",
+                str(settings.VAR_DIR / "celerybeat-schedule"),
             ]
             procs.append(("worker", subprocess.Popen(worker, start_new_session=True)))
             web = [sys.executable, "manage.py", "runserver", "--noreload", options["addr"]]
