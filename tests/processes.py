@@ -86,18 +86,15 @@ def celery_broker(url: str):
     """Send this process's Celery tasks to the broker at `url` for a while, then back.
 
     Celery reads `broker_url` from the CELERY_BROKER_URL environment variable before its settings,
-    so the switch sets the write URL, which senders use; and it binds its connection and producer
-    pools to the URL they were first made with, so both are closed and dropped on each switch (as
-    Celery itself does after a fork).
+    so the switch sets the write URL, which senders use; and its connection and producer pools
+    (kombu's, shared by URL) are closed and forgotten on each switch, as after a fork.
     """
     from worker.celery import app
 
     def switch(to: str | None) -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
-        producers = app.amqp._producer_pool
-        if producers is not None:
-            producers.force_close_all()
+        from kombu import pools
+
+        pools.reset()  # closes kombu's shared connection and producer pools and forgets them
         app.conf.broker_write_url = to
         app._pool = None
         app.amqp._producer_pool = None

@@ -117,9 +117,7 @@ class Recipe:
         """A recipe from stored or posted data over `defaults`; unknown fields are an error."""
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RecipeError({name: "is not a recipe field" for name in unknown})
+        unknown = {name: "is not a recipe field" for name in sorted(set(data) - known)}
         merged = {**(defaults or {}), **data}
         errors: dict[str, str] = {}
         values: dict[str, Any] = {}
@@ -132,7 +130,7 @@ class Recipe:
             except (TypeError, ValueError) as exc:
                 errors[f.name] = str(exc)
         # the fields that were read are checked too, so one answer names every bad field
-        errors = {**_check(SimpleNamespace(**values)), **errors}
+        errors = {**_check(SimpleNamespace(**values)), **errors, **unknown}
         if errors:
             raise RecipeError(errors)
         return cls(**values)
