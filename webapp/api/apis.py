@@ -372,12 +372,17 @@ class RunListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         body = RunCreateSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
-        run, created = run_services.run_create(
-            trigger=TrainingRun.Trigger.API,
-            created_by=api_user(request),
-            kind=body.validated_data["kind"],
-            project=body.validated_data.get("project"),
-        )
+        try:
+            run, created = run_services.run_create(
+                trigger=TrainingRun.Trigger.API,
+                created_by=api_user(request),
+                kind=body.validated_data["kind"],
+                project=body.validated_data.get("project"),
+            )
+        except RecipeError as exc:
+            raise ValidationError(
+                {"recipe": f"the project's stored recipe is invalid ({exc}); PUT a valid one"}
+            ) from None
         return Response(
             TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -497,7 +502,10 @@ class ProjectRecipeApi(APIView):
 
 
 def _recipe_body(project: Project) -> dict[str, Any]:
-    recipe = run_services.recipe_for(project)
+    try:
+        recipe = run_services.recipe_for(project)
+    except RecipeError as exc:
+        raise ValidationError({"recipe": f"the project's stored recipe is invalid ({exc}); PUT a valid one"}) from None
     data = training_data(project=project, recipe=recipe, trained=lineage_label_ids(version_serving()))
     return {"project": project.pk, "recipe": recipe.to_dict(), "kind": recipe.kind, "training_data": data.summary()}
 

@@ -18,7 +18,7 @@ from webapp.feedback.quality import project_quality
 from webapp.runs import services
 from webapp.runs.data import lineage_label_ids, training_data
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
-from webapp.runs.recipe import GATE_CHECKS, METHOD_LABELS, PRESETS, RecipeError
+from webapp.runs.recipe import GATE_CHECKS, METHOD_LABELS, PRESETS, Recipe, RecipeError
 from webapp.runs.selectors import reward_model_list, run_list, version_list, version_serving
 
 
@@ -79,7 +79,10 @@ def run_new(request: AuthedHttpRequest) -> HttpResponse:
         project = Project.objects.filter(pk=_int(request.POST["project"])).first()
         if project is None:
             return HttpResponseBadRequest(f"no project {request.POST['project']!r}")
-    services.run_create(trigger=TrainingRun.Trigger.ADMIN, created_by=request.user, kind=kind, project=project)
+    try:
+        services.run_create(trigger=TrainingRun.Trigger.ADMIN, created_by=request.user, kind=kind, project=project)
+    except RecipeError as exc:
+        return HttpResponseBadRequest(f"the project's recipe is invalid ({exc}): fix it on its recipe page")
     if request.POST.get("next") == "recipe" and project is not None:
         return redirect("dashboard:recipe", project.pk)
     return _runs_response(request)
@@ -122,7 +125,12 @@ def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=project_id)
     errors: dict[str, str] = {}
     saved = False
-    values = services.recipe_for(project).to_dict()
+    try:
+        current = services.recipe_for(project)
+    except RecipeError as exc:  # a stored recipe made invalid by hand: show the defaults and why
+        errors = exc.errors
+        current = Recipe.from_dict({}, defaults=services.recipe_defaults())
+    values: dict[str, Any] = current.to_dict()
     if request.method == "POST":
         posted: dict[str, Any] = {f: request.POST[f] for f in values if f in request.POST and f != "required_checks"}
         posted["required_checks"] = request.POST.getlist("required_checks")
@@ -132,12 +140,11 @@ def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
                 return HttpResponseBadRequest(f"unknown preset {preset!r}")
             posted = {**values, **PRESETS[preset]}
         try:
-            values = services.recipe_update(project=project, data=posted, replace=True).to_dict()
-            saved = True
+            current = services.recipe_update(project=project, data=posted, replace=True)
+            values, errors, saved = current.to_dict(), {}, True
         except RecipeError as exc:
             errors = exc.errors
             values = {**values, **posted}
-    current = services.recipe_for(project)
     data = training_data(project=project, recipe=current, trained=lineage_label_ids(version_serving()))
     context = {
         "project": project,

@@ -14,7 +14,7 @@ from django.utils import timezone
 from webapp.accounts.models import User
 from webapp.feedback.models import Project
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
-from webapp.runs.recipe import Recipe
+from webapp.runs.recipe import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -488,7 +488,11 @@ def run_maybe_trigger() -> list[TrainingRun]:
 
     queued = []
     for project in Project.objects.all():
-        recipe = recipe_for(project)
+        try:
+            recipe = recipe_for(project)
+        except RecipeError as exc:  # a stored recipe made invalid by hand must not fail a label
+            logger.warning("project %s has an invalid recipe, so it does not train by itself: %s", project, exc)
+            continue
         for kind, every in (
             (recipe.kind, recipe.auto_train_every),
             (TrainingRun.Kind.REWARD, settings.REWARD_EVERY_N_LABELS),

@@ -190,3 +190,25 @@ def test_rankings_train_as_lists_and_ties_are_kept_for_the_reward_model():
     assert data.rankings[0]["completions"] == ["best", "middle", "worst"] and data.rankings[0]["ranks"] == [0, 1, 2]
     assert len(data.pairs) == 3  # and as pairs for DPO
     assert [(t["chosen"], t["rejected"]) for t in data.ties] == [("same-ish one", "same-ish two")]
+
+
+def test_a_project_whose_stored_recipe_is_invalid_never_fails_a_label():
+    project = make_project(name="Broken", recipe={"method": "ppo"})  # written around the validation
+    label = _label(make_task(project=project, question="Q?", texts=("x", "y")), make_user(username="ann"))
+    assert label.pk is not None and not TrainingRun.objects.filter(project=project).exists()
+    from tests.webapp.api.test_api import client_for
+
+    admin = client_for(make_user("admin"))
+    for answer in (
+        admin.post("/api/runs/", {"project": project.pk}, format="json"),
+        admin.get(f"/api/projects/{project.pk}/recipe/"),
+    ):
+        assert answer.status_code == 400 and "stored recipe is invalid" in answer.json()["error"]["message"]
+    from django.test import Client
+
+    page = Client()
+    page.force_login(make_user("admin", username="boss"))
+    shown = page.get(f"/dashboard/projects/{project.pk}/recipe/")
+    assert shown.status_code == 400 and "must be one of" in shown.content.decode()  # the page says why
+    fixed = admin.put(f"/api/projects/{project.pk}/recipe/", {"method": "ipo"}, format="json")
+    assert fixed.status_code == 200 and fixed.json()["recipe"]["method"] == "ipo"
