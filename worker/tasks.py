@@ -429,7 +429,7 @@ def evaluate_against(
     if len(pairs) < recipe.min_heldout_pairs:
         skipped["heldout_accuracy"] = f"{len(pairs)} held-out pairs, fewer than {recipe.min_heldout_pairs}"
         pairs = []
-    prompts = held_out_prompts(project=project, recipe=recipe, limit=recipe.gate_prompts)
+    prompts = held_out_prompts(project=project, data=data, limit=recipe.gate_prompts)
     if not prompts:
         skipped["kl"] = skipped["win_rate"] = "no held-out prompts"
     reward_model = _project_reward_model(project)

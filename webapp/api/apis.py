@@ -52,10 +52,10 @@ from webapp.feedback.quality import project_quality
 from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
 from webapp.feedback.transfer import export_rows, import_items
 from webapp.runs import services as run_services
-from webapp.runs.data import lineage_label_ids, training_data
+from webapp.runs.data import training_preview
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
 from webapp.runs.recipe import PRESETS, RecipeError
-from webapp.runs.selectors import reward_model_list, run_list, version_list, version_serving
+from webapp.runs.selectors import reward_model_list, run_list, version_list
 
 BULK_LIMIT = 1000
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -506,8 +506,8 @@ def _recipe_body(project: Project) -> dict[str, Any]:
         recipe = run_services.recipe_for(project)
     except RecipeError as exc:
         raise ValidationError({"recipe": f"the project's stored recipe is invalid ({exc}); PUT a valid one"}) from None
-    data = training_data(project=project, recipe=recipe, trained=lineage_label_ids(version_serving()))
-    return {"project": project.pk, "recipe": recipe.to_dict(), "kind": recipe.kind, "training_data": data.summary()}
+    preview = training_preview(project=project, recipe=recipe)
+    return {"project": project.pk, "recipe": recipe.to_dict(), "kind": recipe.kind, "training_data": preview}
 
 
 class RewardModelListApi(generics.ListAPIView):

@@ -16,7 +16,7 @@ from webapp.core.http import AuthedHttpRequest
 from webapp.feedback.models import Conversation, Label, Project, Task
 from webapp.feedback.quality import project_quality
 from webapp.runs import services
-from webapp.runs.data import lineage_label_ids, training_data
+from webapp.runs.data import training_preview
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
 from webapp.runs.recipe import GATE_CHECKS, METHOD_LABELS, PRESETS, Recipe, RecipeError
 from webapp.runs.selectors import reward_model_list, run_list, version_list, version_serving
@@ -145,7 +145,7 @@ def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
         except RecipeError as exc:
             errors = exc.errors
             values = {**values, **posted}
-    data = training_data(project=project, recipe=current, trained=lineage_label_ids(version_serving()))
+    summary = training_preview(project=project, recipe=current)
     context = {
         "project": project,
         "values": values,
@@ -155,7 +155,7 @@ def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
         "presets": PRESETS,
         "checks": GATE_CHECKS,
         "fields": RECIPE_FIELDS,
-        "summary": data.summary(),
+        "summary": summary,
         "kind": current.kind,
     }
     return render(request, "dashboard/recipe.html", context, status=400 if errors else 200)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from django.db.models import Q, QuerySet
 
@@ -46,10 +45,6 @@ def label_list_for(*, user: User) -> QuerySet[Label]:
     return labels if user.is_prefloop_admin else labels.filter(annotator=user)
 
 
-def label_count() -> int:
-    return Label.objects.count()
-
-
 def labels_since_last_run(*, kind: str = TrainingRun.Kind.DPO, project: Project | None = None) -> int:
     """Labels (of `project`, when given) written since the last run of `kind` (of that project)."""
     runs = TrainingRun.objects.filter(kind=kind)
@@ -77,62 +72,6 @@ def prompts_recent(*, limit: int, project: Project | None = None) -> list[list[d
         if len(prompts) >= limit:
             break
     return prompts
-
-
-def preference_pairs() -> list[dict[str, Any]]:
-    """Every preference the raw labels express, as pairs of plain data for `training`.
-
-    - pairwise: A over B or B over A (ties and "both bad" carry no preference and are left out);
-    - ranking: every answer over every answer in a lower group (answers in one group are tied);
-    - critique with a rewrite: the rewrite over the critiqued answer.
-    Labels stay as given; each annotator's label gives its own pairs, so overlap counts as
-    evidence. A pair of two identical texts is dropped: it teaches nothing.
-    """
-    labels = (
-        Label.objects.filter(
-            Q(kind=Task.Kind.PAIRWISE, choice__in=[Label.Choice.A, Label.Choice.B])
-            | Q(kind=Task.Kind.RANKING, ranking__isnull=False)
-            | (Q(kind=Task.Kind.CRITIQUE) & ~Q(rewrite=""))
-        )
-        .select_related("task__prompt", "annotator")
-        .prefetch_related("task__slots__candidate")
-        .order_by("id")
-    )
-    pairs = []
-    for label in labels:
-        texts = {slot.candidate_id: slot.candidate.text for slot in label.task.slots.all()}
-        order = [slot.candidate_id for slot in sorted(label.task.slots.all(), key=lambda s: s.position)]
-        for chosen, rejected, strength in _label_preferences(label, texts, order):
-            if chosen.strip() != rejected.strip():
-                pairs.append(
-                    {
-                        "label_id": label.pk,
-                        "annotator": label.annotator.username,
-                        "prompt": label.task.prompt.messages,
-                        "chosen": chosen,
-                        "rejected": rejected,
-                        "strength": strength,
-                    }
-                )
-    return pairs
-
-
-def _label_preferences(label: Label, texts: dict[int, str], order: list[int]) -> list[tuple[str, str, int]]:
-    if label.kind == Task.Kind.PAIRWISE:
-        a, b = texts[order[0]], texts[order[1]]
-        return [(a, b, label.strength or 1)] if label.choice == Label.Choice.A else [(b, a, label.strength or 1)]
-    if label.kind == Task.Kind.RANKING:
-        groups = label.ranking or []
-        return [
-            (texts[winner], texts[loser], 1)
-            for i, upper in enumerate(groups)
-            for lower in groups[i + 1 :]
-            for winner in upper
-            for loser in lower
-        ]
-    if label.kind == Task.Kind.CRITIQUE and label.rewrite:
-        return [(label.rewrite, texts[order[0]], 1)]
-    return []
 
 
 def projects_for(user: User) -> QuerySet[Project]:

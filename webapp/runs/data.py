@@ -48,6 +48,8 @@ class TrainingData:
     held_out_pairs: list[dict[str, Any]] = field(default_factory=list)
     held_out_prompts: list[list[dict[str, str]]] = field(default_factory=list)
     label_ids: list[int] = field(default_factory=list)  # the labels that train, in id order
+    # the prompts of every label that trains this run or trained its lineage (json keys): never gate prompts
+    trained_prompts: set[str] = field(default_factory=set)
     excluded: dict[str, int] = field(default_factory=dict)  # why -> how many labels
     n_labels: int = 0  # the project's labels, all of them
 
@@ -98,6 +100,7 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
     trust = annotator_trust(project) if recipe.trust_floor > 0 else {}
     kept: list[Label] = []
     held_out: list[Label] = []
+    lineage: list[Label] = []
     for label in labels:
         if label.task.is_gold:
             excluded[EXCLUDED_GOLD] += 1
@@ -106,6 +109,7 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
             held_out.append(label)
         elif label.pk in trained:
             excluded[EXCLUDED_TRAINED] += 1
+            lineage.append(label)
         elif recipe.trust_floor > 0 and (trust.get(label.annotator.username) or 0.0) < recipe.trust_floor:
             excluded[EXCLUDED_TRUST] += 1
         else:
@@ -119,8 +123,14 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
         _add_label(data, label, texts, order)
         if len(data.pairs) + len(data.ties) + len(data.rankings) > before:
             data.label_ids.append(label.pk)
+            data.trained_prompts.add(_key(label.task.prompt.messages))
         else:
             excluded[EXCLUDED_NO_PREFERENCE] += 1
+    for label in lineage:  # what trained the starting version is not a gate prompt either
+        scratch = TrainingData()
+        _add_label(scratch, label, *_slots(label))
+        if scratch.pairs or scratch.ties or scratch.rankings:
+            data.trained_prompts.add(_key(label.task.prompt.messages))
     for label in held_out:
         texts, order = _slots(label)
         data.held_out_pairs += _pairs(label, texts, order)
@@ -204,28 +214,37 @@ def _aggregate(labels: list[Label]) -> tuple[list[Label], int]:
     return [label for label in labels if label.pk not in drop], len(drop)
 
 
+def _key(messages: list[dict[str, str]]) -> str:
+    return json.dumps(messages, sort_keys=True)
+
+
 def _distinct_prompts(prompts: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
     seen: set[str] = set()
     out = []
     for messages in prompts:
-        key = json.dumps(messages, sort_keys=True)
+        key = _key(messages)
         if messages and messages[-1].get("role") == "user" and key not in seen:
             seen.add(key)
             out.append(messages)
     return out
 
 
-def held_out_prompts(*, project: Project, recipe: Recipe, limit: int) -> list[list[dict[str, str]]]:
-    """Prompts for the gate's win rate and KL: those of held-out labels first, then the project's
-    prompts that no label has touched, never a prompt that trained."""
-    data = training_data(project=project, recipe=recipe)
-    trained = {json.dumps(r["prompt"], sort_keys=True) for r in data.pairs + data.ties + data.rankings}
-    prompts = [p for p in data.held_out_prompts if json.dumps(p, sort_keys=True) not in trained]
+def held_out_prompts(*, project: Project, data: TrainingData, limit: int) -> list[list[dict[str, str]]]:
+    """Prompts for the gate's win rate and KL: those of `data`'s held-out labels first, then the
+    project's prompts that no label has touched, never a prompt that trained."""
+    prompts = [p for p in data.held_out_prompts if _key(p) not in data.trained_prompts]
     if len(prompts) < limit:
         fresh = Prompt.objects.filter(project=project, tasks__labels__isnull=True).order_by("-id")[: limit * 4]
         prompts = _distinct_prompts(prompts + [p.messages for p in fresh])
-        prompts = [p for p in prompts if json.dumps(p, sort_keys=True) not in trained]
+        prompts = [p for p in prompts if _key(p) not in data.trained_prompts]
     return prompts[:limit]
+
+
+def training_preview(*, project: Project, recipe: Recipe) -> dict[str, Any]:
+    """What a run of `project` queued now would train on (its form and its API show it)."""
+    from webapp.runs.selectors import version_serving
+
+    return training_data(project=project, recipe=recipe, trained=lineage_label_ids(version_serving())).summary()
 
 
 def _thumbs() -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from tests.factories import make_pairwise_task, make_serving_version, make_user
 from webapp.feedback import services
 from webapp.feedback.models import Label, Message
-from webapp.feedback.selectors import context_before, preference_pairs
+from webapp.feedback.selectors import context_before
 from webapp.runs.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -104,6 +104,11 @@ def test_preference_pairs_orient_choices_and_leave_out_ties():
     services.label_submit(task=t1, annotator=user, choice="a", strength=3)
     services.label_submit(task=t2, annotator=user, choice="b")
     services.label_submit(task=t3, annotator=user, choice="tie")
-    pairs = preference_pairs()
+    from webapp.runs.data import training_data
+    from webapp.runs.recipe import Recipe
+
+    data = training_data(project=t1.project, recipe=Recipe(held_out_share=0.0))
+    pairs = data.pairs
     assert [(p["chosen"], p["rejected"], p["strength"]) for p in pairs] == [("good", "bad", 3), ("better", "worse", 1)]
+    assert [(t["chosen"], t["rejected"]) for t in data.ties] == [("same", "same-ish")]  # for the reward model
     assert pairs[0]["prompt"] == [{"role": "user", "content": "What is the capital of France?"}]
