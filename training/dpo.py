@@ -48,8 +48,13 @@ class PreferencePair:
     strength: int = field(
         default=1, metadata={"help": "How strongly the labeller preferred chosen: 1 (slightly) to 3 (clearly)."}
     )
+    weight: float = field(
+        default=1.0,
+        metadata={"help": "How much this pair counts in the loss (e.g. its annotator's trust); 1 for all: plain DPO."},
+    )
 
     def __post_init__(self) -> None:
+        check_weight(self.weight)
         if not isinstance(self.prompt, list) or not self.prompt:
             raise ValueError(f"prompt must be a non-empty list of chat messages, got {self.prompt!r}")
         for i, message in enumerate(self.prompt):
@@ -73,25 +78,35 @@ class PreferencePair:
             raise ValueError(f"strength must be an integer from 1 to 3, got {self.strength!r}")
 
 
+def check_weight(weight: Any) -> None:
+    """A per-example loss weight is a finite number >= 0."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+
+
 def build_dpo_records(pairs: Iterable[PreferencePair]) -> list[dict[str, Any]]:
     """Turn pairs into TRL's conversational preference format, one record per pair, in order.
 
     Each record is ``{"prompt": [messages...], "chosen": [{"role": "assistant", "content": ...}],
     "rejected": [{"role": "assistant", "content": ...}]}``; TRL renders prompt and answers with the
     tokenizer's chat template. Ties carry no preference and must be excluded by the caller before
-    building pairs. ``strength`` is not part of the record: TRL's DPO loss has no per-pair weight.
+    building pairs. ``strength`` is not part of the record: TRL's DPO loss has no margin. A pair's
+    ``weight`` is added as ``"weight"`` when the pairs' weights differ (see :func:`train_dpo`).
     """
+    pairs = list(pairs)
+    weighted = len({getattr(p, "weight", 1.0) for p in pairs}) > 1
     records = []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, PreferencePair):
             raise TypeError(f"pairs[{i}] must be a PreferencePair, got {type(pair).__name__}")
-        records.append(
-            {
-                "prompt": [{"role": m["role"], "content": m["content"]} for m in pair.prompt],
-                "chosen": [{"role": "assistant", "content": pair.chosen}],
-                "rejected": [{"role": "assistant", "content": pair.rejected}],
-            }
-        )
+        record: dict[str, Any] = {
+            "prompt": [{"role": m["role"], "content": m["content"]} for m in pair.prompt],
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}],
+        }
+        if weighted:
+            record["weight"] = float(pair.weight)
+        records.append(record)
     return records
 
 
@@ -218,6 +233,44 @@ def create_initial_adapter(base_model_path: str | Path, out_dir: str | Path, con
     return save_adapter(peft_model, out)
 
 
+def _weighted_trainer_class():  # -> type[DPOTrainer]
+    import torch
+    from trl import DPOTrainer
+
+    class WeightedDPOTrainer(DPOTrainer):
+        """TRL's DPOTrainer with each example's loss multiplied by its ``weight`` column; it runs with
+        one example per forward pass (see :func:`train_dpo`), so the product is exact."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            collate = self.data_collator
+
+            def with_weights(examples: list[dict[str, Any]]) -> dict[str, Any]:
+                batch = collate(examples)
+                batch["weight"] = torch.tensor([float(e["weight"]) for e in examples])
+                return batch
+
+            self.data_collator = with_weights
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            columns: list[str] = list(self._signature_columns or [])
+            if "weight" not in columns:
+                self._signature_columns = [*columns, "weight"]  # type: ignore[assignment]  # declared None in transformers
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = inputs.pop("weight")  # (batch,) with batch = 1
+            if weight.numel() != 1:
+                raise RuntimeError(f"weighted DPO runs one pair per forward pass, got {weight.numel()}")
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if return_outputs:
+                loss, outputs = result
+                return loss * weight.to(loss.device, loss.dtype).squeeze(), outputs
+            return result * weight.to(result.device, result.dtype).squeeze()
+
+    return WeightedDPOTrainer
+
+
 def train_dpo(
     *,
     base_model_path: str | Path,
@@ -243,6 +296,12 @@ def train_dpo(
     Returns plain metrics: ``n_pairs``, ``n_pairs_used`` (after dropping prompts longer than
     ``max_length``), ``steps``, ``first_loss``, ``final_loss``, ``final_rewards_margins``,
     ``final_rewards_accuracies``, ``train_seconds``.
+
+    Pairs whose ``weight`` differ train with a weighted loss, ``mean(w_i · loss_i)``: each pair goes
+    through the model alone and the optimiser step accumulates the gradients of as many pairs as
+    a batch holds, so the step's gradient is exactly that of the weighted batch loss. (TRL's DPO
+    averages the batch's losses inside one function, with no per-example weight; its
+    ``use_weighting`` is WPO's likelihood weighting, not a weight given by the caller.)
     """
     pairs = list(pairs)
     if not pairs:
@@ -258,6 +317,11 @@ def train_dpo(
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
     model = load_trainable_policy(base_model_path, adapter_path, bf16=config.bf16)
     history: list[dict[str, Any]] = []
+    weighted = "weight" in records[0]
+    arguments = trainer_arguments(config)
+    if weighted:  # one pair per forward pass, the optimiser step over as many pairs as before
+        arguments["gradient_accumulation_steps"] *= arguments["per_device_train_batch_size"]
+        arguments["per_device_train_batch_size"] = 1
 
     with tempfile.TemporaryDirectory(prefix="prefloop-dpo-") as scratch:
         args = DPOConfig(
@@ -266,10 +330,10 @@ def train_dpo(
             loss_type=[config.loss_type],
             label_smoothing=config.label_smoothing,
             max_length=config.max_length,
-            **trainer_arguments(config),
+            **arguments,
         )
         # Reference: the starting adapter, frozen, as TRL's "ref" adapter (see adapters.check_reference_adapter).
-        trainer = DPOTrainer(
+        trainer = (_weighted_trainer_class() if weighted else DPOTrainer)(
             model=model,
             ref_model=None,
             args=args,

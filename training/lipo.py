@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from training.adapters import ProgressFn, check_folders, load_trainable_policy, save_adapter
+from training.dpo import check_weight
 from training.kto import check_prompt
 
 
@@ -30,8 +31,12 @@ class RankedAnswers:
     prompt: list[dict[str, str]] = field(metadata={"help": "Chat messages ending with a user turn."})
     completions: list[str] = field(metadata={"help": "2 to 9 answers."})
     ranks: list[int] = field(metadata={"help": "One per answer: 0 = best; equal ranks are ties."})
+    weight: float = field(
+        default=1.0, metadata={"help": "How much this ranking counts in the loss (e.g. its annotator's trust)."}
+    )
 
     def __post_init__(self) -> None:
+        check_weight(self.weight)
         self.prompt = check_prompt(self.prompt)
         if not 2 <= len(self.completions) <= 9:
             raise ValueError(f"a ranking has 2 to 9 answers, got {len(self.completions)}")
@@ -99,7 +104,10 @@ def train_lipo(
     config: LiPOTrainConfig,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Train the adapter on `rankings` with LiPO-λ and save it to `out_dir`; return plain metrics."""
+    """Train the adapter on `rankings` with LiPO-λ and save it to `out_dir`; return plain metrics.
+
+    One ranking per optimiser step; its loss is multiplied by its ``weight`` (the logged loss is not).
+    """
     import torch
     from transformers import AutoTokenizer
 
@@ -128,7 +136,7 @@ def train_lipo(
                 policy.unsqueeze(0), ref[i].unsqueeze(0), torch.tensor([ranking.ranks]), beta=config.beta
             )
             optimiser.zero_grad()
-            loss.backward()
+            (loss * ranking.weight).backward()  # a ranking's weight scales its step's gradient
             optimiser.step()
             step = len(history) + 1
             entry = {

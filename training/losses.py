@@ -88,6 +88,16 @@ def _check_label_smoothing(label_smoothing: float) -> None:
         raise ValueError(f"label_smoothing={label_smoothing!r} must be a number in [0, 0.5)")
 
 
+def _check_weight(weight: Tensor | None, rows: int, like: Tensor) -> Tensor:
+    """Per-row loss weights ``(rows,)`` in ``like``'s dtype and device (all 1 when None)."""
+    if weight is None:
+        return like.new_ones(rows)
+    _check_tensor("weight", weight)
+    if tuple(weight.shape) != (rows,):
+        raise ValueError(f"weight must have shape ({rows},), got {tuple(weight.shape)}")
+    return weight.to(like.device, like.dtype)
+
+
 def _check_beta(beta: float) -> None:
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
@@ -106,7 +116,12 @@ def _strictly_better(ranks: Tensor, mask: Tensor) -> Tensor:
 
 
 def bradley_terry_loss(
-    chosen: Tensor, rejected: Tensor, margin: Tensor | None = None, *, label_smoothing: float = 0.0
+    chosen: Tensor,
+    rejected: Tensor,
+    margin: Tensor | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
     """Pairwise reward-model loss ``mean(-log sigmoid(r_c - r_r - m))``.
 
@@ -126,6 +141,8 @@ def bradley_terry_loss(
         rejected: rewards of the other answers, shape ``(batch,)``.
         margin: ``(batch,)`` or a scalar; ``None`` means 0.
         label_smoothing: ``ε``, the share of the target given to the other answer.
+        weight: ``(batch,)`` how much each pair counts: the loss is ``mean(w_i · loss_i)``; ``None``
+            means 1 for every pair.
     """
     _check_tensor("chosen", chosen)
     _check_tensor("rejected", rejected)
@@ -147,9 +164,10 @@ def bradley_terry_loss(
     else:
         margin = diff.new_zeros(())
     _check_label_smoothing(label_smoothing)
-    loss = -F.logsigmoid(diff - margin).mean()
+    w = _check_weight(weight, chosen.shape[0], chosen)
+    loss = (-F.logsigmoid(diff - margin) * w).mean()
     if label_smoothing:
-        flipped = -F.logsigmoid(-diff - margin).mean()
+        flipped = (-F.logsigmoid(-diff - margin) * w).mean()
         loss = (1.0 - label_smoothing) * loss + label_smoothing * flipped
     with torch.no_grad():
         margins = chosen - rejected
@@ -162,7 +180,9 @@ def bradley_terry_loss(
     return loss, diagnostics
 
 
-def plackett_luce_loss(scores: Tensor, ranks: Tensor, mask: Tensor | None = None) -> tuple[Tensor, dict]:
+def plackett_luce_loss(
+    scores: Tensor, ranks: Tensor, mask: Tensor | None = None, *, weight: Tensor | None = None
+) -> tuple[Tensor, dict]:
     """Plackett-Luce negative log-likelihood of ranked lists, with ties (Plackett 1975; Luce 1959).
 
     Without ties, PL picks the items best-first, each from those not yet picked:
@@ -189,9 +209,10 @@ def plackett_luce_loss(scores: Tensor, ranks: Tensor, mask: Tensor | None = None
         ranks: ``(batch, n)`` integers, 0 = best; equal values are ties; gaps are allowed.
         mask: ``(batch, n)`` bool, ``True`` for real items; ``False`` items (padding, unranked) are
             ignored entirely (their scores and ranks may hold anything, including NaN scores).
+        weight: ``(batch,)`` how much each list counts (``None``: 1 each).
 
     Returns:
-        The mean over the batch of the per-list NLL (summed over items, not normalised by length).
+        The mean over the batch of the (weighted) per-list NLL (summed over items, not normalised by length).
     """
     ranks, mask = _check_list_args("scores", scores, ranks, mask)
     n = scores.shape[1]
@@ -205,7 +226,7 @@ def plackett_luce_loss(scores: Tensor, ranks: Tensor, mask: Tensor | None = None
     per_item = torch.logsumexp(logits, dim=2) - safe  # (batch, n); 0 for padding and worst items
     per_item = torch.where(mask, per_item, torch.zeros_like(per_item))
     per_list = per_item.sum(dim=1)  # (batch,)
-    loss = per_list.mean()
+    loss = (per_list * _check_weight(weight, scores.shape[0], scores)).mean()
     with torch.no_grad():
         s = safe.detach()
         pair_count = better.sum(dim=(1, 2))  # (batch,)
@@ -227,6 +248,7 @@ def preference_loss(
     tie: Tensor,
     center_rewards_coefficient: float | None = None,
     label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The reward-model loss of one batch of rows (pairs, ties and ranked lists mixed).
 
@@ -236,11 +258,12 @@ def preference_loss(
         ranks: ``(batch, n_max)`` 0 = best; a pair is ``[0, 1]`` (chosen first), a tie ``[0, 0]``.
         margin: ``(batch,)`` Bradley-Terry margins of the pairs.
         tie: ``(batch,)`` True for a tied pair.
+        weight: ``(batch,)`` how much each row counts (``None``: 1 each).
 
     Rows of two answers are pairs: Bradley-Terry with margin (and ``label_smoothing``, see
     :func:`training.losses.bradley_terry_loss`), or for a tie the symmetric Bradley-Terry loss
     (target ½); longer rows are Plackett-Luce lists. The loss is the mean over
-    rows of each row's loss, plus ``center_rewards_coefficient * mean(scores²)``.
+    rows of each row's loss times its weight, plus ``center_rewards_coefficient * mean(scores²)``.
     Returns ``(loss, diagnostics)`` with plain floats.
     """
     mask = index >= 0  # (batch, n_max)
@@ -249,22 +272,23 @@ def preference_loss(
     pair = (n_answers == 2) & ~tie
     tied = (n_answers == 2) & tie
     listed = n_answers > 2
+    w = _check_weight(weight, index.shape[0], scores)  # (batch,)
     total = scores.new_zeros(())
     diagnostics: dict[str, float] = {}
     if bool(pair.any()):
         chosen, rejected = per_row[pair, 0], per_row[pair, 1]
-        loss, diag = bradley_terry_loss(chosen, rejected, margin[pair], label_smoothing=label_smoothing)
+        loss, diag = bradley_terry_loss(chosen, rejected, margin[pair], label_smoothing=label_smoothing, weight=w[pair])
         total = total + loss * int(pair.sum())
         diagnostics["accuracy"] = float(diag["rewards/accuracies"])
         diagnostics["margin"] = float(diag["rewards/margins"])
     if bool(tied.any()):
         a, b = per_row[tied, 0], per_row[tied, 1]
-        forward, _ = bradley_terry_loss(a, b)
-        backward, _ = bradley_terry_loss(b, a)
+        forward, _ = bradley_terry_loss(a, b, weight=w[tied])
+        backward, _ = bradley_terry_loss(b, a, weight=w[tied])
         total = total + 0.5 * (forward + backward) * int(tied.sum())
         diagnostics["tie_abs_diff"] = float((a - b).detach().abs().mean())
     if bool(listed.any()):
-        loss, diag = plackett_luce_loss(per_row[listed], ranks[listed], mask[listed])
+        loss, diag = plackett_luce_loss(per_row[listed], ranks[listed], mask[listed], weight=w[listed])
         total = total + loss * int(listed.sum())
         diagnostics["ranking_pair_accuracy"] = float(diag["ranking/pair_accuracy"])
     loss = total / index.shape[0]
@@ -282,6 +306,7 @@ def heads_preference_loss(
     tie: Tensor,
     center_rewards_coefficient: float | None = None,
     label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss of a reward model with several score heads: the mean over heads of each head's
     :func:`preference_loss`.
@@ -293,7 +318,9 @@ def heads_preference_loss(
     """
 
     def loss_of(head_scores: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return preference_loss(head_scores, index, ranks, margin, tie, center_rewards_coefficient, label_smoothing)
+        return preference_loss(
+            head_scores, index, ranks, margin, tie, center_rewards_coefficient, label_smoothing, weight
+        )
 
     if scores.dim() == 1:
         return loss_of(scores)

@@ -202,7 +202,13 @@ def _dpo_update(data: TrainingData, recipe: Recipe) -> _Update:
             f"left out: {data.excluded or 'none'}"
         )
     pairs = [
-        PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"])
+        PreferencePair(
+            prompt=r["prompt"],
+            chosen=r["chosen"],
+            rejected=r["rejected"],
+            strength=r["strength"],
+            weight=r.get("weight", 1.0),
+        )
         for r in rows
     ]
     loss = {"dpo": "sigmoid", "robust_dpo": "robust", "ipo": "ipo"}.get(recipe.method, "sigmoid")
@@ -222,7 +228,10 @@ def _lipo_update(data: TrainingData, recipe: Recipe) -> _Update:
     rows = data.rankings
     if not rows:
         raise ValueError("no rankings yet to train LiPO on (rank 2 or more different answers)")
-    rankings = [RankedAnswers(prompt=r["prompt"], completions=r["completions"], ranks=r["ranks"]) for r in rows]
+    rankings = [
+        RankedAnswers(prompt=r["prompt"], completions=r["completions"], ranks=r["ranks"], weight=r.get("weight", 1.0))
+        for r in rows
+    ]
     options = device_options()
     config = LiPOTrainConfig(**_common(recipe, LiPOTrainConfig, epochs_field="epochs"), bf16=options["bf16"])
     return _Update(train_lipo, {"rankings": rankings}, config, rows, len(rankings), _pair_label_ids(rows))
@@ -470,27 +479,37 @@ def train_reward(run_id: int) -> None:
     _guarded(run_id, lambda guard: _train_reward(run_id=run_id, guard=guard))
 
 
-def _train_reward(*, run_id: int, guard: RunGuard) -> None:
-    run = run_get(run_id=run_id)
-    project, _, data = _run_inputs(run)
-    services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=len(data.pairs), data=data.summary())
-    if len(data.pairs) + len(data.rankings) < 2:
-        raise ValueError(
-            f"a reward model needs at least 2 preference pairs; the labels give {len(data.pairs) + len(data.rankings)}"
-        )
+def _reward_examples(
+    data: TrainingData,
+) -> tuple[list[PreferenceExample | RankingExample], list[PreferenceExample]]:
+    """A reward run's training examples (pairs, ties and lists, each with its weight) and held-out pairs."""
     listed = {r["label_id"] for r in data.rankings}  # a ranking trains as its list, not as its pairs
     train: list[PreferenceExample | RankingExample] = [
         PreferenceExample(
-            prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], strength=r["strength"], group=r["annotator"]
+            prompt=r["prompt"],
+            chosen=r["chosen"],
+            rejected=r["rejected"],
+            strength=r["strength"],
+            group=r["annotator"],
+            weight=r.get("weight", 1.0),
         )
         for r in data.pairs
         if r["label_id"] not in listed
     ]
     train += [
-        PreferenceExample(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], tie=True) for r in data.ties
+        PreferenceExample(
+            prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], tie=True, weight=r.get("weight", 1.0)
+        )
+        for r in data.ties
     ]
     train += [
-        RankingExample(prompt=r["prompt"], completions=r["completions"], ranks=r["ranks"], group=r["annotator"])
+        RankingExample(
+            prompt=r["prompt"],
+            completions=r["completions"],
+            ranks=r["ranks"],
+            group=r["annotator"],
+            weight=r.get("weight", 1.0),
+        )
         for r in data.rankings
     ]
     evaluate = [
@@ -499,6 +518,18 @@ def _train_reward(*, run_id: int, guard: RunGuard) -> None:
         )
         for r in data.held_out_pairs
     ]
+    return train, evaluate
+
+
+def _train_reward(*, run_id: int, guard: RunGuard) -> None:
+    run = run_get(run_id=run_id)
+    project, _, data = _run_inputs(run)
+    services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=len(data.pairs), data=data.summary())
+    if len(data.pairs) + len(data.rankings) < 2:
+        raise ValueError(
+            f"a reward model needs at least 2 preference pairs; the labels give {len(data.pairs) + len(data.rankings)}"
+        )
+    train, evaluate = _reward_examples(data)
     config = RewardConfig(
         backbone=settings.REWARD_BACKBONE,
         ensemble_size=settings.REWARD_ENSEMBLE_SIZE,

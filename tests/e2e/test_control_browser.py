@@ -165,10 +165,19 @@ def test_lipo_and_robust_dpo_launched_from_the_recipe_form_produce_promoted_vers
         task = make_task(project=rankings, kind="ranking", question=f"R {i}?", texts=("Best.", "Fine I guess.", "No."))
         ids = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
         label_create(task=task, annotator=ann, data={"ranking": [[ids[0]], [ids[1]], [ids[2]]]}, source="api")
-    noisy = make_project(name="Noisy", feedback_types=["pairwise"])
+    noisy = make_project(name="Noisy", feedback_types=["pairwise"], recipe={"auto_train_every": 0})
     for i in range(6):
         task = make_task(project=noisy, question=f"N {i}?", texts=("Yes.", "No, never."))
         label_create(task=task, annotator=ann, data={"choice": "a" if i % 3 else "b", "strength": 1}, source="api")
+    # a second annotator, right on 4 of 5 gold items (trust 0.8): weighted, each of her labels counts less
+    fair = make_user(username="fair")
+    for i in range(5):
+        gold = make_task(project=noisy, question=f"G {i}?", texts=("x", "y"), is_gold=True, gold={"choice": "a"})
+        label_create(task=gold, annotator=fair, data={"choice": "a" if i else "b"}, source="api")
+        label_create(task=gold, annotator=ann, data={"choice": "a"}, source="api")
+    for i in range(3):
+        task = make_task(project=noisy, question=f"F {i}?", texts=("Sure.", "Not at all."))
+        label_create(task=task, annotator=fair, data={"choice": "b", "strength": 1}, source="api")
     start_worker(policy_url=builtin_policy_server, files=loop_files)
     make_user("admin", username="boss", password="boss-password")
     login(page, live_server, "boss", "boss-password")
@@ -196,16 +205,20 @@ def test_lipo_and_robust_dpo_launched_from_the_recipe_form_produce_promoted_vers
     assert lipo.kind == "lipo" and lipo.result_version.status == ModelVersion.Status.SERVING, lipo.result_version.gate
     assert lipo.result_version.config["method"] == "lipo"
 
-    # Robust DPO with its ε, chosen in the form.
+    # Robust DPO with its ε, on labels weighted by trust, chosen in the form.
     _open_recipe(page, live_server, noisy)
     page.select_option("#recipe-method", "robust_dpo")
     page.fill("#recipe-robust_epsilon", "0.25")
+    page.select_option("select[name=labels]", "weighted")
     page.fill("#recipe-held_out_share", "0")
     page.click("#recipe-save")
     page.locator("#recipe-saved").wait_for()
+    weights = page.locator("#preview-weights").inner_text()
+    assert "ann: 1.1538" in weights and "fair: 0.6923" in weights, weights  # 2·trust - 1 = 1 and 0.6, mean 1
     robust = _train_from_form_and_wait(page, noisy)
     assert robust.status == TrainingRun.Status.SUCCEEDED, robust.error
     version = robust.result_version
     assert version.status == ModelVersion.Status.SERVING, version.gate
     assert (version.config["loss_type"], version.config["label_smoothing"]) == ("robust", 0.25)
+    assert robust.metrics["data"]["weights"] == {"ann": 1.1538, "fair": 0.6923} and robust.n_pairs == 9
     assert version.parent == lipo.result_version

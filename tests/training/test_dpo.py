@@ -354,3 +354,43 @@ def test_train_dpo_refuses_when_every_prompt_is_too_long(
             config=DPOTrainConfig(max_length=8),
         )
     assert not (tmp_path / "out").exists()
+
+
+# --- weighted pairs -----------------------------------------------------------------------------
+
+
+def _flipped(pairs: list[PreferencePair], weight: float) -> list[PreferencePair]:
+    return [PreferencePair(prompt=p.prompt, chosen=p.rejected, rejected=p.chosen, weight=weight) for p in pairs]
+
+
+def test_records_carry_weights_only_when_they_differ() -> None:
+    sound = _pairs(2)
+    assert all("weight" not in r for r in build_dpo_records(sound))
+    records = build_dpo_records([*sound, *_flipped(sound, 0.25)])
+    assert [r["weight"] for r in records] == [1.0, 1.0, 0.25, 0.25]
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        PreferencePair(prompt=USER, chosen="a", rejected="b", weight=-1.0)
+
+
+def test_weights_let_trusted_labels_outvote_flipped_ones(
+    tiny_policy_path: Path, initial_adapter: Path, tmp_path: Path
+) -> None:
+    """The same 8 sound pairs and the same 8 pairs flipped by an untrusted annotator: equal weights
+    cancel out, while weighting the flipped ones down moves the policy towards the sound answers."""
+    from transformers import AutoTokenizer
+
+    sound = _pairs(8)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_policy_path))
+    margins = {}
+    for name, weight in (("equal", 1.0), ("weighted", 0.1)):
+        train_dpo(
+            base_model_path=tiny_policy_path,
+            adapter_path=initial_adapter,
+            pairs=[*sound, *_flipped(sound, weight)],
+            out_dir=tmp_path / name,
+            config=DPOTrainConfig(learning_rate=1e-3, num_train_epochs=2),
+        )
+        margins[name] = _mean_margin(_load_policy(tiny_policy_path, tmp_path / name), tokenizer, sound)
+    before = _mean_margin(_load_policy(tiny_policy_path, initial_adapter), tokenizer, sound)
+    assert margins["weighted"] > before + 0.1, (before, margins)
+    assert margins["weighted"] > margins["equal"] + 0.1, (before, margins)

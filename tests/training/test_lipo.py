@@ -69,3 +69,39 @@ def test_lipo_moves_the_policy_toward_the_human_order(tiny_policy_path, tmp_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_policy_path))
     assert margin(tmp_path / "v2") > margin(start) + 0.1
+
+
+def test_weights_let_trusted_rankings_outvote_flipped_ones(tiny_policy_path, tmp_path):
+    """The same rankings and their reverse from an untrusted annotator: equal weights pull both
+    ways, while weighting the reversed ones down moves the policy towards the sound order."""
+    from transformers import AutoTokenizer
+
+    start = create_initial_adapter(tiny_policy_path, tmp_path / "v1", DPOTrainConfig())
+    sound = _rankings()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_policy_path))
+
+    def margin(adapter) -> float:
+        model = load_trainable_policy(tiny_policy_path, adapter, bf16=False).eval()
+        with torch.no_grad():
+            gaps = [sequence_logps(model, tokenizer, r.prompt, r.completions, 256) for r in sound]
+        return sum(float(g[1] - (g[0] + g[2]) / 2) for g in gaps) / len(gaps)
+
+    margins = {}
+    for name, weight in (("equal", 1.0), ("weighted", 0.1)):
+        flipped = [
+            RankedAnswers(prompt=r.prompt, completions=r.completions, ranks=[1 - k for k in r.ranks], weight=weight)
+            for r in sound
+        ]
+        train_lipo(
+            base_model_path=tiny_policy_path,
+            adapter_path=start,
+            rankings=[*sound, *flipped],
+            out_dir=tmp_path / name,
+            config=LiPOTrainConfig(learning_rate=1e-3, epochs=2),
+        )
+        margins[name] = margin(tmp_path / name)
+    before = margin(start)
+    assert margins["weighted"] > before + 0.1, (before, margins)
+    assert margins["weighted"] > margins["equal"] + 0.1, (before, margins)
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        RankedAnswers(prompt=sound[0].prompt, completions=["a", "b"], ranks=[0, 1], weight=float("nan"))

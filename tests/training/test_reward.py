@@ -885,3 +885,39 @@ def test_probabilities_groups_and_summary() -> None:
     assert summary["n"] == 2 and summary["accuracy"] == 0.5
     assert summary["ece"] == pytest.approx(1 / (1 + math.exp(-3)) - 0.5)
     assert summary["by_group"] == {"x": {"accuracy": 1.0, "n": 1}, "y": {"accuracy": 0.0, "n": 1}}
+
+
+def test_weighted_rows_scale_their_share_of_the_batch_loss() -> None:
+    scores, index, ranks, margin, tie = _loss_inputs(MIXED_ROWS)
+    plain = [preference_loss(scores, index, ranks, margin, tie, weight=torch.eye(3)[k] * 3)[0] for k in range(3)]
+    both, _ = preference_loss(scores, index, ranks, margin, tie, weight=torch.tensor([0.5, 2.0, 0.0]))
+    # each row alone (weight 3 = the batch size) is that row's own loss; weights mix them linearly
+    expected = (0.5 * plain[0] + 2.0 * plain[1]) / 3
+    assert float(both.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    unweighted, _ = preference_loss(scores, index, ranks, margin, tie)
+    ones, _ = preference_loss(scores, index, ranks, margin, tie, weight=torch.ones(3))
+    assert float(ones.detach()) == pytest.approx(float(unweighted.detach()))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        preference_loss(scores, index, ranks, margin, tie, weight=torch.ones(2))
+
+
+def test_weights_let_trusted_pairs_outvote_flipped_ones(tiny_policy_path: Path, tmp_path: Path) -> None:
+    """The easy pairs, and each pair flipped by an untrusted annotator: with equal weights the
+    flipped copies cancel what the sound ones teach; weighted down, the sound pairs win."""
+    sound = _easy_pairs()
+    config = RewardConfig(
+        backbone=str(tiny_policy_path),
+        max_length=64,
+        learning_rate=3e-3,
+        num_train_epochs=10,
+        per_device_train_batch_size=4,
+    )
+    accuracy = {}
+    for name, weight in (("equal", 1.0), ("weighted", 0.1)):
+        flipped = [PreferenceExample(p.prompt, p.rejected, p.chosen, weight=weight) for p in sound]
+        metrics = train_reward_model([*sound, *flipped], tmp_path / name, config, eval_examples=sound)
+        accuracy[name] = metrics["eval"]["accuracy"]
+    assert accuracy["weighted"] >= 0.8, accuracy
+    assert accuracy["weighted"] >= accuracy["equal"] + 0.2, accuracy
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        PreferenceExample(USER, "a", "b", weight=-0.5)

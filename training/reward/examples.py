@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.dpo import check_weight
 from training.feedback_io.records import ImportedItem, validate_messages
 
 
@@ -28,8 +29,12 @@ class PreferenceExample:
     group: str | None = field(
         default=None, metadata={"help": "Optional slice name (task, source, annotator...) for per-group accuracy."}
     )
+    weight: float = field(
+        default=1.0, metadata={"help": "How much this judgement counts in the loss (e.g. its annotator's trust)."}
+    )
 
     def __post_init__(self) -> None:
+        check_weight(self.weight)
         validate_messages(self.prompt)
         for name in ("chosen", "rejected"):
             if not isinstance(getattr(self, name), str):
@@ -62,8 +67,12 @@ class RankingExample:
     group: str | None = field(
         default=None, metadata={"help": "Optional slice name (task, source, annotator...) for per-group accuracy."}
     )
+    weight: float = field(
+        default=1.0, metadata={"help": "How much this judgement counts in the loss (e.g. its annotator's trust)."}
+    )
 
     def __post_init__(self) -> None:
+        check_weight(self.weight)
         validate_messages(self.prompt)
         if not isinstance(self.completions, list) or len(self.completions) < 2:
             raise ValueError(f"completions must be a list of two or more answers, got {self.completions!r:.80}")

@@ -152,7 +152,7 @@ def _quiet_transformers() -> Iterator[None]:
 def _rows(
     examples: Sequence[Example], tokenizer, layout: _Layout, config: RewardConfig
 ) -> tuple[list[dict[str, Any]], int]:
-    """One training row per example: token ids of every answer, ranks, margin and tie flag."""
+    """One training row per example: token ids of every answer, ranks, margin, tie flag and weight."""
     rows, n_truncated = [], 0
     for example in examples:
         if isinstance(example, PreferenceExample):
@@ -173,6 +173,7 @@ def _rows(
             "ranks": ranks,
             "margin": float(margin),
             "tie": tie,
+            "weight": float(example.weight),
             "length": sum(len(i) for i in ids),  # for group_by_length
         }
         if layout.type_ids is not None:
@@ -186,7 +187,7 @@ def _row_targets(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
     are scored in order.
 
     ``index`` ``(rows, n_max)``: position of each row's answers among all answers (-1 = none);
-    ``ranks`` ``(rows, n_max)``; ``margin`` and ``tie`` ``(rows,)``.
+    ``ranks`` ``(rows, n_max)``; ``margin``, ``tie`` and ``weight`` ``(rows,)``.
     """
     import torch
 
@@ -204,6 +205,7 @@ def _row_targets(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
         "ranks": ranks,
         "margin": torch.tensor([row["margin"] for row in rows], dtype=torch.float),
         "tie": torch.tensor([bool(row["tie"]) for row in rows], dtype=torch.bool),
+        "weight": torch.tensor([float(row.get("weight", 1.0)) for row in rows], dtype=torch.float),
     }
 
 

@@ -49,7 +49,15 @@ def _trainer_class():  # -> type[RewardTrainer]
 
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:
-                self._signature_columns = ["completion_ids", "completion_type_ids", "ranks", "margin", "tie", "length"]
+                self._signature_columns = [
+                    "completion_ids",
+                    "completion_type_ids",
+                    "ranks",
+                    "margin",
+                    "tie",
+                    "weight",
+                    "length",
+                ]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
@@ -63,6 +71,7 @@ def _trainer_class():  # -> type[RewardTrainer]
                 inputs["tie"],
                 self.center_coefficient,
                 self.label_smoothing,
+                inputs.get("weight"),
             )
             if mode == "train":
                 self._total_train_tokens += int(inputs["attention_mask"].sum())

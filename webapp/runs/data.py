@@ -5,8 +5,10 @@
 - Annotators whose trust is below the recipe's floor are left out.
 - A fixed share of the labels, chosen by a stable hash of the label's id, is held out for the
   evaluation gate and never trained on; the same label is held out in every run.
-- Raw labels: each label as given. Aggregated: one Dawid-Skene label per pairwise item that more
-  than one person judged (items judged once pass as they are).
+- Raw labels: each label as given. Weighted: each label as given, counting in the loss by its
+  annotator's trust (`trust_weight`); labels that would count for nothing are left out. Aggregated:
+  one Dawid-Skene label per pairwise item that more than one person judged (items judged once pass
+  as they are).
 - Pairwise labels give pairs; ties and "both bad" give ties (for the reward model's tie loss);
   rankings give lists (for LiPO and the reward model's Plackett-Luce loss) and pairs (for DPO);
   a critique's rewrite is preferred to the critiqued answer.
@@ -29,6 +31,14 @@ EXCLUDED_HELD_OUT = "held out for the gate"
 EXCLUDED_AGGREGATED = "merged into an aggregate label"
 EXCLUDED_NO_PREFERENCE = "expresses no preference"
 EXCLUDED_TRAINED = "already trained the starting version"
+EXCLUDED_WEIGHTLESS = "annotator's trust gives it no weight (trust at most 0.5)"
+
+
+def trust_weight(trust: float) -> float:
+    """How much a label counts when its annotator is right with chance `trust`: ``2·trust - 1``,
+    the share of it that is signal. A sure annotator's label counts 1; a coin-flipper's nothing
+    (and one who is worse than a coin is not trusted to be reliably wrong either)."""
+    return max(0.0, min(1.0, 2.0 * trust - 1.0))
 
 
 def is_held_out(label_id: int, share: float) -> bool:
@@ -52,6 +62,8 @@ class TrainingData:
     trained_prompts: set[str] = field(default_factory=set)
     excluded: dict[str, int] = field(default_factory=dict)  # why -> how many labels
     n_labels: int = 0  # the project's labels, all of them
+    # "weighted" labels: each annotator's weight (mean 1 over the training labels); empty otherwise
+    weights: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What the run will train on, for the form and the run's record."""
@@ -65,6 +77,7 @@ class TrainingData:
             "held_out_pairs": len(self.held_out_pairs),
             "held_out_prompts": len(self.held_out_prompts),
             "left_out": dict(sorted(self.excluded.items())),
+            **({"weights": dict(sorted(self.weights.items()))} if self.weights else {}),
         }
 
 
@@ -97,7 +110,9 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
     )
     data.n_labels = len(labels)
     excluded: Counter[str] = Counter()
-    trust = annotator_trust(project) if recipe.trust_floor > 0 else {}
+    weighted = recipe.labels == "weighted"
+    trust = annotator_trust(project) if recipe.trust_floor > 0 or weighted else {}
+    weights = _annotator_weights(trust) if weighted else {}
     kept: list[Label] = []
     held_out: list[Label] = []
     lineage: list[Label] = []
@@ -112,6 +127,8 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
             lineage.append(label)
         elif recipe.trust_floor > 0 and (trust.get(label.annotator.username) or 0.0) < recipe.trust_floor:
             excluded[EXCLUDED_TRUST] += 1
+        elif weighted and weights.get(label.annotator.username, 1.0) <= 0:
+            excluded[EXCLUDED_WEIGHTLESS] += 1
         else:
             kept.append(label)
     if recipe.labels == "aggregated":
@@ -126,6 +143,8 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
             data.trained_prompts.add(_key(label.task.prompt.messages))
         else:
             excluded[EXCLUDED_NO_PREFERENCE] += 1
+    if weighted:
+        _apply_weights(data, weights)
     for label in lineage:  # what trained the starting version is not a gate prompt either
         scratch = TrainingData()
         _add_label(scratch, label, *_slots(label))
@@ -139,6 +158,27 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
         data.thumbs = _thumbs()
     data.excluded = dict(excluded)
     return data
+
+
+def _annotator_weights(trust: dict[str, float | None]) -> dict[str, float]:
+    """`trust_weight` per annotator; one whose trust is not known yet counts as the known ones on
+    average (as everyone, when nobody's is known)."""
+    known = {name: trust_weight(t) for name, t in trust.items() if t is not None}
+    fallback = sum(known.values()) / len(known) if known else 1.0
+    return {name: known.get(name, fallback) for name in trust}
+
+
+def _apply_weights(data: TrainingData, weights: dict[str, float]) -> None:
+    """Put each row's weight on it, scaled so that the training labels' mean weight is 1 (the
+    recipe's learning rate keeps its meaning), and record each annotator's."""
+    by_label = {r["label_id"]: weights.get(r["annotator"], 1.0) for r in (*data.pairs, *data.ties, *data.rankings)}
+    if not by_label:
+        return
+    scale = len(by_label) / sum(by_label.values())
+    for row in (*data.pairs, *data.ties, *data.rankings):
+        row["weight"] = round(weights.get(row["annotator"], 1.0) * scale, 6)
+    used = {r["annotator"] for r in (*data.pairs, *data.ties, *data.rankings)}
+    data.weights = {name: round(weights.get(name, 1.0) * scale, 4) for name in used}
 
 
 def _default_project_name() -> str:

@@ -30,8 +30,9 @@ METHOD_LABELS: dict[str, str] = {
     "grpo": "GRPO with the reward model",
 }
 GRPO_SCORES = ("uwo", "wco")  # uncertainty-weighted (mean - λ·variance) or worst-case (min) over the ensemble
-# raw labels (annotators under the trust floor left out), or one Dawid-Skene label per overlapped item
-LABEL_MODES = ("raw", "aggregated")
+# raw labels (annotators under the trust floor left out); raw labels each weighted by its
+# annotator's trust; or one Dawid-Skene label per overlapped item
+LABEL_MODES = ("raw", "weighted", "aggregated")
 # the labels the starting version's lineage has not trained on, or every label
 LABEL_SCOPES = ("new", "all")
 GATE_CHECKS = ("heldout_accuracy", "win_rate", "kl")
@@ -71,7 +72,10 @@ class Recipe:
     )
     labels: str = field(
         default="raw",
-        metadata={"help": "raw: each label as given; aggregated: one Dawid-Skene label per item where overlap > 1."},
+        metadata={
+            "help": "raw: each label as given; weighted: each label counts by its annotator's trust (2·trust - 1); "
+            "aggregated: one Dawid-Skene label per item where overlap > 1."
+        },
     )
     label_scope: str = field(
         default="new",
@@ -189,6 +193,11 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(r.grpo_lambda >= 0, "grpo_lambda", "must be >= 0")
     need(0 <= r.auto_train_every <= 1_000_000, "auto_train_every", "must be >= 0 (0: only by hand)")
     need(r.labels in LABEL_MODES, "labels", f"must be one of {', '.join(LABEL_MODES)}")
+    need(
+        not (r.labels == "weighted" and r.method == "kto"),
+        "labels",
+        "KTO has no per-label weight here (its loss estimates a KL over each batch): use raw or aggregated",
+    )
     need(r.label_scope in LABEL_SCOPES, "label_scope", f"must be one of {', '.join(LABEL_SCOPES)}")
     need(0 <= r.trust_floor <= 1, "trust_floor", "must be from 0 to 1")
     need(0 <= r.held_out_share <= 0.5, "held_out_share", "must be from 0 to 0.5")

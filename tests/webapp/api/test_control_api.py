@@ -71,3 +71,30 @@ def test_the_schema_lists_the_control_endpoints():
         "/api/projects/{project_id}/recipe/",
     ):
         assert path in schema["paths"], path
+
+
+def test_a_weighted_recipe_shows_each_annotators_weight_in_the_api_and_the_form():
+    from tests.factories import make_task
+    from webapp.feedback.assignments import label_create
+
+    admin = make_user("admin")
+    project = make_project(name="Trusted")
+    for name, right in (("sure", 5), ("fair", 4)):
+        user = make_user(username=name)
+        for i in range(6):
+            gold = i < 5
+            task = make_task(project=project, question=f"{name} {i}?", texts=("x", "y"), is_gold=gold,
+                             gold={"choice": "a"} if gold else None)  # fmt: skip
+            choice = "a" if i < right or not gold else "b"
+            label_create(task=task, annotator=user, data={"choice": choice}, source="api")
+    url = f"/api/projects/{project.pk}/recipe/"
+    body = client_for(admin).patch(url, {"labels": "weighted", "held_out_share": 0}, format="json").json()
+    assert body["training_data"]["weights"] == {"fair": 0.75, "sure": 1.25}, body
+    refused = client_for(admin).patch(url, {"method": "kto"}, format="json")
+    assert refused.status_code == 400 and "KTO" in refused.json()["error"]["fields"]["labels"]
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(admin)
+    page = browser.get(f"/dashboard/projects/{project.pk}/recipe/").content.decode()
+    assert 'id="preview-weights"' in page and "sure: 1.25" in page and "fair: 0.75" in page

@@ -10,9 +10,16 @@ from django.utils import timezone
 from tests.factories import make_project, make_serving_version, make_task, make_user
 from webapp.feedback.assignments import label_create
 from webapp.runs import services
-from webapp.runs.data import EXCLUDED_GOLD, EXCLUDED_HELD_OUT, EXCLUDED_TRUST, is_held_out, training_data
+from webapp.runs.data import (
+    EXCLUDED_GOLD,
+    EXCLUDED_HELD_OUT,
+    EXCLUDED_TRUST,
+    EXCLUDED_WEIGHTLESS,
+    is_held_out,
+    training_data,
+)
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
-from webapp.runs.recipe import Recipe
+from webapp.runs.recipe import Recipe, RecipeError
 
 pytestmark = pytest.mark.django_db
 
@@ -176,6 +183,43 @@ def test_a_run_reads_only_its_projects_labels_and_never_gold_or_untrusted_ones()
     bad_label = _label(make_task(project=a, question="Z?", texts=("z1", "z2")), bad)
     floored = training_data(project=a, recipe=Recipe(held_out_share=0.0, trust_floor=0.5))
     assert bad_label.pk not in floored.label_ids and floored.excluded[EXCLUDED_TRUST] == 1
+
+
+def test_weighted_labels_count_by_their_annotators_trust_and_reach_every_trainer():
+    from worker.tasks import _dpo_update, _lipo_update, _reward_examples
+
+    project = make_project(name="W")
+    people = {"sure": 5, "fair": 4, "coin": 2}  # right on 5, 4 and 2 of 5 gold items: trust 1.0, 0.8, 0.4
+    mine: dict[str, list[int]] = {}
+    for name, right in people.items():
+        user = make_user(username=name)
+        for i in range(5):
+            gold = make_task(project=project, question=f"{name} gold {i}?", texts=("x", "y"), is_gold=True,
+                             gold={"choice": "a"})  # fmt: skip
+            _label(gold, user, "a" if i < right else "b")
+        mine[name] = [_label(make_task(project=project, question=f"{name} {i}?", texts=(f"p{i}", f"q{i}")), user).pk
+                      for i in range(3)]  # fmt: skip
+        ranked = make_task(project=project, kind="ranking", question=f"{name} list?", texts=("r1", "r2", "r3"))
+        ids = list(ranked.slots.order_by("position").values_list("candidate_id", flat=True))
+        label_create(task=ranked, annotator=user, data={"ranking": [[i] for i in ids]}, source="api")
+    recipe = Recipe(held_out_share=0.0, labels="weighted")
+    data = training_data(project=project, recipe=recipe)
+    # 2·trust - 1: sure 1.0, fair 0.6, coin 0 (left out); scaled so the training labels average 1
+    assert data.weights == {"sure": 1.25, "fair": 0.75}
+    assert data.excluded[EXCLUDED_WEIGHTLESS] == 4 and not set(mine["coin"]) & set(data.label_ids)
+    weights = {r["label_id"]: r["weight"] for r in data.pairs}
+    assert {weights[pk] for pk in mine["sure"]} == {1.25} and {weights[pk] for pk in mine["fair"]} == {0.75}
+    assert data.summary()["weights"] == {"fair": 0.75, "sure": 1.25}
+    update = _dpo_update(data, recipe)
+    assert sorted({p.weight for p in update.data["pairs"]}) == [0.75, 1.25]
+    lipo = _lipo_update(data, Recipe(held_out_share=0.0, labels="weighted", method="lipo"))
+    assert sorted(r.weight for r in lipo.data["rankings"]) == [0.75, 1.25]
+    train, _ = _reward_examples(data)
+    assert sorted(e.weight for e in train) == [0.75] * 4 + [1.25] * 4  # 3 pairs and a list each
+    with pytest.raises(RecipeError, match="KTO has no per-label weight"):
+        Recipe(labels="weighted", method="kto")
+    raw = training_data(project=project, recipe=Recipe(held_out_share=0.0))
+    assert not raw.weights and all("weight" not in r for r in raw.pairs) and len(raw.label_ids) == 12
 
 
 def test_rankings_train_as_lists_and_ties_are_kept_for_the_reward_model():
