@@ -55,10 +55,15 @@ fmt: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The whole suite on PostgreSQL and Redis, then the web app's tests again on SQLite with the
+# filesystem broker: what `make run` uses, and so what every newcomer uses.
 test: venv vllm-venv browser lint
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	$(PY) -m pytest $(PYTEST_ARGS)
+	rm -rf var/test-sqlite && mkdir -p var/test-sqlite
+	PREFLOOP_VAR_DIR=$(CURDIR)/var/test-sqlite DATABASE_URL=sqlite:///$(CURDIR)/var/test-sqlite/prefloop.sqlite3 \
+	CELERY_BROKER_URL=filesystem:// $(PY) -m pytest -m both_databases $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/reward_model.py

@@ -30,3 +30,9 @@ def s3_options(s3_endpoint: str) -> dict[str, object]:
     from tests.processes import S3_KEY, S3_SECRET
 
     return {"key": S3_KEY, "secret": S3_SECRET, "endpoint_url": s3_endpoint}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from django.conf import settings
+
+    return f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"

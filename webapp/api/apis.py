@@ -44,6 +44,7 @@ from webapp.api.serializers import (
     VersionPromoteSerializer,
 )
 from webapp.core.http import api_user
+from webapp.core.parsing import parse_id
 from webapp.feedback import assignments
 from webapp.feedback import services as feedback_services
 from webapp.feedback.assignments import label_create
@@ -81,9 +82,11 @@ def _filter(queryset: QuerySet[Any], request: Request, fields: dict[str, str]) -
         if value is None or value == "":
             continue
         if lookup.endswith("_id") or lookup == "task_id":
-            if not value.isdigit():
+            if parse_id(value) is None:
                 raise ValidationError({param: f"must be a number, got {value!r}"})
         if lookup == "is_gold":
+            if not api_user(request).is_prefloop_admin:
+                raise PermissionDenied("Only admins can filter by is_gold.")
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValidationError({param: "must be true or false"})
             value = value.lower() in ("true", "1")  # type: ignore[assignment]
@@ -136,7 +139,7 @@ class PromptTaskCreateApi(APIView):
         prompt = get_object_or_404(_prompts_for(request), pk=prompt_id)
         task = feedback_services.prompt_task_create(prompt=prompt, created_by=api_user(request))
         task = task_list_for(user=api_user(request)).get(pk=task.pk)
-        return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+        return Response(TaskSerializer(task, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
 
 class CandidateListApi(generics.ListAPIView):
@@ -146,7 +149,10 @@ class CandidateListApi(generics.ListAPIView):
         candidates = Candidate.objects.filter(prompt__in=_prompts_for(self.request)).select_related("policy_version")
         prompt = self.request.query_params.get("prompt")
         if prompt is not None:
-            candidates = candidates.filter(prompt_id=int(prompt)) if prompt.isdigit() else candidates.none()
+            prompt_id = parse_id(prompt)
+            if prompt_id is None:
+                raise ValidationError({"prompt": f"must be a number, got {prompt!r}"})
+            candidates = candidates.filter(prompt_id=prompt_id)
         return candidates.order_by("id")
 
 
@@ -181,7 +187,7 @@ class LabelListCreateApi(APIView):
         )
         paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
         page = paginator.paginate_queryset(labels, request, view=self)
-        return paginator.get_paginated_response(LabelSerializer(page, many=True).data)
+        return paginator.get_paginated_response(LabelSerializer(page, many=True, context={"request": request}).data)
 
     @extend_schema(
         request=LabelInputSerializer,
@@ -204,13 +210,13 @@ class LabelListCreateApi(APIView):
             assignment=assignment,
             idempotency_key=_idempotency_key(request),
         )
-        return _label_response(label, created, data, task_id=task.pk)
+        return _label_response(request, label, created, data, task_id=task.pk)
 
 
-def _label_response(label: Label, created: bool, data: dict[str, Any], *, task_id: int) -> Response:
+def _label_response(request: Request, label: Label, created: bool, data: dict[str, Any], *, task_id: int) -> Response:
     """201 for a new label; 200 for a repeat of the same judgment; 409 for a different one."""
     if not created:
-        stored = LabelSerializer(label).data
+        stored = LabelSerializer(label, context={"request": request}).data
         differs = [
             k
             for k in ("choice", "strength", "ranking", "critique", "rewrite", "rating")
@@ -228,7 +234,8 @@ def _label_response(label: Label, created: bool, data: dict[str, Any], *, task_i
                 },
                 status=status.HTTP_409_CONFLICT,
             )
-    return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    shown = LabelSerializer(label, context={"request": request}).data
+    return Response(shown, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class ProjectListCreateApi(APIView):
@@ -277,7 +284,7 @@ class ProjectNextApi(APIView):
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         assignment.task = task_list_for(user=user).get(pk=assignment.task_id)
-        return Response(AssignmentSerializer(assignment).data)
+        return Response(AssignmentSerializer(assignment, context={"request": request}).data)
 
 
 class AssignmentSubmitApi(APIView):
@@ -301,7 +308,7 @@ class AssignmentSubmitApi(APIView):
             )
         except ValueError as exc:
             return Response({"error": {"code": "conflict", "message": str(exc)}}, status=status.HTTP_409_CONFLICT)
-        return _label_response(label, created, data, task_id=assignment.task_id)
+        return _label_response(request, label, created, data, task_id=assignment.task_id)
 
 
 class AssignmentSkipApi(APIView):

@@ -103,6 +103,23 @@ class TaskBulkSerializer(serializers.Serializer):
     items = TaskBulkItemSerializer(many=True, max_length=1000, min_length=1)  # type: ignore[call-arg]
 
 
+class AdminOnlyFields:
+    """Leaves out `admin_only` fields unless the request's user is an admin: annotators must not
+    tell gold items from the rest, or gold-based trust measures nothing. Without a request in the
+    serializer's context the fields are left out too (fail closed)."""
+
+    admin_only: tuple[str, ...] = ()
+
+    def to_representation(self, instance: Any) -> Any:
+        data = super().to_representation(instance)  # type: ignore[misc]
+        request = self.context.get("request")  # type: ignore[attr-defined]
+        user = getattr(request, "user", None)
+        if not (user is not None and user.is_authenticated and user.is_prefloop_admin):
+            for name in self.admin_only:
+                data.pop(name, None)
+        return data
+
+
 class AssignmentSerializer(serializers.ModelSerializer):
     task = serializers.SerializerMethodField()
 
@@ -111,7 +128,7 @@ class AssignmentSerializer(serializers.ModelSerializer):
         fields = ["id", "status", "task", "leased_at", "expires_at"]
 
     def get_task(self, assignment: Assignment) -> dict[str, Any]:
-        return TaskSerializer(assignment.task).data
+        return TaskSerializer(assignment.task, context=self.context).data
 
 
 class SkipSerializer(serializers.Serializer):
@@ -139,9 +156,10 @@ class CandidateSerializer(serializers.ModelSerializer):
         fields = ["id", "prompt", "text", "origin", "policy_version", "created_at"]
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(AdminOnlyFields, serializers.ModelSerializer):
     candidates = serializers.SerializerMethodField()
     prompt = PromptSerializer(read_only=True)
+    admin_only = ("is_gold",)
 
     class Meta:
         model = Task
@@ -168,8 +186,9 @@ class LabelInputSerializer(JudgmentSerializer):
     task = serializers.PrimaryKeyRelatedField(queryset=Task.objects.all())
 
 
-class LabelSerializer(serializers.ModelSerializer):
+class LabelSerializer(AdminOnlyFields, serializers.ModelSerializer):
     annotator: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    admin_only = ("gold_correct",)
 
     class Meta:
         model = Label

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from training.policy_client import PolicyServerError
 from webapp.core.http import AuthedHttpRequest
+from webapp.core.parsing import parse_id
 from webapp.feedback.models import Conversation, Label, Project, Task
 from webapp.feedback.quality import project_quality
 from webapp.runs import services
@@ -89,7 +90,7 @@ def run_new(request: AuthedHttpRequest) -> HttpResponse:
 
 
 def _int(value: str) -> int:
-    return int(value) if value.strip().isdigit() else 0
+    return parse_id(value) or 0
 
 
 @require_POST

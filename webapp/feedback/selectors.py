@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import json
 
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from webapp.accounts.models import User
-from webapp.feedback.models import Conversation, Label, Message, Project, Prompt, Task
+from webapp.feedback.models import Conversation, Label, Message, Project, Prompt, Task, TaskCandidate
 from webapp.runs.models import TrainingRun
 
 
@@ -28,13 +28,23 @@ def context_before(*, message: Message) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in reversed(chain) if m.status == m.Status.COMPLETE]
 
 
+def slots_prefetch(path: str = "slots") -> Prefetch:
+    """A task's answer slots with their candidates (and versions) joined in, in one query per chunk.
+
+    Chained prefetches (``slots__candidate``) make SQLite fail on large exports ("Expression tree
+    is too large"): Django filters the candidates of hidden reverse relations with one ``OR`` per
+    id. A join has no such limit, and saves a query.
+    """
+    return Prefetch(path, queryset=TaskCandidate.objects.select_related("candidate__policy_version"))
+
+
 def task_with_candidates(*, task_id: int) -> Task:
-    return Task.objects.select_related("prompt").prefetch_related("slots__candidate__policy_version").get(pk=task_id)
+    return Task.objects.select_related("prompt").prefetch_related(slots_prefetch()).get(pk=task_id)
 
 
 def task_list_for(*, user: User) -> QuerySet[Task]:
     """Admins see every task; others the tasks they made (chat comparisons) or were served."""
-    tasks = Task.objects.select_related("prompt", "project").prefetch_related("slots__candidate__policy_version")
+    tasks = Task.objects.select_related("prompt", "project").prefetch_related(slots_prefetch())
     if user.is_prefloop_admin:
         return tasks
     return tasks.filter(Q(created_by=user) | Q(assignments__annotator=user)).distinct()

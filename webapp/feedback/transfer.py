@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Prefetch
 
 from training.feedback_io import BadRecord, ImportedCandidate, ImportedItem, ImportedLabel, rows_from_item
 from webapp.accounts.models import User
 from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
-from webapp.feedback.selectors import context_before
+from webapp.feedback.selectors import context_before, slots_prefetch
 from webapp.feedback.services import labels_bulk_create, tasks_bulk_create
 
 IMPORTED_USER_PREFIX = "import-"
@@ -209,7 +210,8 @@ def export_rows(*, kind: str, project: Project | None = None, min_agreement: flo
         return
     if kind != "raw":
         tasks = tasks.filter(labels__isnull=False).distinct()
-    for task in tasks.prefetch_related("slots__candidate", "labels__annotator").iterator(chunk_size=EXPORT_CHUNK):
+    with_annotators = Prefetch("labels", queryset=Label.objects.select_related("annotator"))
+    for task in tasks.prefetch_related(slots_prefetch(), with_annotators).iterator(chunk_size=EXPORT_CHUNK):
         labels = sorted(task.labels.all(), key=lambda lbl: lbl.pk)
         if labels and min_agreement > 0 and _agreement(labels) < min_agreement:
             continue

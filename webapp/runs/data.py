@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
+from webapp.feedback.selectors import slots_prefetch
 from webapp.runs.recipe import Recipe
 
 EXCLUDED_GOLD = "gold item"
@@ -105,7 +106,7 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
     labels = list(
         Label.objects.filter(task__project=project)
         .select_related("task__prompt", "annotator")
-        .prefetch_related("task__slots__candidate")
+        .prefetch_related(slots_prefetch("task__slots"))
         .order_by("id")
     )
     data.n_labels = len(labels)

@@ -54,7 +54,7 @@ def test_bad_judgments_get_400_and_store_nothing():
     assignment = client.post(f"/api/projects/{project.pk}/next/").json()
     url = f"/api/assignments/{assignment['id']}/submit/"
     for bad, fragment in [
-        ({"ranking": [[1]]}, "not a candidate"),
+        ({"ranking": [[10**9]]}, "not a candidate"),
         ({"ranking": "first"}, "non-empty list"),
         ({"rating": 12}, "rating"),
     ]:
