@@ -38,11 +38,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; fi; }
 
+# `make run` is for trying Prefloop on one's own machine: debug pages on, the demo accounts made.
+# Production runs `manage.py prefloop_serve` with neither (docs/deploy.md).
 setup: venv
 	mkdir -p var
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py prefloop_setup
 
+run: export DJANGO_DEBUG ?= 1
 run: setup
 	$(PY) manage.py prefloop_run
 

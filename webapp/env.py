@@ -93,3 +93,27 @@ def env_json_object(name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def env_secret_key(name: str, path: Path) -> str:
+    """`name` from the environment; else a random key kept in `path` (made once, readable by its
+    owner only), so no two installations share a key and a restart keeps sessions."""
+    import secrets
+
+    raw = os.environ.get(name, "").strip()
+    if raw:
+        if len(raw) < 50 or len(set(raw)) < 5:
+            raise ConfigError(f"{name} must be at least 50 characters with at least 5 different ones")
+        return raw
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if key:
+            return key
+        raise ConfigError(f"{path} is empty: remove it (a new key is made) or set {name}") from None
+    key = secrets.token_urlsafe(64)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    return key

@@ -34,6 +34,7 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
         POLICY_SERVER_URL=f"http://127.0.0.1:{policy_port}",
         PREFLOOP_ADDR=f"127.0.0.1:{web_port}",
         PYTHONUNBUFFERED="1",
+        DJANGO_DEBUG="1",  # as the Makefile's `run` sets it
     )
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
@@ -64,6 +65,8 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
+        static = web.get("/static/prefloop/chat.js")  # served by the same server as the pages
+        assert static.status_code == 200 and "javascript" in static.headers["content-type"], static.status_code
         token = web.post("/api/auth/token/", json={"username": "annotator", "password": "prefloop-annotator"})
         assert token.status_code == 200, token.text
         headers = {"Authorization": f"Token {token.json()['token']}"}

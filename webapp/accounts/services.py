@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
@@ -26,3 +27,25 @@ def token_for_user(*, user: User) -> str:
     """The user's REST API token, created on first use."""
     token, _ = Token.objects.get_or_create(user=user)
     return token.key
+
+
+class AdminExists(Exception):
+    """There is an admin already: the first-admin path does nothing."""
+
+
+@transaction.atomic
+def admin_create_first(*, username: str, password: str, email: str = "") -> User:
+    """The installation's first admin (from the environment or `manage.py prefloop_admin`).
+
+    Refuses with AdminExists once any admin exists, so a value left in the environment never
+    resets a password; the password must pass Django's validators (ValidationError names why).
+    """
+    if (
+        User.objects.select_for_update().filter(role=User.Role.ADMIN).exists()
+        or User.objects.filter(is_superuser=True).exists()
+    ):
+        raise AdminExists("an admin exists already")
+    candidate = User(username=username, email=email, role=User.Role.ADMIN)
+    validate_password(password, user=candidate)
+    user, _ = user_ensure(username=username, password=password, role=User.Role.ADMIN, email=email)
+    return user

@@ -43,7 +43,7 @@ from webapp.api.serializers import (
     VersionEventSerializer,
     VersionPromoteSerializer,
 )
-from webapp.core.http import api_user
+from webapp.core.http import api_user, streaming_response
 from webapp.core.parsing import parse_id
 from webapp.feedback import assignments
 from webapp.feedback import services as feedback_services
@@ -600,8 +600,8 @@ class ProjectExportApi(APIView):
         if not 0 <= min_agreement <= 1:
             raise ValidationError({"min_agreement": "a number from 0 to 1"})
         rows = export_rows(kind=kind, project=project, min_agreement=min_agreement)
-        response = StreamingHttpResponse(
-            (json.dumps(row, ensure_ascii=False) + "\n" for row in rows), content_type="application/x-ndjson"
+        response = streaming_response(
+            request, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows), content_type="application/x-ndjson"
         )
         response["Content-Disposition"] = f'attachment; filename="{slugify(project.name)}-{kind}.jsonl"'
         return response

@@ -282,9 +282,12 @@ class RewardModelSerializer(serializers.ModelSerializer):
         ]
 
 
+RUN_REQUEST_KINDS = [("policy", "The project's recipe decides"), *TrainingRun.Kind.choices]
+
+
 class RunCreateSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(
-        choices=[("policy", "The project's recipe decides"), *TrainingRun.Kind.choices],
+        choices=RUN_REQUEST_KINDS,
         default="policy",
         help_text="`policy` (the default): the update method of the project's recipe.",
     )

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.core import policy
-from webapp.core.http import AuthedHttpRequest
+from webapp.core.http import AuthedHttpRequest, streaming_response
 from webapp.feedback import services
 from webapp.feedback.models import Conversation, Message, MessageFeedback, Task
 from webapp.feedback.selectors import context_before, conversation_list, conversation_messages, task_with_candidates
@@ -99,7 +99,7 @@ def stream(request: AuthedHttpRequest, message_id: int) -> HttpResponseBase:
             return
         services.chat_reply_finish(message=message, content="".join(parts))
 
-    response = StreamingHttpResponse(chunks(), content_type="text/plain; charset=utf-8")
+    response = streaming_response(request, chunks(), content_type="text/plain; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

@@ -5,6 +5,7 @@ import json
 from django.contrib import admin
 from django.http import StreamingHttpResponse
 
+from webapp.core.http import streaming_response
 from webapp.feedback.models import (
     Assignment,
     Candidate,
@@ -32,23 +33,23 @@ class ProjectAdmin(admin.ModelAdmin):
     inlines = [MemberInline]
     actions = ["export_preference", "export_raw"]
 
-    def _export(self, queryset, kind: str) -> StreamingHttpResponse:  # type: ignore[no-untyped-def]
+    def _export(self, request, queryset, kind: str) -> StreamingHttpResponse:  # type: ignore[no-untyped-def]
         def rows():  # type: ignore[no-untyped-def]
             for project in queryset:
                 for row in export_rows(kind=kind, project=project):
                     yield json.dumps(row, ensure_ascii=False) + "\n"
 
-        response = StreamingHttpResponse(rows(), content_type="application/x-ndjson")
+        response = streaming_response(request, rows(), content_type="application/x-ndjson")
         response["Content-Disposition"] = f'attachment; filename="prefloop-{kind}.jsonl"'
         return response
 
     @admin.action(description="Export preference pairs (TRL format, JSON lines)")
     def export_preference(self, request, queryset):  # type: ignore[no-untyped-def]
-        return self._export(queryset, "preference")
+        return self._export(request, queryset, "preference")
 
     @admin.action(description="Export raw per-annotator labels (JSON lines)")
     def export_raw(self, request, queryset):  # type: ignore[no-untyped-def]
-        return self._export(queryset, "raw")
+        return self._export(request, queryset, "raw")
 
 
 class SlotInline(admin.TabularInline):

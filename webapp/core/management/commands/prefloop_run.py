@@ -75,7 +75,8 @@ class Command(BaseCommand):
                 str(settings.VAR_DIR / "celerybeat-schedule"),
             ]
             procs.append(("worker", subprocess.Popen(worker, start_new_session=True)))
-            web = [sys.executable, "manage.py", "runserver", "--noreload", options["addr"]]
+            # the production server, one process: what a newcomer tries is what is deployed
+            web = [sys.executable, "manage.py", "prefloop_serve", "--addr", options["addr"], "--workers", "1"]
             procs.append(("web", subprocess.Popen(web, start_new_session=True)))
             self.stdout.write(
                 self.style.SUCCESS(
