@@ -6,7 +6,7 @@ import itertools
 
 from webapp.accounts.models import User
 from webapp.accounts.services import user_ensure
-from webapp.feedback.models import Candidate, Project, Prompt, Task, TaskCandidate
+from webapp.feedback.models import Candidate, Project, ProjectMember, Prompt, Task, TaskCandidate
 from webapp.feedback.services import project_default
 from webapp.runs.models import ModelVersion, RewardModel
 from webapp.runs.services import reward_model_register, version_promote, version_register
@@ -24,10 +24,14 @@ def make_serving_version(path: str = "/nonexistent/adapter") -> ModelVersion:
     return version_promote(version=version)
 
 
-def make_project(**fields) -> Project:
+def make_project(*, members: tuple[User, ...] | list[User] = (), **fields) -> Project:
+    """A project; `members` may annotate it (membership is explicit)."""
     fields.setdefault("name", f"project {next(_seq)}")
     fields.setdefault("feedback_types", ["pairwise", "ranking", "critique", "rating"])
-    return Project.objects.create(**fields)
+    project = Project.objects.create(**fields)
+    for user in members:
+        ProjectMember.objects.create(project=project, user=user)
+    return project
 
 
 def make_task(

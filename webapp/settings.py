@@ -4,6 +4,8 @@ broker that needs no server, the tiny local policy)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dj_database_url
 
 from webapp.env import (
@@ -49,7 +51,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "webapp.core",
@@ -71,7 +74,21 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: it answers a locked-out login
 ]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # counts failed logins, refuses a locked-out one
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lockout (django-axes): after AXES_FAILURE_LIMIT wrong passwords for one username from one address,
+# that pair is refused for AXES_COOLOFF_TIME hours; a right password resets the count.
+AXES_FAILURE_LIMIT = env_int("PREFLOOP_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = env_float("PREFLOOP_LOGIN_LOCKOUT_HOURS", 0.25, minimum=0.0)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_PROXY_COUNT = env_int("PREFLOOP_PROXY_COUNT", 0, minimum=0)  # proxies in front that add an address
+AXES_LOCKOUT_CALLABLE = "webapp.api.auth.lockout_response"
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "webapp.urls"
 WSGI_APPLICATION = "webapp.wsgi.application"
@@ -146,9 +163,18 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "webapp.api.authentication.TokenAuthentication",  # hashed, expiring tokens (django-rest-knox)
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("PREFLOOP_THROTTLE_ANON", "60/min"),
+        "user": env_str("PREFLOOP_THROTTLE_USER", "1200/min"),
+        "login": env_str("PREFLOOP_THROTTLE_LOGIN", "20/min"),  # per address, on POST /api/auth/token/
+    },
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
         "webapp.api.parsers.SafeJSONParser",
@@ -159,6 +185,20 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "webapp.api.errors.exception_handler",
+}
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=env_float("PREFLOOP_TOKEN_TTL_HOURS", 24 * 30, minimum=0.01)),
+    "AUTH_HEADER_PREFIX": "Token",
+}
+# The throttles' and the lockout's counters: shared by every web process when PREFLOOP_CACHE_URL
+# names a Redis server, per process otherwise.
+_CACHE_URL = env_str("PREFLOOP_CACHE_URL", "")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _CACHE_URL}
+        if _CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Prefloop API",

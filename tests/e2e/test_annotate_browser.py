@@ -23,12 +23,12 @@ def wait_for_next(page, done: int) -> None:
 
 
 def test_each_task_kind_is_judged_in_the_browser_without_a_full_page_load(live_server, page):
-    project = make_project(name="Everything", guidelines="Prefer *short* correct answers.")
+    ann = make_user(username="ann", password="ann-password")
+    project = make_project(name="Everything", guidelines="Prefer *short* correct answers.", members=[ann])
     pairwise = make_task(project=project, texts=("Paris.", "Lyon, I think."))
     ranking = make_task(project=project, kind="ranking", texts=("first", "second", "third"))
     critique = make_task(project=project, kind="critique", texts=("The sun is a planet.",))
     rating = make_task(project=project, kind="rating", texts=("Two plus two is four.",))
-    make_user(username="ann", password="ann-password")
     login(page, live_server, "ann", "ann-password")
 
     page.goto(f"{live_server.url}/annotate/{project.pk}/")
@@ -82,9 +82,9 @@ def test_each_task_kind_is_judged_in_the_browser_without_a_full_page_load(live_s
 
 
 def test_skip_needs_a_reason_and_bad_input_shows_an_error(live_server, page):
-    project = make_project(name="Skippable")
+    ann = make_user(username="ann", password="ann-password")
+    project = make_project(name="Skippable", members=[ann])
     task = make_task(project=project, kind="rating", texts=("Hello.",))
-    make_user(username="ann", password="ann-password")
     login(page, live_server, "ann", "ann-password")
     page.goto(f"{live_server.url}/annotate/{project.pk}/")
     page.click("button.submit-rating")  # no rating chosen

@@ -67,13 +67,13 @@ def test_api_loop_against_vllm(live_server, loop_settings, loop_files, vllm_poli
     run = launched.json()
     while run["status"] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(1)
-        run = api.get(f"/runs/{run_id}/", headers=ann).json()
+        run = api.get(f"/runs/{run_id}/", headers=boss).json()
     assert run["status"] == "succeeded", run["error"]
     assert (run["parent_version"], run["result_version"], run["n_labels"]) == (1, 2, len(PROMPTS))
     assert 1 <= run["n_pairs"] <= len(PROMPTS)  # a pair whose two samples are the same text teaches nothing
     assert run["metrics"]
 
-    versions = {v["number"]: v for v in api.get("/versions/", headers=ann).json()["results"]}
+    versions = {v["number"]: v for v in api.get("/versions/", headers=boss).json()["results"]}
     assert versions[2]["status"] == "serving" and versions[1]["status"] == "retired"
     client = PolicyClient(vllm_policy_server)
     assert client.adapter_root("policy-v2") == versions[2]["artifact_path"]

@@ -59,6 +59,7 @@ def test_loop_with_versions_in_s3(
     token = api.post("/auth/token/", json={"username": "ann", "password": "ann-password"}).json()["token"]
     ann = {"Authorization": f"Token {token}"}
     boss_token = api.post("/auth/token/", json={"username": "boss", "password": "boss-password"}).json()["token"]
+    boss = {"Authorization": f"Token {boss_token}"}
     for text in PROMPTS:
         prompt = api.post("/prompts/", json={"text": text}, headers=ann).json()
         task = api.post(f"/prompts/{prompt['id']}/tasks/", headers=ann)
@@ -72,10 +73,10 @@ def test_loop_with_versions_in_s3(
     deadline = time.monotonic() + 300
     while run["status"] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(1)
-        run = api.get(f"/runs/{run['id']}/", headers=ann).json()
+        run = api.get(f"/runs/{run['id']}/", headers=boss).json()
     assert run["status"] == "succeeded", run
 
-    v2 = {v["number"]: v for v in api.get("/versions/", headers=ann).json()["results"]}[2]
+    v2 = {v["number"]: v for v in api.get("/versions/", headers=boss).json()["results"]}[2]
     assert v2["status"] == "serving"
     assert v2["artifact_path"].startswith(f"{url}/versions/run-")
     name = v2["artifact_path"].rsplit("/", 1)[-1]

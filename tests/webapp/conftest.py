@@ -14,3 +14,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(item.fspath).parents:
             item.add_marker(pytest.mark.both_databases)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counters():
+    """Throttle and lockout counters live in the cache: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _quick_passwords(settings):
+    """A fast hasher for passwords made in these in-process tests (Django's advice for tests)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -4,6 +4,7 @@ handler reads a synchronous iterator to its end before sending anything."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 
@@ -11,6 +12,12 @@ from django.core.handlers.asgi import ASGIRequest
 from django.test import RequestFactory
 
 from webapp.core.http import streaming_response
+
+
+def _run(coroutine) -> object:
+    """Run `coroutine` on a loop of its own in another thread (the browser tests leave one running here)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _asgi_request() -> ASGIRequest:
@@ -40,7 +47,7 @@ def test_under_asgi_the_first_chunk_is_sent_before_the_iterator_ends():
         release.set()
         return [first, *[chunk async for chunk in chunks]]
 
-    assert asyncio.run(read()) == [b"first", b"second"] and closed == [True]
+    assert _run(read()) == [b"first", b"second"] and closed == [True]
 
 
 def test_a_client_that_leaves_closes_the_iterator():
@@ -52,7 +59,7 @@ def test_a_client_that_leaves_closes_the_iterator():
         assert await anext(chunks) == b"first"
         await chunks.aclose()
 
-    asyncio.run(leave())
+    _run(leave())
     assert closed == [True]
 
 

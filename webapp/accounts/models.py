@@ -9,7 +9,6 @@ class User(AbstractUser):
 
     class Role(models.TextChoices):
         ANNOTATOR = "annotator", "Annotator"
-        REVIEWER = "reviewer", "Reviewer"
         ADMIN = "admin", "Admin"
 
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from webapp.accounts.models import User
 
@@ -23,10 +23,15 @@ def user_ensure(*, username: str, password: str, role: str, email: str = "") -> 
     return user, created
 
 
+def token_create(*, user: User) -> tuple[AuthToken, str]:
+    """A new API token for `user`: the stored row (its digest, never the token) and the token itself,
+    which is shown once. It expires after REST_KNOX's TOKEN_TTL (PREFLOOP_TOKEN_TTL_HOURS)."""
+    return AuthToken.objects.create(user=user)
+
+
 def token_for_user(*, user: User) -> str:
-    """The user's REST API token, created on first use."""
-    token, _ = Token.objects.get_or_create(user=user)
-    return token.key
+    """A fresh API token for `user` (scripts and tests)."""
+    return token_create(user=user)[1]
 
 
 class AdminExists(Exception):

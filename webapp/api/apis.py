@@ -15,13 +15,14 @@ from django.utils.text import slugify
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from training.feedback_io import EXPORT_KINDS, FORMATS, read_feedback
+from webapp.accounts.models import User
 from webapp.api.permissions import AdminForWrites, IsPrefloopAdmin
 from webapp.api.serializers import (
     AssignmentSerializer,
@@ -30,6 +31,7 @@ from webapp.api.serializers import (
     LabelInputSerializer,
     LabelSerializer,
     ModelVersionSerializer,
+    ProjectMemberSerializer,
     ProjectSerializer,
     PromptInputSerializer,
     PromptSerializer,
@@ -255,6 +257,46 @@ class ProjectListCreateApi(APIView):
         return Response(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
 
+class ProjectMembersApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(responses=ProjectMemberSerializer(many=True), summary="The project's members (admins)")
+    def get(self, request: Request, project_id: int) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        rows = project.memberships.select_related("user").order_by("user__username")
+        return Response([{"username": m.user.username, "role": m.role} for m in rows])
+
+    @extend_schema(
+        request=ProjectMemberSerializer,
+        responses={201: ProjectMemberSerializer, 200: ProjectMemberSerializer},
+        summary="Let a person annotate the project (admins; 200 when they already may)",
+    )
+    def post(self, request: Request, project_id: int) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        body = ProjectMemberSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = User.objects.filter(username=body.validated_data["username"]).first()
+        if user is None:
+            raise ValidationError({"username": f"no such user: {body.validated_data['username']!r}"})
+        membership, created = feedback_services.project_member_add(project=project, user=user)
+        return Response(
+            {"username": user.username, "role": membership.role},
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class ProjectMemberApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(request=None, responses={204: None}, summary="End a membership; the person's labels stay (admins)")
+    def delete(self, request: Request, project_id: int, username: str) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        user = get_object_or_404(User, username=username)
+        if not feedback_services.project_member_remove(project=project, user=user):
+            raise NotFound(f"{username} is not a member of {project.name}.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 class ProjectDetailApi(generics.RetrieveAPIView):
     serializer_class = ProjectSerializer
     lookup_url_kwarg = "project_id"
@@ -361,7 +403,7 @@ class MessageThumbsApi(APIView):
 
 
 class RunListCreateApi(APIView):
-    permission_classes = [AdminForWrites]
+    permission_classes = [IsPrefloopAdmin]  # training internals: admins only
 
     @extend_schema(responses=TrainingRunSerializer(many=True), summary="List training runs")
     def get(self, request: Request) -> Response:
@@ -396,6 +438,7 @@ class RunListCreateApi(APIView):
 
 
 class RunDetailApi(generics.RetrieveAPIView):
+    permission_classes = [IsPrefloopAdmin]  # training internals: admins only
     serializer_class = TrainingRunSerializer
     lookup_url_kwarg = "run_id"
 
@@ -454,6 +497,8 @@ class VersionPromoteApi(APIView):
 
 
 class VersionLabelsApi(APIView):
+    permission_classes = [IsPrefloopAdmin]  # training internals: admins only
+
     @extend_schema(responses=OpenApiTypes.OBJECT, summary="Which labels trained a version: the snapshot of their ids")
     def get(self, request: Request, version_id: int) -> Response:
         version = get_object_or_404(ModelVersion, pk=version_id)
@@ -463,6 +508,8 @@ class VersionLabelsApi(APIView):
 class VersionEventListApi(generics.ListAPIView):
     """The audit trail: every promotion, rollback and rejection, newest first."""
 
+    permission_classes = [IsPrefloopAdmin]  # training internals: admins only
+
     serializer_class = VersionEventSerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
@@ -470,7 +517,7 @@ class VersionEventListApi(generics.ListAPIView):
 
 
 class ProjectRecipeApi(APIView):
-    permission_classes = [AdminForWrites]
+    permission_classes = [IsPrefloopAdmin]
 
     @extend_schema(responses=OpenApiTypes.OBJECT, summary="A project's training recipe, and what a run would train on")
     def get(self, request: Request, project_id: int) -> Response:
@@ -518,6 +565,7 @@ def _recipe_body(project: Project) -> dict[str, Any]:
 
 
 class RewardModelListApi(generics.ListAPIView):
+    permission_classes = [IsPrefloopAdmin]  # training internals: admins only
     serializer_class = RewardModelSerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
@@ -525,6 +573,7 @@ class RewardModelListApi(generics.ListAPIView):
 
 
 class VersionListApi(generics.ListAPIView):
+    permission_classes = [IsPrefloopAdmin]  # training internals: admins only
     serializer_class = ModelVersionSerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]

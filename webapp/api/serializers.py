@@ -3,8 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from rest_framework import serializers
 
+from webapp.accounts.models import User
 from webapp.feedback.models import (
     Assignment,
     Candidate,
@@ -42,6 +44,14 @@ class PromptInputSerializer(serializers.Serializer):
 
 
 class ProjectSerializer(serializers.ModelSerializer):
+    members = serializers.ListField(
+        child=serializers.CharField(max_length=150),
+        write_only=True,
+        required=False,
+        max_length=10_000,
+        help_text="Usernames of the annotators who may work on it (membership is explicit; admins always may).",
+    )
+
     class Meta:
         model = Project
         fields = [
@@ -53,8 +63,27 @@ class ProjectSerializer(serializers.ModelSerializer):
             "gold_rate",
             "allow_partial_ranking",
             "lease_seconds",
+            "members",
             "created_at",
         ]
+
+    def validate_members(self, value: list[str]) -> list[User]:
+        names = list(dict.fromkeys(value))
+        users = {u.username: u for u in User.objects.filter(username__in=names)}
+        missing = [n for n in names if n not in users]
+        if missing:
+            raise serializers.ValidationError(f"no such user: {', '.join(missing[:20])}")
+        return [users[n] for n in names]
+
+    def create(self, validated_data: dict[str, Any]) -> Project:
+        from webapp.feedback.services import project_member_add
+
+        members = validated_data.pop("members", [])
+        with transaction.atomic():
+            project = Project.objects.create(**validated_data)
+            for user in members:
+                project_member_add(project=project, user=user)
+        return project
 
     def validate_feedback_types(self, value: Any) -> list[str]:
         allowed = set(FeedbackKind.values)
@@ -71,6 +100,11 @@ class ProjectSerializer(serializers.ModelSerializer):
         if not 0 <= value <= 1:
             raise serializers.ValidationError("gold_rate must be between 0 and 1")
         return value
+
+
+class ProjectMemberSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.CharField(read_only=True)
 
 
 class TaskBulkItemSerializer(PromptInputSerializer):

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
 
-from webapp.api import apis
+from webapp.api import apis, auth
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", auth.TokenCreateApi.as_view(), name="api-token"),
+    path("auth/tokens/", auth.TokenListApi.as_view(), name="api-tokens"),
+    path("auth/tokens/<str:token_id>/", auth.TokenRevokeApi.as_view(), name="api-token-revoke"),
     path("prompts/", apis.PromptListCreateApi.as_view(), name="api-prompts"),
     path("prompts/<int:prompt_id>/tasks/", apis.PromptTaskCreateApi.as_view(), name="api-prompt-tasks"),
     path("candidates/", apis.CandidateListApi.as_view(), name="api-candidates"),
@@ -24,6 +25,10 @@ urlpatterns = [
     path("reward-models/", apis.RewardModelListApi.as_view(), name="api-reward-models"),
     path("projects/", apis.ProjectListCreateApi.as_view(), name="api-projects"),
     path("projects/<int:project_id>/", apis.ProjectDetailApi.as_view(), name="api-project"),
+    path("projects/<int:project_id>/members/", apis.ProjectMembersApi.as_view(), name="api-project-members"),
+    path(
+        "projects/<int:project_id>/members/<str:username>/", apis.ProjectMemberApi.as_view(), name="api-project-member"
+    ),
     path("projects/<int:project_id>/next/", apis.ProjectNextApi.as_view(), name="api-project-next"),
     path("projects/<int:project_id>/import/", apis.ProjectImportApi.as_view(), name="api-project-import"),
     path("projects/<int:project_id>/export/", apis.ProjectExportApi.as_view(), name="api-project-export"),

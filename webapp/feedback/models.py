@@ -50,10 +50,10 @@ class Project(models.Model):
 
 
 class ProjectMember(models.Model):
+    """A person who may annotate the project (admins may annotate every project)."""
+
     class Role(models.TextChoices):
         ANNOTATOR = "annotator", "Annotator"
-        REVIEWER = "reviewer", "Reviewer"
-        ADMIN = "admin", "Admin"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")

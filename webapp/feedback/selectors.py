@@ -85,7 +85,8 @@ def prompts_recent(*, limit: int, project: Project | None = None) -> list[list[d
 
 
 def projects_for(user: User) -> QuerySet[Project]:
-    """Projects a person may annotate: admins all; others those they belong to or that have no members."""
+    """Projects a person may annotate: admins all; others only those they are a member of (a
+    project without members is open to no annotator: membership is explicit)."""
     if user.is_prefloop_admin:
         return Project.objects.all()
-    return Project.objects.filter(Q(members=user) | Q(members__isnull=True)).distinct()
+    return Project.objects.filter(members=user)

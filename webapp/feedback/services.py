@@ -20,6 +20,7 @@ from webapp.feedback.models import (
     Message,
     MessageFeedback,
     Project,
+    ProjectMember,
     Prompt,
     Task,
     TaskCandidate,
@@ -325,3 +326,14 @@ def tasks_bulk_create(
             cursor += 1
     TaskCandidate.objects.bulk_create(slots)
     return BulkCreated(tasks=tasks, items=fresh, skipped=skipped)
+
+
+def project_member_add(*, project: Project, user: User) -> tuple[ProjectMember, bool]:
+    """Make `user` a member of `project` (idempotent); return the membership and whether it is new."""
+    return ProjectMember.objects.get_or_create(project=project, user=user)
+
+
+def project_member_remove(*, project: Project, user: User) -> bool:
+    """End a membership; the person's labels stay. Return whether there was one."""
+    deleted, _ = ProjectMember.objects.filter(project=project, user=user).delete()
+    return bool(deleted)

@@ -133,7 +133,8 @@ def test_only_admins_launch_runs_and_a_second_launch_returns_the_active_run(djan
     assert (first.status_code, second.status_code) == (201, 200)
     assert first.json()["id"] == second.json()["id"]
     assert first.json()["status"] == "queued"
-    assert client_for(annotator).get(f"/api/runs/{first.json()['id']}/").json()["trigger"] == TrainingRun.Trigger.API
+    assert client_for(admin).get(f"/api/runs/{first.json()['id']}/").json()["trigger"] == TrainingRun.Trigger.API
+    assert client_for(annotator).get(f"/api/runs/{first.json()['id']}/").status_code == 403  # training internals
 
 
 def test_launching_a_reward_model_run_and_bad_kinds(django_capture_on_commit_callbacks):
@@ -148,15 +149,15 @@ def test_launching_a_reward_model_run_and_bad_kinds(django_capture_on_commit_cal
     assert bad.status_code == 400
     assert bad.json()["error"]["fields"]["kind"]
     assert TrainingRun.objects.count() == 2
-    assert client_for(make_user()).get("/api/reward-models/").json()["results"] == []
+    assert client_for(admin).get("/api/reward-models/").json()["results"] == []
     make_heads_reward_model(3)
-    (listed,) = client_for(make_user()).get("/api/reward-models/").json()["results"]
+    (listed,) = client_for(admin).get("/api/reward-models/").json()["results"]
     assert (listed["name"], listed["member_paths"], listed["n_members"]) == ("rm1", [""], 3)
 
 
 def test_versions_list_shows_the_serving_version():
     make_serving_version()
-    data = client_for(make_user()).get("/api/versions/").json()
+    data = client_for(make_user("admin")).get("/api/versions/").json()
     assert [(v["name"], v["status"]) for v in data["results"]] == [("v1", "serving")]
 
 

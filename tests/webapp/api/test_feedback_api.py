@@ -17,6 +17,7 @@ pytestmark = pytest.mark.django_db
 def test_admins_create_projects_and_bad_settings_get_400():
     admin, annotator = make_user("admin"), make_user()
     body = {"name": "Helpfulness", "feedback_types": ["pairwise", "ranking"], "overlap": 3, "gold_rate": 0.1}
+    assert client_for(admin).get("/api/projects/").json()["count"] == 0
     assert client_for(annotator).post("/api/projects/", body, format="json").status_code == 403
     created = client_for(admin).post("/api/projects/", body, format="json")
     assert created.status_code == 201 and created.json()["overlap"] == 3
@@ -24,14 +25,22 @@ def test_admins_create_projects_and_bad_settings_get_400():
         response = client_for(admin).post("/api/projects/", {**body, "name": "x", **bad}, format="json")
         assert response.status_code == 400, bad
         assert response.json()["error"]["fields"]
+    assert client_for(annotator).get("/api/projects/").json()["results"] == []  # membership is explicit
+    with_members = client_for(admin).post(
+        "/api/projects/", {**body, "name": "Harmlessness", "members": [annotator.username]}, format="json"
+    )
+    assert with_members.status_code == 201, with_members.json()
     listed = client_for(annotator).get("/api/projects/").json()["results"]
-    assert [p["name"] for p in listed] == ["Helpfulness"]
+    assert [p["name"] for p in listed] == ["Harmlessness"]
+    unknown = client_for(admin).post("/api/projects/", {**body, "name": "x", "members": ["ghost"]}, format="json")
+    assert unknown.status_code == 400 and "ghost" in unknown.json()["error"]["message"]
 
 
 def test_queue_next_submit_with_idempotency_key_then_empty():
-    project = make_project(overlap=1)
+    person = make_user()
+    project = make_project(overlap=1, members=[person])
     task = make_task(project=project, kind="ranking", texts=("x", "y", "z"))
-    client = client_for(make_user())
+    client = client_for(person)
     served = client.post(f"/api/projects/{project.pk}/next/")
     assert served.status_code == 200
     body = served.json()
@@ -48,9 +57,10 @@ def test_queue_next_submit_with_idempotency_key_then_empty():
 
 
 def test_bad_judgments_get_400_and_store_nothing():
-    project = make_project()
+    person = make_user()
+    project = make_project(members=[person])
     make_task(project=project, kind="ranking", texts=("x", "y", "z"))
-    client = client_for(make_user())
+    client = client_for(person)
     assignment = client.post(f"/api/projects/{project.pk}/next/").json()
     url = f"/api/assignments/{assignment['id']}/submit/"
     for bad, fragment in [
@@ -64,9 +74,10 @@ def test_bad_judgments_get_400_and_store_nothing():
 
 
 def test_skip_with_reason():
-    project = make_project()
+    person = make_user()
+    project = make_project(members=[person])
     make_task(project=project)
-    client = client_for(make_user())
+    client = client_for(person)
     assignment = client.post(f"/api/projects/{project.pk}/next/").json()
     assert client.post(f"/api/assignments/{assignment['id']}/skip/", {}, format="json").status_code == 400
     skipped = client.post(f"/api/assignments/{assignment['id']}/skip/", {"reason": "offensive"}, format="json")

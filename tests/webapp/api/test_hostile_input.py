@@ -44,8 +44,8 @@ def test_deeply_nested_or_nul_json_is_a_400_and_stores_nothing():
 
 
 def test_annotators_cannot_tell_gold_items_but_admins_can():
-    project = make_project(name="Gold")
     admin, ann = make_user("admin"), make_user()
+    project = make_project(name="Gold", members=[ann])
     make_task(project=project, question="Gold?", texts=("right", "wrong"), is_gold=True, gold={"choice": "a"})
     client = client_for(ann)
     served = client.post(f"/api/projects/{project.pk}/next/").json()

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand
 from webapp.accounts.models import User
 from webapp.accounts.services import user_ensure
 from webapp.feedback.demo import demo_project_ensure
+from webapp.feedback.services import project_member_add
 from webapp.runs.bootstrap import base_model_ensure, initial_version_ensure
 
 
@@ -35,6 +36,7 @@ class Command(BaseCommand):
             ("annotator", os.environ.get("PREFLOOP_ANNOTATOR_PASSWORD", "prefloop-annotator"), User.Role.ANNOTATOR),
         ]
         for username, password, role in accounts:
-            _, made = user_ensure(username=username, password=password, role=role)
+            user, made = user_ensure(username=username, password=password, role=role)
+            project_member_add(project=project, user=user)  # membership is explicit
             note = f"password {password}" if made else "already existed; password unchanged"
             self.stdout.write(f"User {username} ({role}): {note}")
