@@ -68,6 +68,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files, in production as in development
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "webapp.core.middleware.HostileInputMiddleware",  # NUL characters: 400; bodies over the limit: 413
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -129,6 +130,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests on SQLite use a file, as `make run` does: an in-memory database locks whole tables.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-prefloop.sqlite3")}
 
+# The largest request body (JSON and forms) and the largest file upload (an import), in bytes.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PREFLOOP_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
+PREFLOOP_MAX_UPLOAD_BYTES = env_int("PREFLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1024)
+
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -176,12 +181,10 @@ REST_FRAMEWORK = {
         "login": env_str("PREFLOOP_THROTTLE_LOGIN", "20/min"),  # per address, on POST /api/auth/token/
     },
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": [
-        "webapp.api.parsers.SafeJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    # JSON only (imports take a file upload: their view says so); a form body is a 415
+    "DEFAULT_PARSER_CLASSES": ["webapp.api.parsers.SafeJSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_PAGINATION_CLASS": "webapp.api.pagination.StrictPageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "webapp.api.errors.exception_handler",
@@ -208,6 +211,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "webapp.api.schema.document_errors"],
     # several choice sets are named "kind": give each its own schema name
     "ENUM_NAME_OVERRIDES": {
         "FeedbackKindEnum": "webapp.feedback.models.FeedbackKind",

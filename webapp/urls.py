@@ -18,3 +18,7 @@ urlpatterns = [
     path("api/", include("webapp.api.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler400 = "webapp.core.views.bad_request"
+handler404 = "webapp.core.views.not_found"
+handler500 = "webapp.core.views.server_error"

@@ -114,9 +114,8 @@ def test_bad_labels_are_rejected_by_the_gate_and_sound_ones_promoted(gate_settin
     assert policy.generate([{"role": "user", "content": "Hello?"}], n=1, version=v2)  # v2 keeps answering
 
     # The reason is on the dashboard, and the API lists the figures and the snapshot.
-    make_user("admin", username="boss", password="boss-password")
     client = Client()
-    client.login(username="boss", password="boss-password")
+    client.force_login(make_user("admin", username="boss"))
     row = client.get("/dashboard/runs/", HTTP_HX_REQUEST="true").content.decode()
     assert 'id="version-3" class="version-rejected"' in row and "held-out preference accuracy" in row
     versions = {v["number"]: v for v in client.get("/api/versions/").json()["results"]}

@@ -75,6 +75,7 @@ from .records import (
     ImportedCandidate,
     ImportedItem,
     ImportedLabel,
+    has_nul,
     validate_messages,
 )
 
@@ -270,11 +271,15 @@ def _user(text: str) -> list[dict[str, str]]:
 
 
 def _checked(build: Callable[[], ImportedItem], line: int) -> Record:
-    """Run ``build``; a RecordError or a record's own validation error becomes a BadRecord."""
+    """Run ``build``; a RecordError, a record's own validation error, or a NUL character in any of
+    its text becomes a BadRecord (the rest of the file is read on)."""
     try:
-        return build()
+        item = build()
     except ValueError as e:
         return BadRecord(line, str(e))
+    if has_nul(item):
+        return BadRecord(line, "a NUL character (\\u0000) is not allowed in text")
+    return item
 
 
 def _from_json_lines(path: Path, convert: Callable[[int, dict[str, Any]], ImportedItem]) -> Iterator[Record]:

@@ -50,6 +50,27 @@ def validate_messages(messages: Any) -> None:
         raise ValueError("the last user message is empty")
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string of ``value`` (nested dicts, lists and dataclasses,
+    walked without recursion). PostgreSQL cannot store one in text, so such a record is refused."""
+    from dataclasses import fields, is_dataclass
+
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in fields(item))
+    return False
+
+
 def validate_ranking(groups: Any, n_candidates: int) -> None:
     """Raise ValueError unless ``groups`` (best group first) puts each of the ``n_candidates``
     indexes in exactly one non-empty group."""

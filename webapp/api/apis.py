@@ -44,6 +44,7 @@ from webapp.api.serializers import (
     TrainingRunSerializer,
     VersionEventSerializer,
     VersionPromoteSerializer,
+    paginated,
 )
 from webapp.core.http import api_user, streaming_response
 from webapp.core.parsing import parse_id
@@ -77,6 +78,13 @@ def _idempotency_key(request: Request) -> str:
     return key
 
 
+def _object_body(request: Request) -> Any:
+    """The body of a request whose body may be left out: a JSON object, or nothing ({})."""
+    if not isinstance(request.data, dict):
+        raise ValidationError({"detail": f"the body must be a JSON object, got {type(request.data).__name__}"})
+    return request.data
+
+
 def _filter(queryset: QuerySet[Any], request: Request, fields: dict[str, str]) -> QuerySet[Any]:
     """Apply `?name=value` filters; a malformed number is a 400, not a 500."""
     for param, lookup in fields.items():
@@ -102,7 +110,7 @@ def _prompts_for(request: Request) -> QuerySet[Prompt]:
 
 
 class PromptListCreateApi(APIView):
-    @extend_schema(responses=PromptSerializer(many=True), summary="List prompts")
+    @extend_schema(operation_id="prompts_list", responses=paginated(PromptSerializer, "Prompt"), summary="List prompts")
     def get(self, request: Request) -> Response:
         paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
         page = paginator.paginate_queryset(_prompts_for(request).order_by("-id"), request, view=self)
@@ -178,7 +186,8 @@ class TaskDetailApi(generics.RetrieveAPIView):
 
 class LabelListCreateApi(APIView):
     @extend_schema(
-        responses=LabelSerializer(many=True),
+        operation_id="labels_list",
+        responses=paginated(LabelSerializer, "Label"),
         summary="List labels (your own; admins see all), filtered by project, kind, task and annotator",
     )
     def get(self, request: Request) -> Response:
@@ -243,7 +252,9 @@ def _label_response(request: Request, label: Label, created: bool, data: dict[st
 class ProjectListCreateApi(APIView):
     permission_classes = [AdminForWrites]
 
-    @extend_schema(responses=ProjectSerializer(many=True), summary="Projects open to you")
+    @extend_schema(
+        operation_id="projects_list", responses=paginated(ProjectSerializer, "Project"), summary="Projects open to you"
+    )
     def get(self, request: Request) -> Response:
         paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
         page = paginator.paginate_queryset(projects_for(api_user(request)).order_by("id"), request, view=self)
@@ -405,7 +416,11 @@ class MessageThumbsApi(APIView):
 class RunListCreateApi(APIView):
     permission_classes = [IsPrefloopAdmin]  # training internals: admins only
 
-    @extend_schema(responses=TrainingRunSerializer(many=True), summary="List training runs")
+    @extend_schema(
+        operation_id="runs_list",
+        responses=paginated(TrainingRunSerializer, "TrainingRun"),
+        summary="List training runs",
+    )
     def get(self, request: Request) -> Response:
         paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
         page = paginator.paginate_queryset(run_list(), request, view=self)
@@ -419,7 +434,7 @@ class RunListCreateApi(APIView):
         "run of that kind, with 200, if one is already queued or running",
     )
     def post(self, request: Request) -> Response:
-        body = RunCreateSerializer(data=request.data or {})
+        body = RunCreateSerializer(data=_object_body(request))
         body.is_valid(raise_exception=True)
         try:
             run, created = run_services.run_create(
@@ -482,7 +497,7 @@ class VersionPromoteApi(APIView):
     )
     def post(self, request: Request, version_id: int) -> Response:
         version = get_object_or_404(ModelVersion, pk=version_id)
-        body = VersionPromoteSerializer(data=request.data or {})
+        body = VersionPromoteSerializer(data=_object_body(request))
         body.is_valid(raise_exception=True)
         try:
             version = run_services.version_promote_by_admin(

@@ -36,7 +36,8 @@ class PromptInputSerializer(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("messages" in attrs) == ("text" in attrs):
             raise serializers.ValidationError("give exactly one of 'messages' or 'text'")
-        messages = attrs.get("messages") or [{"role": "user", "content": attrs["text"]}]
+        # an empty `messages` list is refused by clean_messages below (it answered 500 once: found by schemathesis)
+        messages = attrs["messages"] if "messages" in attrs else [{"role": "user", "content": attrs["text"]}]
         try:
             return {"messages": clean_messages([dict(m) for m in messages]), "project": attrs.get("project")}
         except DjangoValidationError as exc:
@@ -182,7 +183,7 @@ class PromptSerializer(serializers.ModelSerializer):
 
 class CandidateSerializer(serializers.ModelSerializer):
     policy_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="number", read_only=True
+        slug_field="number", read_only=True, allow_null=True
     )
 
     class Meta:
@@ -246,7 +247,7 @@ class LabelSerializer(AdminOnlyFields, serializers.ModelSerializer):
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     name = serializers.CharField(read_only=True)
-    parent = serializers.SlugRelatedField(slug_field="number", read_only=True)  # type: ignore[assignment,var-annotated]
+    parent = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True)  # type: ignore[assignment,var-annotated]
 
     class Meta:
         model = ModelVersion
@@ -283,7 +284,7 @@ class VersionPromoteSerializer(serializers.Serializer):
 
 class VersionEventSerializer(serializers.ModelSerializer):
     version = serializers.SlugRelatedField(slug_field="number", read_only=True)  # type: ignore[var-annotated]
-    previous = serializers.SlugRelatedField(slug_field="number", read_only=True)  # type: ignore[var-annotated]
+    previous = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True)  # type: ignore[var-annotated]
     actor = serializers.CharField(source="actor_name", read_only=True)
 
     class Meta:
@@ -332,13 +333,13 @@ class RunCreateSerializer(serializers.Serializer):
 
 class TrainingRunSerializer(serializers.ModelSerializer):
     parent_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="number", read_only=True
+        slug_field="number", read_only=True, allow_null=True
     )
     result_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="number", read_only=True
+        slug_field="number", read_only=True, allow_null=True
     )
     result_reward_model: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="number", read_only=True
+        slug_field="number", read_only=True, allow_null=True
     )
 
     class Meta:
@@ -366,3 +367,18 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
+
+
+def paginated(serializer: type[serializers.Serializer], name: str) -> serializers.Serializer:
+    """The schema of a page of `serializer` rows, as REST framework's page-number pagination answers."""
+    from drf_spectacular.utils import inline_serializer
+
+    return inline_serializer(
+        name=f"Paginated{name}List",
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer(many=True),
+        },
+    )

@@ -186,13 +186,16 @@ def test_import_and_export_through_the_api(tmp_path, client):
     upload = tmp_path / "items.jsonl"
     upload.write_text("\n".join(lines) + "\n")
     with upload.open("rb") as handle:
-        response = admin.post(f"/api/projects/{project.pk}/import/", {"file": handle, "format": "jsonl"})
+        response = admin.post(
+            f"/api/projects/{project.pk}/import/", {"file": handle, "format": "jsonl"}, format="multipart"
+        )
     assert response.status_code == 200, response.content
     report = response.json()
     assert (report["created_tasks"], report["created_prompts"], report["bad_lines"]) == (1, 1, 1)
     assert report["bad"][0]["line"] == 2
     with upload.open("rb") as handle:
-        assert admin.post(f"/api/projects/{project.pk}/import/", {"file": handle, "format": "nope"}).status_code == 400
+        bad = admin.post(f"/api/projects/{project.pk}/import/", {"file": handle, "format": "nope"}, format="multipart")
+        assert bad.status_code == 400
 
     task = Task.objects.get(project=project)
     Label.objects.create(task=task, annotator=make_user(), kind="pairwise", choice="b", strength=3)

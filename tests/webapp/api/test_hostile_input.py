@@ -61,3 +61,35 @@ def test_annotators_cannot_tell_gold_items_but_admins_can():
     boss = client_for(admin)
     assert boss.get("/api/tasks/", {"is_gold": "true"}).json()["results"][0]["is_gold"] is True
     assert boss.get("/api/labels/").json()["results"][0]["gold_correct"] is False
+
+
+def test_nul_characters_in_forms_and_queries_are_a_400_and_store_nothing():
+    from django.test import Client
+
+    from webapp.feedback import services
+    from webapp.feedback.models import Message
+
+    person = make_user()
+    conversation = services.conversation_create(owner=person)
+    page = Client()
+    page.force_login(person)
+    refused = page.post(f"/chat/{conversation.pk}/send/", {"text": "a\x00b"}, HTTP_HX_REQUEST="true")
+    assert refused.status_code == 400 and "NUL" in refused.content.decode()
+    assert not Message.objects.filter(conversation=conversation).exists()
+    api = client_for(person).get("/api/labels/", {"kind": "a\x00b"})
+    assert api.status_code == 400 and "NUL" in api.json()["error"]["message"]
+
+
+def test_bodies_over_the_limit_are_a_413_that_names_it(settings):
+    from django.test import Client
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    client = client_for(make_user())
+    big = json.dumps({"text": "x" * 5000})
+    response = client.generic("POST", "/api/prompts/", big, content_type="application/json")
+    assert response.status_code == 413 and "limit is 2048 bytes" in response.json()["error"]["message"]
+    page = Client()
+    page.force_login(make_user())
+    form = page.post("/chat/new/", {"text": "x" * 5000})
+    assert form.status_code == 413 and "2048" in form.content.decode()
+    assert Prompt.objects.count() == 0

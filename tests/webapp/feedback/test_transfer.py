@@ -108,12 +108,14 @@ def test_bad_lines_are_reported_with_their_numbers_and_good_lines_are_kept(tmp_p
         "{not json\n"
         '{"prompt": ""}\n'
         '{"messages": [{"role": "user", "content": "Hi"}], "id": "p-4"}\n'
+        '{"prompt": "a NUL \\u0000 here"}\n'  # PostgreSQL stores no NUL: once, it aborted the whole file
+        '{"prompt": "And after it?"}\n'
     )
     out, err = run("import_feedback", str(path), "--format", "jsonl", "--project", "plain", "--quiet")
     assert "2 tasks and 0 prompts" not in out
-    assert "2 prompts added" in out and "2 bad lines" in out
-    assert f"{path}:2:" in err and f"{path}:3:" in err
-    assert Prompt.objects.filter(project__name="plain").count() == 2
+    assert "3 prompts added" in out and "3 bad lines" in out
+    assert f"{path}:2:" in err and f"{path}:3:" in err and f"{path}:5: a NUL character" in err
+    assert Prompt.objects.filter(project__name="plain").count() == 3
 
 
 def test_import_refuses_a_missing_file_and_export_a_bad_suffix(tmp_path):
