@@ -105,3 +105,71 @@ def celery_broker(url: str):
         yield app
     finally:
         switch(old)
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of a test's own (initdb in `data_dir`, on `port`): stopped and started
+    again by its postmaster's process id, never touching the machine's shared server. PostgreSQL
+    refuses to run as root, so there it runs as the `postgres` system user."""
+
+    def __init__(self, port: int) -> None:
+        import tempfile
+
+        # a folder of its own that the `postgres` user can reach (pytest's are private to root)
+        self.data_dir, self.port = Path(tempfile.mkdtemp(prefix="prefloop-pg-")), port
+        self.url = f"postgres://postgres@127.0.0.1:{port}/prefloop"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+            self.data_dir.chmod(0o755)
+
+    def _bin(self, name: str) -> str:
+        found = shutil.which(name)
+        if found:
+            return found
+        versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+        if not versions:
+            raise RuntimeError(f"{name} is not installed")
+        return str(versions[-1])
+
+    def init(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._as:
+            shutil.chown(self.data_dir, "postgres", "postgres")
+        subprocess.run(
+            [*self._as, self._bin("initdb"), "-D", str(self.data_dir / "data"), "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+        )
+        self.start()
+        subprocess.run(
+            [*self._as, self._bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefloop"],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1"
+        argv = [*self._as, self._bin("pg_ctl"), "-D", str(self.data_dir / "data"), "-o", options, "-w", "-t", "60"]
+        subprocess.run([*argv, "-l", str(self.data_dir / "server.log"), "start"], check=True, capture_output=True)
+
+    def pid(self) -> int:
+        return int((self.data_dir / "data" / "postmaster.pid").read_text().split()[0])
+
+    def stop(self) -> None:
+        """Fast shutdown by the postmaster's process id; wait until it is gone."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files, in production as in development
+    "webapp.core.middleware.DatabaseUnavailableMiddleware",  # a database that is down: 503, not 500
     "django.contrib.sessions.middleware.SessionMiddleware",
     "webapp.core.middleware.HostileInputMiddleware",  # NUL characters: 400; bodies over the limit: 413
     "django.middleware.common.CommonMiddleware",
@@ -114,6 +115,7 @@ DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'prefloop.sqlite3'}"),
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+        conn_health_checks=True,  # a kept connection that died (a database restart) is replaced
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

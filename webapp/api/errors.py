@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from training.policy_client import PolicyServerError
+
+
+class DatabaseUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "database_unavailable"
+    default_detail = "The database is unavailable; nothing was changed. Try again in a moment."
 
 
 class PolicyUnavailable(APIException):
@@ -30,6 +37,8 @@ def _flatten(detail: Any) -> str:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DjangoValidationError):
         exc = ValidationError({"detail": exc.messages})
+    elif isinstance(exc, (OperationalError, InterfaceError)):
+        exc = DatabaseUnavailable()
     elif isinstance(exc, PolicyServerError):
         exc = PolicyUnavailable(f"The policy server could not answer: {exc}")
     response = drf_exception_handler(exc, context)
