@@ -11,12 +11,14 @@ Rules (each one a test in tests/webapp/feedback/test_assignments.py):
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, QuerySet
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from webapp.accounts.models import User
@@ -26,12 +28,29 @@ from webapp.feedback.services import label_create  # written there; still import
 OPEN_STATUSES = (Assignment.Status.LEASED, Assignment.Status.SUBMITTED)
 
 
+def task_taken_add(task_ids: list[int] | Counter[int], delta: int = 1) -> None:
+    """Keep `Task.taken` (open assignments) in step with a change of assignments' status."""
+    counts = task_ids if isinstance(task_ids, Counter) else Counter(task_ids)
+    for task_id, n in sorted(counts.items()):
+        Task.objects.filter(pk=task_id).update(taken=Greatest(F("taken") + n * delta, 0))
+
+
 def leases_expire(*, now: Any = None) -> int:
-    """Mark every lease past its time as expired; return how many."""
+    """Mark every lease past its time as expired (freeing its slot); return how many."""
     now = now or timezone.now()
-    return Assignment.objects.filter(status=Assignment.Status.LEASED, expires_at__lt=now).update(
-        status=Assignment.Status.EXPIRED, finished_at=now
-    )
+    with transaction.atomic():
+        rows = list(
+            Assignment.objects.select_for_update(skip_locked=True)
+            .filter(status=Assignment.Status.LEASED, expires_at__lt=now)
+            .values_list("id", "task_id")
+        )
+        if not rows:
+            return 0
+        Assignment.objects.filter(pk__in=[pk for pk, _ in rows]).update(
+            status=Assignment.Status.EXPIRED, finished_at=now
+        )
+        task_taken_add([task_id for _, task_id in rows], -1)
+    return len(rows)
 
 
 def _servable(*, project: Project, annotator: User, gold: bool) -> QuerySet[Task]:
@@ -44,9 +63,7 @@ def _servable(*, project: Project, annotator: User, gold: bool) -> QuerySet[Task
         .exclude(created_by=annotator, message__isnull=False)
     )
     if not gold:  # gold items may be served to everyone; the others to `required_labels` people
-        tasks = tasks.annotate(
-            taken=Count("assignments", filter=Q(assignments__status__in=OPEN_STATUSES), distinct=True)
-        ).filter(taken__lt=F("required_labels"))
+        tasks = tasks.filter(taken__lt=F("required_labels"))  # the open-queue index
     return tasks
 
 
@@ -82,27 +99,41 @@ def assignment_next(*, project: Project, annotator: User, rng: random.Random | N
     return None
 
 
+CLAIM_BATCH = 50
+
+
 def _claim(*, project: Project, annotator: User, gold: bool) -> Assignment | None:
-    ids = list(
-        _servable(project=project, annotator=annotator, gold=gold)
-        .order_by("-required_labels", "created_at", "id")
-        .values_list("id", flat=True)[:50]
-    )
-    # First pass: skip rows another claim holds right now, so parallel claims spread over items.
-    # Second pass over the skipped ones: wait for the lock (it is held for one short
-    # transaction), so nobody is told "nothing left" while an item still has a free slot.
-    busy: list[int] = []
-    for task_id in ids:
-        assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=False)
-        if assignment is _BUSY:
-            busy.append(task_id)
-        elif assignment is not None:
-            return assignment
-    for task_id in busy:
-        assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=True)
-        if isinstance(assignment, Assignment):
-            return assignment
-    return None
+    """Lease the first open item of the queue that a concurrent claim does not take first.
+
+    Candidates come in batches of the queue's first CLAIM_BATCH open items, shuffled so parallel
+    claims spread over them. First pass: skip rows another claim holds right now. Second pass over
+    the skipped ones: wait for the lock (it is held for one short transaction). When a whole batch
+    was filled by others meanwhile, the next batch is read: nobody is told "nothing left" while an
+    item still has a free slot for them, however many claim at once.
+    """
+    tried: set[int] = set()
+    while True:
+        ids = list(
+            _servable(project=project, annotator=annotator, gold=gold)
+            .exclude(pk__in=tried)
+            .order_by("-required_labels", "created_at", "id")
+            .values_list("id", flat=True)[:CLAIM_BATCH]
+        )
+        if not ids:
+            return None
+        tried.update(ids)
+        random.shuffle(ids)
+        busy: list[int] = []
+        for task_id in ids:
+            assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=False)
+            if assignment is _BUSY:
+                busy.append(task_id)
+            elif assignment is not None:
+                return assignment
+        for task_id in busy:
+            assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=True)
+            if isinstance(assignment, Assignment):
+                return assignment
 
 
 _BUSY = object()
@@ -117,18 +148,19 @@ def _claim_one(*, task_id: int, project: Project, annotator: User, gold: bool, w
         task = Task.objects.select_for_update(skip_locked=not wait).filter(pk=task_id).first()
         if task is None:
             return None if wait else _BUSY
-        taken = task.assignments.filter(status__in=OPEN_STATUSES).count()
-        if not gold and taken >= task.required_labels:
+        if not gold and task.taken >= task.required_labels:  # read again under the lock
             return None
         try:
             with transaction.atomic():
-                return Assignment.objects.create(
+                assignment = Assignment.objects.create(
                     task=task,
                     annotator=annotator,
                     expires_at=timezone.now() + timedelta(seconds=project.lease_seconds),
                 )
         except IntegrityError:  # this person already has it (a concurrent request of theirs)
             return None
+        task_taken_add([task.pk], +1)
+        return assignment
 
 
 def assignment_submit(
@@ -153,9 +185,12 @@ def assignment_skip(*, assignment: Assignment, reason: str) -> Assignment:
     reason = reason.strip()
     if not reason:
         raise ValidationError("say why you skip this task (for example: 'not my language', 'offensive')")
-    updated = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
-        status=Assignment.Status.SKIPPED, skip_reason=reason[:500], finished_at=timezone.now()
-    )
+    with transaction.atomic():
+        updated = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
+            status=Assignment.Status.SKIPPED, skip_reason=reason[:500], finished_at=timezone.now()
+        )
+        if updated:
+            task_taken_add([assignment.task_id], -1)
     assignment.refresh_from_db()
     if not updated and assignment.status != Assignment.Status.SKIPPED:
         raise ValueError(f"this task is already {assignment.status}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 
 class Role(models.TextChoices):
@@ -186,10 +186,21 @@ class Task(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Open assignments (leased or submitted), kept by the queue (webapp.feedback.assignments) as
+    # they change, so that finding an item with a free slot reads an index, not every assignment.
+    taken = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["project", "kind", "is_gold"])]
+        indexes = [
+            models.Index(fields=["project", "kind", "is_gold"]),
+            # the queue: a project's items with a free slot, in the order they are served
+            models.Index(
+                fields=["project", "is_gold", "-required_labels", "created_at", "id"],
+                condition=Q(taken__lt=F("required_labels")),
+                name="feedback_task_open_queue",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} task {self.pk}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from webapp.accounts.models import User
@@ -184,9 +185,16 @@ def label_create(
                 **fields,
             )
             if assignment is not None:
-                Assignment.objects.filter(pk=assignment.pk).update(
+                # a lease that expired (or was given back) meanwhile takes its slot again: the work is kept
+                closed = (Assignment.Status.EXPIRED, Assignment.Status.SKIPPED)
+                reopened = Assignment.objects.filter(pk=assignment.pk, status__in=closed).update(
                     status=Assignment.Status.SUBMITTED, finished_at=timezone.now()
                 )
+                Assignment.objects.filter(pk=assignment.pk).exclude(status=Assignment.Status.SUBMITTED).update(
+                    status=Assignment.Status.SUBMITTED, finished_at=timezone.now()
+                )
+                if reopened:
+                    Task.objects.filter(pk=task.pk).update(taken=F("taken") + 1)
     except IntegrityError:
         existing = (
             Label.objects.filter(task=task, annotator=annotator).first()

@@ -172,3 +172,77 @@ def test_concurrent_claims_fill_every_slot_and_never_over_assign_an_item():
     for task in tasks:
         assert Assignment.objects.filter(task=task).count() == 2
     assert results.count(None) == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_claiming_at_once_are_never_told_nothing_is_left_while_items_are_open(monkeypatch):
+    """More people than a claim's batch of candidates, at once: when the others fill a whole batch
+    first, a claim reads the next one instead of answering "nothing left" (it once did: 26 of 50
+    simulated annotators were sent away with more than 5,000 items open)."""
+    monkeypatch.setattr(assignments, "CLAIM_BATCH", 4)  # the batch of 50, shrunk to fit a test
+    project = make_project(overlap=1)
+    for _ in range(30):
+        make_task(project=project)
+    people = [make_user() for _ in range(12)]
+    results: list[int | None] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(people))
+
+    def claim(person):
+        try:
+            barrier.wait()
+            for _ in range(2):
+                assignment = assignments.assignment_next(project=project, annotator=person)
+                results.append(assignment.task_id if assignment else None)
+                if assignment is not None:
+                    assignments.assignment_submit(assignment=assignment, data={"choice": "a"}, source="api")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim, args=(p,)) for p in people]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert None not in results, results  # 24 claims, 30 open items: every claim is served
+    assert len(set(results)) == 24  # each item to one person (overlap 1)
+
+
+def test_the_queue_keeps_each_items_count_of_open_slots_through_every_change():
+    """`Task.taken` (what the open-queue index reads) equals the leased and submitted assignments
+    after claims, submits, skips, expiries, and a submit after the lease expired."""
+    from datetime import timedelta
+
+    from django.db.models import Count, Q
+    from django.utils import timezone
+
+    from webapp.feedback.models import Task
+
+    project = make_project(overlap=2)
+    for _ in range(4):
+        make_task(project=project)
+    people = [make_user() for _ in range(5)]
+
+    def consistent() -> None:
+        counted = Task.objects.filter(project=project).annotate(
+            n=Count("assignments", filter=Q(assignments__status__in=assignments.OPEN_STATUSES))
+        )
+        assert [(t.taken, t.n) for t in counted] == [(t.n, t.n) for t in counted]
+
+    served = [assignments.assignment_next(project=project, annotator=p) for p in people]
+    consistent()
+    assignments.assignment_submit(assignment=served[0], data={"choice": "a"}, source="api")
+    assignments.assignment_skip(assignment=served[1], reason="not my language")
+    consistent()
+    Assignment.objects.filter(pk=served[2].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert assignments.leases_expire() == 1
+    consistent()
+    late = Assignment.objects.get(pk=served[2].pk)
+    assignments.assignment_submit(assignment=late, data={"choice": "b"}, source="api")  # the work is kept
+    consistent()
+    again = assignments.assignment_next(project=project, annotator=people[1])
+    assert again is not None and again.task_id != served[1].task_id  # never the skipped one again
+    consistent()
