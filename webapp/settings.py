@@ -136,6 +136,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PREFLOOP_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
 PREFLOOP_MAX_UPLOAD_BYTES = env_int("PREFLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1024)
 
+# Imports: a file larger than this is stored in IMPORT_DIR (a folder the workers see) and imported
+# by a worker, with progress on the dashboard and at GET /api/imports/<id>/.
+PREFLOOP_IMPORT_INLINE_BYTES = env_int("PREFLOOP_IMPORT_INLINE_BYTES", 5 * 1024 * 1024, minimum=0)
+IMPORT_DIR = env_path("PREFLOOP_IMPORT_DIR", VAR_DIR / "imports")
+
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

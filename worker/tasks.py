@@ -576,10 +576,24 @@ def _train_reward(*, run_id: int, guard: RunGuard) -> None:
     logger.info("run %s made %s from %d examples (%d held out)", run_id, reward_model, len(train), len(evaluate))
 
 
+@app.task(name="prefloop.import_feedback", queue="cpu", acks_late=True, ignore_result=True)
+def import_feedback(job_id: int) -> None:
+    """Import an uploaded feedback file (webapp.feedback.transfer.import_job_run)."""
+    from webapp.feedback.transfer import import_job_run
+
+    job = import_job_run(job_id=job_id)
+    if job is not None:
+        logger.info("import %s: %s, %d items, %d bad lines", job_id, job.status, job.items, job.bad_lines)
+
+
 @app.task(name="prefloop.reap_runs", queue="cpu", ignore_result=True)
 def reap_runs() -> None:
-    """Scheduled by beat: fail runs whose worker was lost, and send queued runs the broker never took."""
+    """Scheduled by beat: fail runs whose worker was lost, and send queued runs and imports the
+    broker never took."""
+    from webapp.feedback.transfer import import_jobs_resend
+
     services.runs_reap()
+    import_jobs_resend(older_than_s=settings.RUN_RESEND_S)
 
 
 @app.task(name="prefloop.check_training_threshold", queue="cpu", ignore_result=True)

@@ -23,6 +23,7 @@ from webapp.accounts.models import User
 from webapp.accounts.services import token_create, token_for_user
 from webapp.feedback import services
 from webapp.feedback.assignments import assignment_next
+from webapp.feedback.models import ImportJob
 from webapp.runs.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +54,7 @@ def world() -> World:
     prompt = services.prompt_create(messages=[{"role": "user", "content": "q?"}], created_by=member, source="api")
     run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, project=project)
     token, _ = token_create(user=member)
+    job = ImportJob.objects.create(project=project, format="jsonl", file_name="x.jsonl", path="/nonexistent/x")
     return World(
         member=member,
         outsider=outsider,
@@ -69,6 +71,7 @@ def world() -> World:
             "version_id": version.pk,
             "token_id": token.token_key,
             "username": member.username,
+            "job_id": job.pk,
         },
     )
 
@@ -106,6 +109,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "dashboard:version_promote": ("post", ("version_id",), {"reason": "x"}, ADMIN_ONLY),
     "dashboard:recipe": ("get", ("project_id",), {}, ADMIN_ONLY),
     "dashboard:quality": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:imports": ("get", (), {}, ADMIN_ONLY),
     "api-token": ("post", (), {"username": "member", "password": "wrong"}, ANYONE),
     "api-tokens": ("get", (), {}, SIGNED_IN),
     "api-token-revoke": ("delete", ("token_id",), {}, OWNER),
@@ -130,6 +134,8 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-project-next": ("post", ("project_id",), {}, MEMBERS),
     "api-project-import": ("post", ("project_id",), {}, ADMIN_ONLY),
     "api-project-export": ("get", ("project_id",), {"kind": "raw"}, ADMIN_ONLY),
+    "api-imports": ("get", (), {}, ADMIN_ONLY),
+    "api-import": ("get", ("job_id",), {}, ADMIN_ONLY),
     "api-project-recipe": ("get", ("project_id",), {}, ADMIN_ONLY),
     "api-project-quality": ("get", ("project_id",), {}, ADMIN_ONLY),
     "api-assignment-submit": ("post", ("assignment_id",), {"choice": "a"}, OWNER),

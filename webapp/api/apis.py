@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
@@ -27,6 +28,7 @@ from webapp.api.permissions import AdminForWrites, IsPrefloopAdmin
 from webapp.api.serializers import (
     AssignmentSerializer,
     CandidateSerializer,
+    ImportJobSerializer,
     JudgmentSerializer,
     LabelInputSerializer,
     LabelSerializer,
@@ -51,10 +53,10 @@ from webapp.core.parsing import parse_id
 from webapp.feedback import assignments
 from webapp.feedback import services as feedback_services
 from webapp.feedback.assignments import label_create
-from webapp.feedback.models import Assignment, Candidate, Label, Message, Project, Prompt
+from webapp.feedback.models import Assignment, Candidate, ImportJob, Label, Message, Project, Prompt
 from webapp.feedback.quality import project_quality
 from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
-from webapp.feedback.transfer import export_rows, import_items
+from webapp.feedback.transfer import export_rows, import_items, import_job_create
 from webapp.runs import services as run_services
 from webapp.runs.data import training_preview
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
@@ -606,11 +608,14 @@ class ProjectImportApi(APIView):
                 "properties": {
                     "file": {"type": "string", "format": "binary"},
                     "format": {"type": "string", "enum": sorted(FORMATS)},
+                    "background": {"type": "boolean"},
                 },
             }
         },
-        responses={200: OpenApiTypes.OBJECT},
-        summary="Import a feedback file into this project (admins); a re-upload skips what is already in",
+        responses={200: OpenApiTypes.OBJECT, 202: ImportJobSerializer},
+        summary="Import a feedback file into this project (admins); a re-upload skips what is already in. "
+        "A file over PREFLOOP_IMPORT_INLINE_BYTES (or with background=1) is imported by a worker: 202 and "
+        "the job to watch at /api/imports/<id>/",
     )
     def post(self, request: Request, project_id: int) -> Response:
         project = get_object_or_404(Project, pk=project_id)
@@ -619,6 +624,10 @@ class ProjectImportApi(APIView):
             raise ValidationError({"file": "attach the file to import"})
         if fmt not in FORMATS:
             raise ValidationError({"format": f"one of {', '.join(sorted(FORMATS))}"})
+        background = request.POST.get("background", "").lower() in ("1", "true", "yes")
+        if background or upload.size > settings.PREFLOOP_IMPORT_INLINE_BYTES:
+            job = import_job_create(project=project, created_by=api_user(request), fmt=fmt, upload=upload)
+            return Response(ImportJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
         with tempfile.NamedTemporaryFile(suffix=Path(upload.name or "upload").suffix) as tmp:
             for chunk in upload.chunks():
                 tmp.write(chunk)
@@ -638,6 +647,23 @@ class ProjectImportApi(APIView):
                 "bad": [{"line": b.line, "message": b.message} for b in report.bad[:100]],
             }
         )
+
+
+class ImportJobDetailApi(generics.RetrieveAPIView):
+    permission_classes = [IsPrefloopAdmin]
+    serializer_class = ImportJobSerializer
+    lookup_url_kwarg = "job_id"
+    queryset = ImportJob.objects.all()
+
+
+class ImportJobListApi(generics.ListAPIView):
+    """Imports, newest first (admins), filtered by `project`."""
+
+    permission_classes = [IsPrefloopAdmin]
+    serializer_class = ImportJobSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return _filter(ImportJob.objects.order_by("-id"), self.request, {"project": "project_id"})
 
 
 class ProjectExportApi(APIView):

@@ -11,6 +11,7 @@ from webapp.feedback.models import (
     Assignment,
     Candidate,
     FeedbackKind,
+    ImportJob,
     Label,
     MessageFeedback,
     Project,
@@ -382,3 +383,27 @@ def paginated(serializer: type[serializers.Serializer], name: str) -> serializer
             "results": serializer(many=True),
         },
     )
+
+
+class ImportJobSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ImportJob
+        fields = [
+            "id",
+            "project",
+            "format",
+            "file_name",
+            "size_bytes",
+            "status",
+            "items",
+            "created_tasks",
+            "created_prompts",
+            "skipped",
+            "labels",
+            "bad_lines",
+            "bad",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]

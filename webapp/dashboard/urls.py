@@ -14,4 +14,5 @@ urlpatterns = [
     path("versions/<int:version_id>/promote/", views.version_promote, name="version_promote"),
     path("projects/<int:project_id>/recipe/", views.recipe, name="recipe"),
     path("quality/", views.quality, name="quality"),
+    path("imports/", views.imports, name="imports"),
 ]

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from training.policy_client import PolicyServerError
 from webapp.core.http import AuthedHttpRequest
 from webapp.core.parsing import parse_id
-from webapp.feedback.models import Conversation, Label, Project, Task
+from webapp.feedback.models import Conversation, ImportJob, Label, Project, Task
 from webapp.feedback.quality import project_quality
 from webapp.runs import services
 from webapp.runs.data import training_preview
@@ -50,11 +50,25 @@ def _runs_response(request: AuthedHttpRequest, *, error: str = "") -> HttpRespon
     return render(request, "dashboard/_runs.html", {**_runs_context(), "action_error": error})
 
 
+def _imports_context() -> dict[str, Any]:
+    jobs = list(ImportJob.objects.select_related("project").order_by("-id")[:10])
+    active = any(j.status in (ImportJob.Status.QUEUED, ImportJob.Status.RUNNING) for j in jobs)
+    return {"imports": jobs, "imports_active": active}
+
+
+@require_GET
+@admin_required
+def imports(request: AuthedHttpRequest) -> HttpResponse:
+    """The imports card: a worker's imports with their counts, refreshed while one is going."""
+    return render(request, "dashboard/_imports.html", _imports_context())
+
+
 @require_GET
 @admin_required
 def index(request: AuthedHttpRequest) -> HttpResponse:
     context = {
         **_runs_context(),
+        **_imports_context(),
         "n_labels": Label.objects.count(),
         "n_tasks": Task.objects.count(),
         "n_conversations": Conversation.objects.count(),

@@ -339,3 +339,39 @@ class MessageFeedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.value} on message {self.message_id}"
+
+
+class ImportJob(models.Model):
+    """A feedback file too large to import inside a request: stored, then read by a worker, with
+    counts the admin can watch as it goes (`GET /api/imports/<id>/`, the dashboard)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    format = models.CharField(max_length=16)
+    file_name = models.CharField(max_length=255, help_text="The name the file was uploaded under.")
+    path = models.CharField(max_length=500, help_text="Where the upload waits for the worker (removed after).")
+    size_bytes = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    items = models.PositiveIntegerField(default=0)
+    created_tasks = models.PositiveIntegerField(default=0)
+    created_prompts = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    labels = models.PositiveIntegerField(default=0)
+    bad_lines = models.PositiveIntegerField(default=0)
+    bad = models.JSONField(default=list, blank=True, help_text="The first 100 bad lines: line and message.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} of {self.file_name} ({self.status})"

@@ -6,21 +6,33 @@ maps its records to rows of the database and back, in atomic batches.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Prefetch
+from django.utils import timezone
 
-from training.feedback_io import BadRecord, ImportedCandidate, ImportedItem, ImportedLabel, rows_from_item
+from training.feedback_io import (
+    BadRecord,
+    ImportedCandidate,
+    ImportedItem,
+    ImportedLabel,
+    read_feedback,
+    rows_from_item,
+)
 from webapp.accounts.models import User
-from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
+from webapp.feedback.models import ImportJob, Label, MessageFeedback, Project, Prompt, Task
 from webapp.feedback.selectors import context_before, slots_prefetch
 from webapp.feedback.services import labels_bulk_create, tasks_bulk_create
 
 IMPORTED_USER_PREFIX = "import-"
+logger = logging.getLogger(__name__)
 EXPORT_CHUNK = 500
 
 
@@ -258,3 +270,89 @@ def _thumb_rows(project: Project | None) -> Iterator[dict[str, Any]]:
                 "completion": [{"role": "assistant", "content": thumb.message.content}],
                 "label": thumb.value == MessageFeedback.Value.UP,
             }
+
+
+# ------------------------------------------------------------------------------ background import
+
+
+def import_job_create(*, project: Project, created_by: User | None, fmt: str, upload: Any) -> ImportJob:
+    """Keep `upload` (a Django UploadedFile) in IMPORT_DIR and queue its import on a worker."""
+    from django.conf import settings
+
+    folder = Path(settings.IMPORT_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = str(upload.name or "upload")
+    path = folder / f"{uuid.uuid4().hex}{''.join(Path(name).suffixes[-2:])}"
+    size = 0
+    with path.open("wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+            size += len(chunk)
+    job = ImportJob.objects.create(
+        project=project, created_by=created_by, format=fmt, file_name=name[:255], path=str(path), size_bytes=size
+    )
+    transaction.on_commit(lambda: _enqueue_import(job.pk))
+    return job
+
+
+def _enqueue_import(job_id: int) -> None:
+    from worker.tasks import import_feedback
+
+    try:
+        import_feedback.delay(job_id)
+    except Exception:  # the broker is down: the job waits, and `import_job_resend` sends it later
+        logger.warning("could not queue import %s; it waits for the broker", job_id, exc_info=True)
+
+
+def import_job_run(*, job_id: int) -> ImportJob | None:
+    """Import a queued job's file, recording counts after every batch; a message delivered twice
+    runs it once (only a queued job starts)."""
+    updated = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
+        status=ImportJob.Status.RUNNING, started_at=timezone.now()
+    )
+    if not updated:
+        return None
+    job = ImportJob.objects.select_related("project").get(pk=job_id)
+
+    def record(report: ImportReport) -> None:
+        ImportJob.objects.filter(pk=job_id).update(**_job_counts(report))
+
+    try:
+        report = import_items(project=job.project, records=read_feedback(job.path, job.format), progress=record)
+    except (OSError, ValueError) as exc:
+        ImportJob.objects.filter(pk=job_id).update(
+            status=ImportJob.Status.FAILED, error=f"cannot read it as {job.format}: {exc}", finished_at=timezone.now()
+        )
+    else:
+        ImportJob.objects.filter(pk=job_id).update(
+            status=ImportJob.Status.SUCCEEDED, finished_at=timezone.now(), **_job_counts(report)
+        )
+    Path(job.path).unlink(missing_ok=True)
+    job.refresh_from_db()
+    return job
+
+
+def _job_counts(report: ImportReport) -> dict[str, Any]:
+    return {
+        "items": report.items,
+        "created_tasks": report.created_tasks,
+        "created_prompts": report.created_prompts,
+        "skipped": report.skipped,
+        "labels": report.labels,
+        "bad_lines": len(report.bad),
+        "bad": [{"line": b.line, "message": b.message} for b in report.bad[:100]],
+    }
+
+
+def import_jobs_resend(*, older_than_s: int) -> int:
+    """Send again the jobs still queued after `older_than_s` seconds (their message was lost, e.g.
+    the broker was down when they were made); return how many."""
+    from datetime import timedelta
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    ids = list(
+        ImportJob.objects.filter(status=ImportJob.Status.QUEUED, created_at__lt=cutoff).values_list("pk", flat=True)
+    )
+    for job_id in ids:
+        _enqueue_import(job_id)
+    return len(ids)

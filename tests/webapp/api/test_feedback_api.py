@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +219,43 @@ def test_import_and_export_through_the_api(tmp_path, client):
     assert action.status_code == 200
     raw = [json.loads(line) for line in b"".join(action.streaming_content).decode().splitlines()]
     assert [(r["choice"], r["strength"]) for r in raw] == [("b", 3)]
+
+
+def test_a_large_import_runs_on_a_worker_with_counts_the_admin_can_watch(tmp_path, settings, client):
+    from webapp.feedback.models import ImportJob
+    from worker.tasks import import_feedback
+
+    settings.PREFLOOP_IMPORT_INLINE_BYTES = 200  # this file is "large"
+    settings.IMPORT_DIR = tmp_path / "imports"
+    project = make_project(feedback_types=["pairwise"])
+    admin_user = make_user("admin", username="boss")
+    admin = client_for(admin_user)
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": f"Q {i}?"}], "candidates": ["a", "b"], "id": f"q{i}"})
+        for i in range(30)
+    ] + ['{"prompt": "a NUL \\u0000 here"}']
+    upload = tmp_path / "items.jsonl"
+    upload.write_text("\n".join(lines) + "\n")
+    with upload.open("rb") as handle:
+        queued = admin.post(
+            f"/api/projects/{project.pk}/import/", {"file": handle, "format": "jsonl"}, format="multipart"
+        )
+    assert queued.status_code == 202, queued.content
+    job = queued.json()
+    assert (job["status"], job["file_name"], job["items"]) == ("queued", "items.jsonl", 0)
+    stored = Path(ImportJob.objects.get(pk=job["id"]).path)
+    assert stored.parent == tmp_path / "imports" and stored.stat().st_size == upload.stat().st_size
+
+    client.force_login(admin_user)
+    card = client.get("/dashboard/imports/").content.decode()
+    assert f'id="import-{job["id"]}"' in card and "queued" in card and 'hx-trigger="every 2s"' in card
+
+    import_feedback(job["id"])  # what the worker runs; a second delivery does nothing
+    import_feedback(job["id"])
+    done = admin.get(f"/api/imports/{job['id']}/").json()
+    assert (done["status"], done["items"], done["created_tasks"], done["bad_lines"]) == ("succeeded", 30, 30, 1)
+    assert Task.objects.filter(project=project).count() == 30 and not stored.exists()
+    assert admin.get("/api/imports/", {"project": project.pk}).json()["results"][0]["id"] == job["id"]
+    card = client.get("/dashboard/imports/").content.decode()
+    assert "succeeded" in card and "every 2s" not in card  # nothing left to watch
+    assert client_for(make_user()).get(f"/api/imports/{job['id']}/").status_code == 403
