@@ -71,7 +71,7 @@ async def _annotator(client: httpx.AsyncClient, project: int, until: float, stat
             stats["nothing_left"] += 1
             return
         if served.status_code != 200:
-            stats["errors"].append(("next", served.status_code))
+            stats["errors"].append(("next", served.status_code, served.text[:200]))
             continue
         assignment = served.json()["id"]
         start = time.perf_counter()
@@ -80,7 +80,7 @@ async def _annotator(client: httpx.AsyncClient, project: int, until: float, stat
         if done.status_code == 201:
             stats["accepted"] += 1
         else:
-            stats["errors"].append(("submit", done.status_code))
+            stats["errors"].append(("submit", done.status_code, done.text[:200]))
 
 
 async def _level(base: str, tokens: list[str], project: int, seconds: float) -> dict:
@@ -124,6 +124,7 @@ def main() -> None:
         PREFLOOP_THROTTLE_LOGIN="100000/min",  # every simulated annotator logs in from this address
         PREFLOOP_SERVER_LOG_LEVEL="warning",
         TRAIN_EVERY_N_LABELS="0",
+        DATABASE_POOL_MAX=os.environ.get("DATABASE_POOL_MAX", "16"),  # 100 clients: keep under 100 connections
     )
     server = None
     try:
@@ -131,6 +132,9 @@ def main() -> None:
                        capture_output=True)  # fmt: skip
         people = max(args.levels)
         project = _seed(env, args.tasks, people)
+        # statistics as a database in use has them (autovacuum's ANALYZE), not those of an empty one
+        with psycopg.connect(env["DATABASE_URL"].replace("postgres://", "postgresql://"), autocommit=True) as conn:
+            conn.execute("ANALYZE")
         argv = [sys.executable, "manage.py", "prefloop_serve", "--no-migrate", "--workers", str(args.workers)]
         server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
@@ -150,7 +154,10 @@ def main() -> None:
             ).json()["token"]
             for i in range(people)
         ]
-        print(f"Prefloop ({args.workers} server processes, PostgreSQL, {args.tasks} pairwise items, overlap 1)")
+        print(
+            f"Prefloop ({args.workers} server processes, PostgreSQL with a pool of {env['DATABASE_POOL_MAX']} "
+            f"connections per process, {args.tasks} pairwise items, overlap 1)"
+        )
         total_accepted = 0
         for level in args.levels:
             stats = asyncio.run(_level(base, tokens[:level], project, args.duration))
@@ -166,6 +173,8 @@ def main() -> None:
                 f"submit p50 {ms['submit'][0]:6.1f} ms p99 {ms['submit'][1]:7.1f} ms; "
                 f"errors {len(stats['errors'])}; 'nothing left' with items open {false_empty}"
             )
+            if stats["errors"]:
+                print(f"      errors (first 5): {stats['errors'][:5]}")
         count = subprocess.run(
             [sys.executable, "manage.py", "shell", "-c", COUNT_LABELS],
             cwd=ROOT, env=env, capture_output=True, text=True, check=True,

@@ -118,6 +118,19 @@ DATABASES = {
         conn_health_checks=True,  # a kept connection that died (a database restart) is replaced
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request in flight runs in a thread of its own with its own connection: 100
+    # annotators at once can use up PostgreSQL's 100 connections. DATABASE_POOL_MAX > 0 gives each
+    # process a pool of that many (a request waits for one instead), at a price: after a database
+    # restart the pool reconnects with a growing back-off (seconds to a minute or more), where
+    # without it the next request connects at once. Off by default.
+    _pool_max = env_int("DATABASE_POOL_MAX", 0, minimum=0)
+    if _pool_max and not DATABASES["default"].get("CONN_MAX_AGE"):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_max,
+            "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 30, minimum=1),
+        }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves a web server and a worker process at once: wait for locks (30 s),
     # take the write lock when a transaction begins (a deferred one that later writes can fail at
