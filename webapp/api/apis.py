@@ -56,7 +56,7 @@ from webapp.feedback.assignments import label_create
 from webapp.feedback.models import Assignment, Candidate, ImportJob, Label, Message, Project, Prompt
 from webapp.feedback.quality import project_quality
 from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
-from webapp.feedback.transfer import export_rows, import_items, import_job_create
+from webapp.feedback.transfer import export_rows, import_items, import_job_create, report_counts
 from webapp.runs import services as run_services
 from webapp.runs.data import training_preview
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
@@ -636,17 +636,7 @@ class ProjectImportApi(APIView):
                 report = import_items(project=project, records=read_feedback(tmp.name, fmt))
             except (OSError, ValueError) as exc:
                 raise ValidationError({"file": f"cannot read it as {fmt}: {exc}"}) from exc
-        return Response(
-            {
-                "items": report.items,
-                "created_tasks": report.created_tasks,
-                "created_prompts": report.created_prompts,
-                "skipped": report.skipped,
-                "labels": report.labels,
-                "bad_lines": len(report.bad),
-                "bad": [{"line": b.line, "message": b.message} for b in report.bad[:100]],
-            }
-        )
+        return Response(report_counts(report))
 
 
 class ImportJobDetailApi(generics.RetrieveAPIView):

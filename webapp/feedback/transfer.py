@@ -315,7 +315,7 @@ def import_job_run(*, job_id: int) -> ImportJob | None:
     job = ImportJob.objects.select_related("project").get(pk=job_id)
 
     def record(report: ImportReport) -> None:
-        ImportJob.objects.filter(pk=job_id).update(**_job_counts(report))
+        ImportJob.objects.filter(pk=job_id).update(**report_counts(report))
 
     try:
         report = import_items(project=job.project, records=read_feedback(job.path, job.format), progress=record)
@@ -325,14 +325,15 @@ def import_job_run(*, job_id: int) -> ImportJob | None:
         )
     else:
         ImportJob.objects.filter(pk=job_id).update(
-            status=ImportJob.Status.SUCCEEDED, finished_at=timezone.now(), **_job_counts(report)
+            status=ImportJob.Status.SUCCEEDED, finished_at=timezone.now(), **report_counts(report)
         )
     Path(job.path).unlink(missing_ok=True)
     job.refresh_from_db()
     return job
 
 
-def _job_counts(report: ImportReport) -> dict[str, Any]:
+def report_counts(report: ImportReport) -> dict[str, Any]:
+    """An import's counts and its first 100 bad lines, as the API and an ImportJob show them."""
     return {
         "items": report.items,
         "created_tasks": report.created_tasks,

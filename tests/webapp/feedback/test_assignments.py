@@ -140,31 +140,40 @@ def test_idempotency_key_returns_the_first_label():
     assert Label.objects.count() == 1
 
 
+def _all_at_once(people, action) -> None:
+    """Run `action(person)` for every person in threads released together; fail on any error."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(people))
+
+    def run(person):
+        try:
+            barrier.wait()
+            action(person)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in people]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_claims_fill_every_slot_and_never_over_assign_an_item():
     project = make_project(overlap=2)
     tasks = [make_task(project=project) for _ in range(5)]
     people = [make_user() for _ in range(16)]
     results: list[int | None] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(people))
 
     def claim(person):
-        try:
-            barrier.wait()
-            assignment = assignments.assignment_next(project=project, annotator=person)
-            results.append(assignment.task_id if assignment else None)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
+        assignment = assignments.assignment_next(project=project, annotator=person)
+        results.append(assignment.task_id if assignment else None)
 
-    threads = [threading.Thread(target=claim, args=(p,)) for p in people]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    _all_at_once(people, claim)
     served = [r for r in results if r is not None]
     # 5 items x overlap 2: no more (over-assignment), and no fewer (a claim that met only locked
     # rows must wait for them rather than answer "nothing left").
@@ -185,28 +194,15 @@ def test_many_claiming_at_once_are_never_told_nothing_is_left_while_items_are_op
         make_task(project=project)
     people = [make_user() for _ in range(12)]
     results: list[int | None] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(people))
 
     def claim(person):
-        try:
-            barrier.wait()
-            for _ in range(2):
-                assignment = assignments.assignment_next(project=project, annotator=person)
-                results.append(assignment.task_id if assignment else None)
-                if assignment is not None:
-                    assignments.assignment_submit(assignment=assignment, data={"choice": "a"}, source="api")
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
+        for _ in range(2):
+            assignment = assignments.assignment_next(project=project, annotator=person)
+            results.append(assignment.task_id if assignment else None)
+            if assignment is not None:
+                assignments.assignment_submit(assignment=assignment, data={"choice": "a"}, source="api")
 
-    threads = [threading.Thread(target=claim, args=(p,)) for p in people]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    _all_at_once(people, claim)
     assert None not in results, results  # 24 claims, 30 open items: every claim is served
     assert len(set(results)) == 24  # each item to one person (overlap 1)
 
