@@ -20,6 +20,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from webapp.accounts.services import token_create
+from webapp.api.serializers import RefuseUnknownFields
 from webapp.core.http import api_user
 
 
@@ -28,7 +29,7 @@ class Locked(Throttled):
     default_code = "locked_out"
 
 
-class LoginSerializer(serializers.Serializer):
+class LoginSerializer(RefuseUnknownFields, serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=4096, trim_whitespace=False)
     name = serializers.CharField(max_length=100, required=False, default="", help_text="What the token is for.")

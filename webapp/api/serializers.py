@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -22,12 +23,24 @@ from webapp.feedback.validation import clean_messages
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
 
 
+class RefuseUnknownFields:
+    """A body naming a field the endpoint does not know is a 400 that names it: a misspelt field
+    (`"choise"`) would otherwise be dropped without a word."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(str(name) for name in set(data) - set(self.fields))  # type: ignore[attr-defined]
+            if unknown:
+                raise serializers.ValidationError({name: ["is not a field here"] for name in unknown[:20]})
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["system", "user", "assistant"])
     content = serializers.CharField()
 
 
-class PromptInputSerializer(serializers.Serializer):
+class PromptInputSerializer(RefuseUnknownFields, serializers.Serializer):
     """Either `messages` (a chat ending with a user turn) or `text` (one user turn)."""
 
     messages = MessageSerializer(many=True, required=False)
@@ -45,7 +58,7 @@ class PromptInputSerializer(serializers.Serializer):
             raise serializers.ValidationError({"messages": exc.messages}) from None
 
 
-class ProjectSerializer(serializers.ModelSerializer):
+class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
     members = serializers.ListField(
         child=serializers.CharField(max_length=150),
         write_only=True,
@@ -104,7 +117,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         return value
 
 
-class ProjectMemberSerializer(serializers.Serializer):
+class ProjectMemberSerializer(RefuseUnknownFields, serializers.Serializer):
     username = serializers.CharField(max_length=150)
     role = serializers.CharField(read_only=True)
 
@@ -134,7 +147,7 @@ class TaskBulkItemSerializer(PromptInputSerializer):
         return {**attrs, "messages": base["messages"]}
 
 
-class TaskBulkSerializer(serializers.Serializer):
+class TaskBulkSerializer(RefuseUnknownFields, serializers.Serializer):
     project = serializers.PrimaryKeyRelatedField(queryset=Project.objects.all())
     items = TaskBulkItemSerializer(many=True, max_length=1000, min_length=1)  # type: ignore[call-arg]
 
@@ -167,11 +180,11 @@ class AssignmentSerializer(serializers.ModelSerializer):
         return TaskSerializer(assignment.task, context=self.context).data
 
 
-class SkipSerializer(serializers.Serializer):
+class SkipSerializer(RefuseUnknownFields, serializers.Serializer):
     reason = serializers.CharField(max_length=500)
 
 
-class ThumbsSerializer(serializers.Serializer):
+class ThumbsSerializer(RefuseUnknownFields, serializers.Serializer):
     value = serializers.ChoiceField(choices=MessageFeedback.Value.choices)
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
@@ -206,7 +219,7 @@ class TaskSerializer(AdminOnlyFields, serializers.ModelSerializer):
         return [CandidateSerializer(slot.candidate).data for slot in slots]
 
 
-class JudgmentSerializer(serializers.Serializer):
+class JudgmentSerializer(RefuseUnknownFields, serializers.Serializer):
     """The fields of a judgment; which ones a task needs depends on its kind."""
 
     choice = serializers.ChoiceField(choices=Label.Choice.choices, required=False)
@@ -276,7 +289,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return len(version.label_ids or [])
 
 
-class VersionPromoteSerializer(serializers.Serializer):
+class VersionPromoteSerializer(RefuseUnknownFields, serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
     confirm = serializers.BooleanField(
         required=False, default=False, help_text="Needed to promote a candidate the gate rejected."
@@ -321,7 +334,7 @@ class RewardModelSerializer(serializers.ModelSerializer):
 RUN_REQUEST_KINDS = [("policy", "The project's recipe decides"), *TrainingRun.Kind.choices]
 
 
-class RunCreateSerializer(serializers.Serializer):
+class RunCreateSerializer(RefuseUnknownFields, serializers.Serializer):
     kind = serializers.ChoiceField(
         choices=RUN_REQUEST_KINDS,
         default="policy",

@@ -10,7 +10,7 @@ import pytest
 from tests.factories import make_project, make_task, make_user
 from tests.webapp.api.test_api import client_for
 from webapp.core.parsing import json_depth_error, parse_id
-from webapp.feedback.models import Label, Prompt
+from webapp.feedback.models import Label, Project, Prompt
 
 pytestmark = pytest.mark.django_db
 
@@ -93,3 +93,15 @@ def test_bodies_over_the_limit_are_a_413_that_names_it(settings):
     form = page.post("/chat/new/", {"text": "x" * 5000})
     assert form.status_code == 413 and "2048" in form.content.decode()
     assert Prompt.objects.count() == 0
+
+
+def test_a_misspelt_field_is_a_400_that_names_it_not_a_silent_default():
+    admin, ann = make_user("admin"), make_user()
+    project = make_project(name="Typos", members=[ann])
+    task = make_task(project=project)
+    label = client_for(ann).post("/api/labels/", {"task": task.pk, "choise": "a"}, format="json")
+    assert label.status_code == 400 and "choise" in label.json()["error"]["fields"], label.json()
+    created = client_for(admin).post("/api/projects/", {"name": "X", "feedback_types": ["pairwise"], "overlapp": 3},
+                                     format="json")  # fmt: skip
+    assert created.status_code == 400 and "overlapp" in created.json()["error"]["fields"]
+    assert not Label.objects.exists() and not Project.objects.filter(name="X").exists()
