@@ -87,14 +87,15 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
         projects = web.get("/api/projects/", headers=admin).json()
         chat = next(p for p in projects.get("results", projects) if p["name"] == "Chat")
         recipe = web.patch(f"/api/projects/{chat['id']}/recipe/", json={"held_out_share": 0}, headers=admin)
-        assert recipe.status_code == 200 and recipe.json()["training_data"]["left_out"] == {}, recipe.text
+        distinct = len({c["text"].strip() for c in candidates}) == 2  # the tiny model may sample one text twice
+        left_out = {} if distinct else {"expresses no preference": 1}
+        assert recipe.status_code == 200 and recipe.json()["training_data"]["left_out"] == left_out, recipe.text
         queued = web.post("/api/runs/", json={"kind": "dpo"}, headers=admin).json()
         deadline = time.monotonic() + 240
         result = queued
         while result["status"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(1)
             result = web.get(f"/api/runs/{queued['id']}/", headers=admin).json()
-        distinct = len({c["text"].strip() for c in candidates}) == 2
         if distinct:  # a pair of two identical samples teaches nothing, and the run says so
             assert result["status"] == "succeeded", result["error"]
             versions = {v["number"]: v for v in web.get("/api/versions/", headers=admin).json()["results"]}
