@@ -88,7 +88,10 @@ AXES_FAILURE_LIMIT = env_int("PREFLOOP_LOGIN_FAILURE_LIMIT", 10, minimum=1)
 AXES_COOLOFF_TIME = env_float("PREFLOOP_LOGIN_LOCKOUT_HOURS", 0.25, minimum=0.0)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_IPWARE_PROXY_COUNT = env_int("PREFLOOP_PROXY_COUNT", 0, minimum=0)  # proxies in front that add an address
+# The client's address is REMOTE_ADDR only: prefloop_serve (uvicorn) sets it from X-Forwarded-For
+# when, and only when, the request comes from a trusted proxy (PREFLOOP_FORWARDED_ALLOW_IPS); read
+# from the header itself, any client could claim a new address for every guess.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 AXES_LOCKOUT_CALLABLE = "webapp.api.auth.lockout_response"
 AXES_VERBOSE = False
 

@@ -72,3 +72,14 @@ def test_logins_are_throttled_per_address():
     answers = [_login(f"nobody{i}", "x").status_code for i in range(21)]  # 20 a minute
     assert answers[:20] == [400] * 20 and answers[20] == 429
     assert _login("nobody", "x", address="10.0.0.9").status_code == 400
+
+
+def test_a_forged_forwarded_address_does_not_escape_the_lockout(settings):
+    settings.AXES_FAILURE_LIMIT = 2
+    make_user(username="ann", password="s3cret-pass")
+    for i in range(2):
+        forged = APIClient(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=f"192.0.2.{i}")
+        forged.post("/api/auth/token/", {"username": "ann", "password": "guess"}, format="json")
+    again = APIClient(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="192.0.2.99")
+    locked = again.post("/api/auth/token/", {"username": "ann", "password": "s3cret-pass"}, format="json")
+    assert locked.status_code == 429, locked.content
