@@ -226,3 +226,81 @@ def test_redis_stopped_and_started_while_annotators_submit_loses_no_label(live_s
     stored = set(Label.objects.filter(task__project=project).values_list("id", flat=True))
     assert stored == set(accepted)  # every accepted submit is stored, and nothing else
     assert TrainingRun.objects.filter(project=project).exists()  # the threshold queued runs all the same
+
+
+TRAINING_SEED = """
+from tests.factories import make_serving_version, make_task, make_user
+from webapp.feedback.assignments import label_create
+from webapp.feedback.services import project_default
+from webapp.runs import services
+from webapp.runs.models import TrainingRun
+make_serving_version({adapter!r})
+project = project_default()
+services.recipe_update(project=project, data={{"held_out_share": 0, "auto_train_every": 0, "max_steps": 5000,
+                                               "learning_rate": 1e-5}})
+ann = make_user(username="ann")
+for i in range(4):
+    task = make_task(project=project, question=f"Q {{i}}?", texts=("Yes.", "No, never."))
+    label_create(task=task, annotator=ann, data={{"choice": "a", "strength": 2}}, source="api")
+run, _ = services.run_create(trigger=TrainingRun.Trigger.API, project=project)
+print(run.pk)
+"""
+RUN_STATE = "from webapp.runs.models import TrainingRun as R; r = R.objects.get(pk={pk}); print(r.status, r.progress)"
+
+
+def test_postgres_restarted_while_a_worker_trains_ends_the_run_and_never_leaves_it_running(
+    builtin_policy_server: str, loop_files: LoopFiles, tmp_path: Path
+):
+    database = OwnPostgres(free_port())
+    database.init()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PREFLOOP_"))}
+    env.update(
+        DATABASE_URL=database.url,
+        PREFLOOP_VAR_DIR=str(tmp_path / "var"),
+        ARTIFACT_DIR=str(loop_files.artifact_dir),
+        POLICY_BASE_MODEL=str(loop_files.base_model),
+        POLICY_SERVER_URL=builtin_policy_server,
+        RUN_HEARTBEAT_S="1",
+        RUN_STALE_S="4",
+        RUN_REAP_EVERY_S="1",
+        TRAIN_CHECK_EVERY_S="3600",
+        PYTHONUNBUFFERED="1",
+    )
+    worker = None
+
+    def state() -> tuple[str, float]:
+        out = _manage(["shell", "-c", RUN_STATE.format(pk=run_id)], env)
+        status, progress = out.stdout.strip().splitlines()[-1].split()
+        return status, float(progress)
+
+    try:
+        assert _manage(["migrate", "--noinput"], env).returncode == 0
+        seeded = _manage(["shell", "-c", TRAINING_SEED.format(adapter=str(loop_files.v1_adapter))], env)
+        assert seeded.returncode == 0, seeded.stderr
+        run_id = int(seeded.stdout.strip().splitlines()[-1])
+        argv = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "gpu,cpu", "--pool", "solo",
+                "--beat", "--schedule", str(tmp_path / "beat"), "--hostname", f"pg-{free_port()}@%h"]  # fmt: skip
+        broker_env = {**env, "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")}
+        import redis
+
+        redis.Redis.from_url(broker_env["CELERY_BROKER_URL"]).delete("gpu", "cpu", "generate")
+        resent = _manage(["shell", "-c", f"from webapp.runs import services; services.run_enqueue(run_id={run_id})"],
+                         broker_env)  # fmt: skip
+        assert resent.returncode == 0, resent.stderr
+        worker = start_process("worker", argv, broker_env, tmp_path)
+        deadline = time.monotonic() + 180
+        while (current := state())[0] != "running" or current[1] <= 0:  # training, with steps done
+            assert time.monotonic() < deadline and worker.popen.poll() is None, worker.log()[-3000:]
+            time.sleep(1)
+        database.stop()  # in the middle of training, by the postmaster's pid
+        time.sleep(3)
+        database.start()
+        deadline = time.monotonic() + 90
+        while (current := state())[0] == "running":
+            assert time.monotonic() < deadline, f"the run stayed running: {current}\n{worker.log()[-3000:]}"
+            time.sleep(1)
+        assert current[0] in ("failed", "succeeded", "queued"), current  # ended, or sent again: never stuck
+    finally:
+        if worker is not None:
+            worker.stop()
+        database.close()
