@@ -6,7 +6,6 @@ maps its records to rows of the database and back, in atomic batches.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -27,12 +26,13 @@ from training.feedback_io import (
     rows_from_item,
 )
 from webapp.accounts.models import User
+from webapp.core.queue import broker_send
 from webapp.feedback.models import ImportJob, Label, MessageFeedback, Project, Prompt, Task
 from webapp.feedback.selectors import context_before, slots_prefetch
 from webapp.feedback.services import labels_bulk_create, tasks_bulk_create
 
 IMPORTED_USER_PREFIX = "import-"
-logger = logging.getLogger(__name__)
+IMPORT_TASK_NAME = "prefloop.import_feedback"  # worker.tasks.import_feedback
 EXPORT_CHUNK = 500
 
 
@@ -296,12 +296,8 @@ def import_job_create(*, project: Project, created_by: User | None, fmt: str, up
 
 
 def _enqueue_import(job_id: int) -> None:
-    from worker.tasks import import_feedback
-
-    try:
-        import_feedback.delay(job_id)
-    except Exception:  # the broker is down: the job waits, and `import_job_resend` sends it later
-        logger.warning("could not queue import %s; it waits for the broker", job_id, exc_info=True)
+    """Send the job to a worker; with the broker down it waits, and `import_jobs_resend` sends it later."""
+    broker_send(IMPORT_TASK_NAME, args=[job_id], queue="cpu")
 
 
 def import_job_run(*, job_id: int) -> ImportJob | None:

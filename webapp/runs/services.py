@@ -12,6 +12,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from webapp.accounts.models import User
+from webapp.core.queue import broker_send
 from webapp.feedback.models import Project
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
 from webapp.runs.recipe import Recipe, RecipeError
@@ -285,19 +286,8 @@ def run_enqueue(*, run_id: int, kind: str = TrainingRun.Kind.DPO) -> bool:
     Never raises: with the broker down the run stays queued with no `enqueued_at`, and
     `runs_reap` sends it once the broker answers again.
     """
-    from worker.celery import app
-
-    try:
-        app.send_task(
-            TRAIN_TASK_NAMES[kind],
-            args=[run_id],
-            queue="gpu",
-            retry=True,
-            retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
-        )
-    except Exception as exc:  # kombu and redis raise several kinds of connection error
-        logger.warning("the broker did not take run %s (%s); it waits for the reaper", run_id, exc)
-        return False
+    if not broker_send(TRAIN_TASK_NAMES[kind], args=[run_id], queue="gpu"):
+        return False  # it waits for the reaper
     TrainingRun.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
     return True
 
