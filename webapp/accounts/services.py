@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
+from django.db.models import Q
 from knox.models import AuthToken
 
 from webapp.accounts.models import User
@@ -38,6 +39,11 @@ class AdminExists(Exception):
     """There is an admin already: the first-admin path does nothing."""
 
 
+def admin_exists() -> bool:
+    """Whether anyone may administer this installation (the admin role, or a Django superuser)."""
+    return User.objects.filter(Q(role=User.Role.ADMIN) | Q(is_superuser=True)).exists()
+
+
 @transaction.atomic
 def admin_create_first(*, username: str, password: str, email: str = "") -> User:
     """The installation's first admin (from the environment or `manage.py prefloop_admin`).
@@ -45,10 +51,7 @@ def admin_create_first(*, username: str, password: str, email: str = "") -> User
     Refuses with AdminExists once any admin exists, so a value left in the environment never
     resets a password; the password must pass Django's validators (ValidationError names why).
     """
-    if (
-        User.objects.select_for_update().filter(role=User.Role.ADMIN).exists()
-        or User.objects.filter(is_superuser=True).exists()
-    ):
+    if admin_exists():
         raise AdminExists("an admin exists already")
     candidate = User(username=username, email=email, role=User.Role.ADMIN)
     validate_password(password, user=candidate)

@@ -446,9 +446,7 @@ class RunListCreateApi(APIView):
                 project=body.validated_data.get("project"),
             )
         except RecipeError as exc:
-            raise ValidationError(
-                {"recipe": f"the project's stored recipe is invalid ({exc}); PUT a valid one"}
-            ) from None
+            raise _invalid_recipe(exc) from None
         return Response(
             TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -572,11 +570,16 @@ class ProjectRecipeApi(APIView):
         return Response(_recipe_body(project))
 
 
+def _invalid_recipe(exc: RecipeError) -> ValidationError:
+    """A project whose stored recipe was made invalid by hand: a 400 that says how to mend it."""
+    return ValidationError({"recipe": f"the project's stored recipe is invalid ({exc}); PUT a valid one"})
+
+
 def _recipe_body(project: Project) -> dict[str, Any]:
     try:
         recipe = run_services.recipe_for(project)
     except RecipeError as exc:
-        raise ValidationError({"recipe": f"the project's stored recipe is invalid ({exc}); PUT a valid one"}) from None
+        raise _invalid_recipe(exc) from None
     preview = training_preview(project=project, recipe=recipe)
     return {"project": project.pk, "recipe": recipe.to_dict(), "kind": recipe.kind, "training_data": preview}
 

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from webapp.accounts.services import token_create
 from webapp.api.serializers import RefuseUnknownFields
-from webapp.core.http import api_user
+from webapp.core.http import api_error, api_user
 
 
 class Locked(Throttled):
@@ -32,7 +32,6 @@ class Locked(Throttled):
 class LoginSerializer(RefuseUnknownFields, serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=4096, trim_whitespace=False)
-    name = serializers.CharField(max_length=100, required=False, default="", help_text="What the token is for.")
 
 
 class TokenSerializer(serializers.ModelSerializer):
@@ -100,10 +99,9 @@ class TokenRevokeApi(APIView):
 
 def lockout_response(request: Any, original_response: Any = None, credentials: Any = None) -> Any:
     """django-axes' answer to a locked-out login: the API's error format under /api/, a page elsewhere."""
-    from django.http import JsonResponse
     from django.shortcuts import render
 
     message = str(Locked.default_detail)
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": {"code": Locked.default_code, "message": message}}, status=429)
+        return api_error(429, Locked.default_code, message)
     return render(request, "registration/locked_out.html", {"message": message}, status=429)

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django_htmx.middleware import HtmxDetails
 from rest_framework.request import Request
 
@@ -51,3 +51,9 @@ async def _one_at_a_time(chunks: Iterator[Any]) -> AsyncIterator[Any]:
         close = getattr(chunks, "close", None)
         if close is not None:  # the client went away: let the generator's own clean-up run
             await sync_to_async(close, thread_sensitive=True)()
+
+
+def api_error(status: int, code: str, message: str) -> JsonResponse:
+    """An answer in the API's error format, `{"error": {"code", "message"}}`, for answers made
+    outside REST framework's views (middleware, URL-level handlers, the lockout)."""
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)

@@ -10,14 +10,16 @@ from collections.abc import Callable
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
+
+from webapp.core.http import api_error
 
 logger = logging.getLogger(__name__)
 
 
 def _refuse(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+        return api_error(status, code, message)
     return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
 
 
@@ -33,7 +35,7 @@ class HostileInputMiddleware:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return _refuse(request, 400, "bad_request", "Content-Length is not a number.")
-        if cap is not None and length > cap:
+        if length > cap:
             return _refuse(request, 413, "too_large", f"The request body is {length} bytes; the limit is {cap} bytes.")
         try:
             values = [*request.GET.lists(), *(request.POST.lists() if request.method == "POST" else [])]
@@ -54,17 +56,16 @@ UNAVAILABLE_PAGE = (
 
 
 class DatabaseUnavailableMiddleware:
-    """A database that cannot be reached answers 503 with a clear page (the API: its error format),
-    not a 500; the next request connects again by itself once the database is back."""
+    """A view whose database cannot be reached answers 503 with a clear page (the API: its error
+    format), not a 500; the next request connects again by itself once the database is back. (An
+    exception never leaves an inner middleware: Django turns it into a response there, so
+    `process_exception` is where a view's error is seen.)"""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        try:
-            return self.get_response(request)
-        except (OperationalError, InterfaceError):
-            return self._unavailable(request)
+        return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, (OperationalError, InterfaceError)):

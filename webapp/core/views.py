@@ -8,6 +8,8 @@ from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from webapp.core.http import api_error
+
 
 @never_cache
 @require_GET
@@ -20,24 +22,20 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok", "database": "ok"})
 
 
-def _api_error(request: HttpRequest, status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
-
-
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """404: the API's error format under /api/ (a URL that matches no route), Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return _api_error(request, 404, "not_found", f"No API route {request.path!r}.")
+        return api_error(404, "not_found", f"No API route {request.path!r}.")
     return defaults.page_not_found(request, exception or Http404())
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return _api_error(request, 400, "bad_request", "The request could not be read.")
+        return api_error(400, "bad_request", "The request could not be read.")
     return defaults.bad_request(request, exception or Exception())
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return _api_error(request, 500, "server_error", "The server failed; the error is logged.")
+        return api_error(500, "server_error", "The server failed; the error is logged.")
     return defaults.server_error(request)

@@ -11,28 +11,22 @@ Rules (each one a test in tests/webapp/feedback/test_assignments.py):
 from __future__ import annotations
 
 import random
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, QuerySet
-from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from webapp.accounts.models import User
 from webapp.feedback.models import Assignment, Label, Project, Task
-from webapp.feedback.services import label_create  # written there; still importable from here (apis, tests)
+from webapp.feedback.services import (
+    label_create,  # written there; still importable from here (apis, tests)
+    task_taken_add,
+)
 
 OPEN_STATUSES = (Assignment.Status.LEASED, Assignment.Status.SUBMITTED)
-
-
-def task_taken_add(task_ids: list[int] | Counter[int], delta: int = 1) -> None:
-    """Keep `Task.taken` (open assignments) in step with a change of assignments' status."""
-    counts = task_ids if isinstance(task_ids, Counter) else Counter(task_ids)
-    for task_id, n in sorted(counts.items()):
-        Task.objects.filter(pk=task_id).update(taken=Greatest(F("taken") + n * delta, 0))
 
 
 def leases_expire(*, now: Any = None) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from webapp.accounts.models import User
@@ -185,16 +187,13 @@ def label_create(
                 **fields,
             )
             if assignment is not None:
+                mine = Assignment.objects.filter(pk=assignment.pk)
+                submitted = {"status": Assignment.Status.SUBMITTED, "finished_at": timezone.now()}
+                mine.filter(status=Assignment.Status.LEASED).update(**submitted)
                 # a lease that expired (or was given back) meanwhile takes its slot again: the work is kept
                 closed = (Assignment.Status.EXPIRED, Assignment.Status.SKIPPED)
-                reopened = Assignment.objects.filter(pk=assignment.pk, status__in=closed).update(
-                    status=Assignment.Status.SUBMITTED, finished_at=timezone.now()
-                )
-                Assignment.objects.filter(pk=assignment.pk).exclude(status=Assignment.Status.SUBMITTED).update(
-                    status=Assignment.Status.SUBMITTED, finished_at=timezone.now()
-                )
-                if reopened:
-                    Task.objects.filter(pk=task.pk).update(taken=F("taken") + 1)
+                if mine.filter(status__in=closed).update(**submitted):
+                    task_taken_add([task.pk], +1)
     except IntegrityError:
         existing = (
             Label.objects.filter(task=task, annotator=annotator).first()
@@ -334,6 +333,14 @@ def tasks_bulk_create(
             cursor += 1
     TaskCandidate.objects.bulk_create(slots)
     return BulkCreated(tasks=tasks, items=fresh, skipped=skipped)
+
+
+def task_taken_add(task_ids: list[int] | Counter[int], delta: int = 1) -> None:
+    """Keep `Task.taken` (a task's open assignments, leased or submitted: what the queue's index
+    reads) in step with a change of assignments' status; rows in id order, so no two writers deadlock."""
+    counts = task_ids if isinstance(task_ids, Counter) else Counter(task_ids)
+    for task_id, n in sorted(counts.items()):
+        Task.objects.filter(pk=task_id).update(taken=Greatest(F("taken") + n * delta, 0))
 
 
 def project_member_add(*, project: Project, user: User) -> tuple[ProjectMember, bool]:

@@ -172,14 +172,14 @@ def _annotator_weights(trust: dict[str, float | None]) -> dict[str, float]:
 def _apply_weights(data: TrainingData, weights: dict[str, float]) -> None:
     """Put each row's weight on it, scaled so that the training labels' mean weight is 1 (the
     recipe's learning rate keeps its meaning), and record each annotator's."""
-    by_label = {r["label_id"]: weights.get(r["annotator"], 1.0) for r in (*data.pairs, *data.ties, *data.rankings)}
+    rows = [*data.pairs, *data.ties, *data.rankings]
+    by_label = {r["label_id"]: weights.get(r["annotator"], 1.0) for r in rows}  # a label's rows share one
     if not by_label:
         return
     scale = len(by_label) / sum(by_label.values())
-    for row in (*data.pairs, *data.ties, *data.rankings):
+    for row in rows:
         row["weight"] = round(weights.get(row["annotator"], 1.0) * scale, 6)
-    used = {r["annotator"] for r in (*data.pairs, *data.ties, *data.rankings)}
-    data.weights = {name: round(weights.get(name, 1.0) * scale, 4) for name in used}
+    data.weights = {name: round(weights.get(name, 1.0) * scale, 4) for name in {r["annotator"] for r in rows}}
 
 
 def _default_project_name() -> str:

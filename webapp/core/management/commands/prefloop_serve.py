@@ -15,8 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.accounts.models import User
-from webapp.accounts.services import AdminExists, admin_create_first
+from webapp.accounts.services import AdminExists, admin_create_first, admin_exists
 from webapp.env import env_int
 
 
@@ -76,10 +75,7 @@ class Command(BaseCommand):
                 pass
             except ValidationError as exc:
                 raise CommandError("PREFLOOP_ADMIN_PASSWORD is refused: " + " ".join(exc.messages)) from None
-        elif (
-            not User.objects.filter(role=User.Role.ADMIN).exists()
-            and not User.objects.filter(is_superuser=True).exists()
-        ):
+        elif not admin_exists():
             self.stdout.write(
                 "No admin yet: set PREFLOOP_ADMIN_USERNAME and PREFLOOP_ADMIN_PASSWORD, "
                 "or run `python manage.py prefloop_admin NAME` once."
