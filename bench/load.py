@@ -1,28 +1,40 @@
 """Load on the annotation queue, measured as an outside client: simulated annotators loop "next task,
-submit a pairwise label" against the production server (`manage.py prefloop_serve`) on PostgreSQL
-and Redis.
+submit a pairwise label" against Prefloop's production server (`manage.py prefloop_serve`) on
+PostgreSQL and Redis, then, in the same run, against Label Studio on the same PostgreSQL server.
 
-For each level of concurrency: labels per second, p50 and p99 of `next` and of submit, errors (must
-be 0), "nothing left" answers while items were open (must be 0), and the labels in the database
-against the submits the server accepted (must be equal).
+For each arm and each level of concurrency: labels per second, p50 and p99 of `next` and of submit,
+errors (must be 0), "nothing left" answers while items were open (must be 0), and the labels in the
+database against the submits the server accepted (must be equal). The last lines print Prefloop's
+throughput over Label Studio's at each level.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres CELERY_BROKER_URL=redis://127.0.0.1:6379/9 \\
         python bench/load.py --levels 10 50 100 --duration 60
 
-It makes a database of its own on DATABASE_URL's server (dropped at the end). The same load against
-Label Studio, for the ratio issue 18 asks for, is not part of this script yet.
+Each arm makes a database of its own on DATABASE_URL's server (dropped at the end) and a project of
+the same pairwise items (a prompt and two answers, one label per item).
+
+Label Studio is installed with pip into a virtual environment of its own (`--label-studio-venv`,
+made on first use: `label-studio==1.23.2` and gunicorn). It runs as its Docker image runs it, a WSGI
+server with `DEBUG` off, here gunicorn with as many processes as Prefloop's server and 8 threads
+each. Its annotators authenticate with personal access tokens (exchanged for access tokens at
+`/api/token/refresh/`), take work with `GET /api/projects/{id}/next/` (what its labelling stream
+calls) and submit a `Pairwise` result with `POST /api/tasks/{id}/annotations/`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,8 +42,53 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
+LABEL_STUDIO = "label-studio==1.23.2"
 COUNT_LABELS = "from webapp.feedback.models import Label; print(Label.objects.count())"
+LS_CONFIG = (
+    '<View><Header value="$prompt"/><Pairwise name="pw" toName="answer1,answer2"/>'
+    '<Text name="answer1" value="$answer1"/><Text name="answer2" value="$answer2"/></View>'
+)
+LS_RESULT = [{"from_name": "pw", "to_name": "answer1", "type": "pairwise", "value": {"selected": "left"}}]
+# Label Studio's users, organisation and personal access tokens, made as its `label-studio start`
+# makes its first user; annotators never log in with a password, so theirs is left unusable.
+LS_SETUP = """
+import json
+from jwt_auth.models import LSAPIToken
+from organizations.models import Organization
+from users.models import User
+owner = User.objects.create_user(email="owner@load.test", password=None)
+owner.is_staff = owner.is_superuser = True
+owner.save()
+org = Organization.create_organization(created_by=owner, title="Load")
+people = [owner]
+for i in range({n}):
+    user = User.objects.create_user(email=f"ann{{i}}@load.test", password=None)
+    org.add_user(user)
+    people.append(user)
+for user in people:
+    user.active_organization = org
+    user.save(update_fields=["active_organization"])
+print(json.dumps([LSAPIToken.for_user(user).get_full_jwt() for user in people]))
+"""
+
+
+@dataclass
+class Arm:
+    """How one system's annotators take and submit work, over HTTP."""
+
+    name: str
+    base: str
+    project: int
+    headers: Callable[[int], dict[str, str]]  # the annotator's index -> auth headers
+    next_call: Callable[[httpx.AsyncClient, int], object]  # -> a coroutine of the response
+    nothing_left: int  # the status `next` answers when no item is left for the annotator
+    submit_call: Callable[[httpx.AsyncClient, int], object]
+    stored: Callable[[], int]  # labels in the database
+
+
+def _items(n: int) -> Iterator[tuple[str, str, str]]:
+    for i in range(n):
+        yield f"Question {i}?", f"First answer {i}.", f"Second answer {i}."
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -41,7 +98,57 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _seed(env: dict[str, str], n_tasks: int, n_people: int) -> int:
+def _wait_up(url: str, what: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start")
+        time.sleep(0.5)
+
+
+@contextmanager
+def _database(server_url: str, prefix: str) -> Iterator[str]:
+    import psycopg
+
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    admin_dsn = server_url.rsplit("/", 1)[0].replace("postgres://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _analyze(dsn: str) -> None:
+    """Statistics as a database in use has them (autovacuum's ANALYZE), not those of an empty one."""
+    import psycopg
+
+    with psycopg.connect(dsn.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("ANALYZE")
+
+
+@contextmanager
+def _server(argv: list[str], cwd: Path, env: dict[str, str], health: str, what: str) -> Iterator[None]:
+    server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        _wait_up(health, what)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+# Prefloop
+
+
+def _prefloop_seed(env: dict[str, str], n_tasks: int, n_people: int) -> int:
     code = f"""
 from webapp.accounts.services import user_ensure
 from webapp.feedback.models import Project, ProjectMember
@@ -62,20 +169,175 @@ print(project.pk)
     return int(out.stdout.strip().splitlines()[-1])
 
 
-async def _annotator(client: httpx.AsyncClient, project: int, until: float, stats: dict) -> None:
+@contextmanager
+def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
+    people = max(args.levels)
+    with _database(server_url, "prefloop_load") as name:
+        port = 18000 + secrets.randbelow(1000)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PREFLOOP_"))}
+        env.update(
+            DATABASE_URL=server_url.rsplit("/", 1)[0] + f"/{name}",
+            CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/9"),
+            PREFLOOP_VAR_DIR=str(ROOT / "var" / "load"),
+            PREFLOOP_ADDR=f"127.0.0.1:{port}",
+            PREFLOOP_THROTTLE_USER="100000/min",
+            PREFLOOP_THROTTLE_LOGIN="100000/min",  # every simulated annotator logs in from this address
+            PREFLOOP_SERVER_LOG_LEVEL="warning",
+            TRAIN_EVERY_N_LABELS="0",
+            DATABASE_POOL_MAX=os.environ.get("DATABASE_POOL_MAX", "16"),  # 100 clients: keep under 100 connections
+        )
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        project = _prefloop_seed(env, args.tasks, people)
+        _analyze(env["DATABASE_URL"])
+        argv = [sys.executable, "manage.py", "prefloop_serve", "--no-migrate", "--workers", str(args.workers)]
+        base = f"http://127.0.0.1:{port}"
+        with _server(argv, ROOT, env, f"{base}/healthz", "prefloop_serve"):
+            tokens = [
+                httpx.post(
+                    f"{base}/api/auth/token/", json={"username": f"ann{i}", "password": "load-test-password"}
+                ).json()["token"]
+                for i in range(people)
+            ]
+
+            def stored() -> int:
+                count = subprocess.run(
+                    [sys.executable, "manage.py", "shell", "-c", COUNT_LABELS],
+                    cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                return int(count.stdout.strip().splitlines()[-1])
+
+            print(
+                f"Prefloop ({args.workers} prefloop_serve processes, PostgreSQL with a pool of "
+                f"{env['DATABASE_POOL_MAX']} connections per process, {args.tasks} pairwise items, overlap 1)"
+            )
+            yield Arm(
+                name="Prefloop",
+                base=base,
+                project=project,
+                headers=lambda i: {"Authorization": f"Token {tokens[i]}"},
+                next_call=lambda client, project: client.post(f"/api/projects/{project}/next/"),
+                nothing_left=204,
+                submit_call=lambda client, assignment: client.post(
+                    f"/api/assignments/{assignment}/submit/", json={"choice": "a", "strength": 2}
+                ),
+                stored=stored,
+            )
+
+
+# Label Studio
+
+
+def _label_studio_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not (venv / "bin" / "gunicorn").exists():
+        print(f"installing {LABEL_STUDIO} and gunicorn into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", LABEL_STUDIO, "gunicorn"], check=True)
+    return python
+
+
+@contextmanager
+def label_studio_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
+    people = max(args.levels)
+    python = _label_studio_venv(args.label_studio_venv)
+    package = Path(
+        subprocess.run([str(python), "-c", "import label_studio, os; print(os.path.dirname(label_studio.__file__))"],
+                       check=True, capture_output=True, text=True).stdout.strip()
+    )  # fmt: skip
+    postgres = httpx.URL(server_url.replace("postgres://", "postgresql://"))
+    with _database(server_url, "label_studio_load") as name:
+        port = 19000 + secrets.randbelow(1000)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PREFLOOP_", "DATABASE_"))}
+        env.update(
+            DJANGO_SETTINGS_MODULE="core.settings.label_studio",
+            DJANGO_DB="default",
+            POSTGRE_NAME=name,
+            POSTGRE_USER=postgres.username or "postgres",
+            POSTGRE_PASSWORD=postgres.password or "",
+            POSTGRE_HOST=postgres.host or "127.0.0.1",
+            POSTGRE_PORT=str(postgres.port or 5432),
+            LABEL_STUDIO_BASE_DATA_DIR=str(ROOT / "var" / "load" / "label-studio"),
+            DEBUG="false",
+            LOG_LEVEL="WARNING",
+            # no calls out of the machine: error reports, analytics, the version check
+            SENTRY_DSN="",
+            FRONTEND_SENTRY_DSN="",
+            COLLECT_ANALYTICS="false",
+            LATEST_VERSION_CHECK="false",
+        )
+        manage = [str(python), "manage.py"]
+        subprocess.run([*manage, "migrate", "--noinput"], cwd=package, env=env, check=True, capture_output=True)
+        out = subprocess.run([*manage, "shell", "-c", LS_SETUP.format(n=people)], cwd=package, env=env, check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        owner_pat, *pats = json.loads(out.stdout.strip().splitlines()[-1])
+        gunicorn = [str(python), "-m", "gunicorn", "core.wsgi:application", "--bind", f"127.0.0.1:{port}",
+                    "--workers", str(args.workers), "--threads", "8", "--log-level", "warning"]  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        with _server(gunicorn, package, env, f"{base}/health", "Label Studio"):
+
+            def access(pat: str) -> str:
+                answer = httpx.post(f"{base}/api/token/refresh/", json={"refresh": pat}, timeout=60)
+                answer.raise_for_status()
+                return answer.json()["access"]
+
+            owner = httpx.Client(base_url=base, timeout=300, headers={"Authorization": f"Bearer {access(owner_pat)}"})
+            made = owner.post("/api/projects/", json={"title": "Load", "label_config": LS_CONFIG,
+                                                       "maximum_annotations": 1})  # fmt: skip
+            made.raise_for_status()
+            project = made.json()["id"]
+            items = [{"prompt": p, "answer1": a, "answer2": b} for p, a, b in _items(args.tasks)]
+            for start in range(0, len(items), 1000):
+                owner.post(f"/api/projects/{project}/import", json=items[start : start + 1000]).raise_for_status()
+            owner.close()
+            _analyze(server_url.rsplit("/", 1)[0] + f"/{name}")
+            # access tokens live 5 minutes: each level asks for fresh ones through `headers`
+            fresh: dict[int, tuple[float, str]] = {}
+
+            def headers(i: int) -> dict[str, str]:
+                if i not in fresh or time.monotonic() - fresh[i][0] > 120:
+                    fresh[i] = (time.monotonic(), access(pats[i]))
+                return {"Authorization": f"Bearer {fresh[i][1]}"}
+
+            def stored() -> int:
+                auth = {"Authorization": f"Bearer {access(owner_pat)}"}
+                with httpx.Client(base_url=base, timeout=60, headers=auth) as client:
+                    return int(client.get(f"/api/projects/{project}/").json()["total_annotations_number"])
+
+            print(
+                f"Label Studio ({LABEL_STUDIO}: gunicorn, {args.workers} processes of 8 threads, DEBUG off, "
+                f"PostgreSQL, {args.tasks} pairwise items, maximum_annotations 1)"
+            )
+            yield Arm(
+                name="Label Studio",
+                base=base,
+                project=project,
+                headers=headers,
+                next_call=lambda client, project: client.get(f"/api/projects/{project}/next/"),
+                nothing_left=404,
+                submit_call=lambda client, task: client.post(
+                    f"/api/tasks/{task}/annotations/", json={"result": LS_RESULT, "lead_time": 1.0}
+                ),
+                stored=stored,
+            )
+
+
+# The load
+
+
+async def _annotator(arm: Arm, client: httpx.AsyncClient, until: float, stats: dict) -> None:
     while time.monotonic() < until:
         start = time.perf_counter()
-        served = await client.post(f"/api/projects/{project}/next/")
+        served = await arm.next_call(client, arm.project)  # type: ignore[misc]
         stats["next"].append(time.perf_counter() - start)
-        if served.status_code == 204:
+        if served.status_code == arm.nothing_left:
             stats["nothing_left"] += 1
             return
         if served.status_code != 200:
             stats["errors"].append(("next", served.status_code, served.text[:200]))
             continue
-        assignment = served.json()["id"]
         start = time.perf_counter()
-        done = await client.post(f"/api/assignments/{assignment}/submit/", json={"choice": "a", "strength": 2})
+        done = await arm.submit_call(client, served.json()["id"])  # type: ignore[misc]
         stats["submit"].append(time.perf_counter() - start)
         if done.status_code == 201:
             stats["accepted"] += 1
@@ -83,20 +345,43 @@ async def _annotator(client: httpx.AsyncClient, project: int, until: float, stat
             stats["errors"].append(("submit", done.status_code, done.text[:200]))
 
 
-async def _level(base: str, tokens: list[str], project: int, seconds: float) -> dict:
+async def _level(arm: Arm, level: int, seconds: float) -> dict:
     stats: dict = {"next": [], "submit": [], "errors": [], "accepted": 0, "nothing_left": 0}
-    limits = httpx.Limits(max_connections=len(tokens) + 5)
-    clients = [
-        httpx.AsyncClient(base_url=base, timeout=120, limits=limits, headers={"Authorization": f"Token {t}"})
-        for t in tokens
-    ]
+    limits = httpx.Limits(max_connections=level + 5)
+    clients = [httpx.AsyncClient(base_url=arm.base, timeout=120, limits=limits, headers=arm.headers(i))
+               for i in range(level)]  # fmt: skip
     until = time.monotonic() + seconds
     start = time.monotonic()
-    await asyncio.gather(*(_annotator(c, project, until, stats) for c in clients))
+    await asyncio.gather(*(_annotator(arm, c, until, stats) for c in clients))
     stats["seconds"] = time.monotonic() - start
     for client in clients:
         await client.aclose()
     return stats
+
+
+def run_arm(arm: Arm, args: argparse.Namespace) -> dict[int, float]:
+    """Each level in turn on one project; returns labels per second by level."""
+    throughput = {}
+    total_accepted = 0
+    for level in args.levels:
+        stats = asyncio.run(_level(arm, level, args.duration))
+        total_accepted += stats["accepted"]
+        false_empty = stats["nothing_left"] if args.tasks - total_accepted > 0 else 0
+        ms = {k: (1000 * statistics.median(stats[k]), 1000 * _percentile(stats[k], 0.99)) for k in ("next", "submit")}
+        throughput[level] = stats["accepted"] / stats["seconds"]
+        print(
+            f"{level:>4} annotators: {throughput[level]:6.1f} labels/s; "
+            f"next p50 {ms['next'][0]:6.1f} ms p99 {ms['next'][1]:7.1f} ms; "
+            f"submit p50 {ms['submit'][0]:6.1f} ms p99 {ms['submit'][1]:7.1f} ms; "
+            f"errors {len(stats['errors'])}; 'nothing left' with items open {false_empty}",
+            flush=True,
+        )
+        if stats["errors"]:
+            print(f"      errors (first 5): {stats['errors'][:5]}")
+    stored = arm.stored()
+    verdict = "equal" if stored == total_accepted else "DIFFERENT"
+    print(f"{arm.name}: labels in the database {stored}, submits accepted {total_accepted}: {verdict}", flush=True)
+    return throughput
 
 
 def main() -> None:
@@ -104,90 +389,22 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds of load per level.")
     parser.add_argument("--tasks", type=int, default=6000)
-    parser.add_argument("--workers", type=int, default=2, help="prefloop_serve's processes.")
+    parser.add_argument("--workers", type=int, default=2, help="Server processes, for each system.")
+    parser.add_argument("--label-studio-venv", type=Path, default=ROOT / "var" / "label-studio-venv")
+    parser.add_argument("--skip-label-studio", action="store_true", help="Prefloop's arm only.")
     args = parser.parse_args()
-    import psycopg
 
     server_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    name = f"prefloop_load_{secrets.token_hex(3)}"
-    admin_dsn = server_url.rsplit("/", 1)[0].replace("postgres://", "postgresql://") + "/postgres"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    port = 18000 + secrets.randbelow(1000)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PREFLOOP_"))}
-    env.update(
-        DATABASE_URL=server_url.rsplit("/", 1)[0] + f"/{name}",
-        CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/9"),
-        PREFLOOP_VAR_DIR=str(ROOT / "var" / "load"),
-        PREFLOOP_ADDR=f"127.0.0.1:{port}",
-        PREFLOOP_THROTTLE_USER="100000/min",
-        PREFLOOP_THROTTLE_LOGIN="100000/min",  # every simulated annotator logs in from this address
-        PREFLOOP_SERVER_LOG_LEVEL="warning",
-        TRAIN_EVERY_N_LABELS="0",
-        DATABASE_POOL_MAX=os.environ.get("DATABASE_POOL_MAX", "16"),  # 100 clients: keep under 100 connections
-    )
-    server = None
-    try:
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        people = max(args.levels)
-        project = _seed(env, args.tasks, people)
-        # statistics as a database in use has them (autovacuum's ANALYZE), not those of an empty one
-        with psycopg.connect(env["DATABASE_URL"].replace("postgres://", "postgresql://"), autocommit=True) as conn:
-            conn.execute("ANALYZE")
-        argv = [sys.executable, "manage.py", "prefloop_serve", "--no-migrate", "--workers", str(args.workers)]
-        server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("prefloop_serve did not start")
-            time.sleep(0.5)
-        tokens = [
-            httpx.post(
-                f"{base}/api/auth/token/", json={"username": f"ann{i}", "password": "load-test-password"}
-            ).json()["token"]
-            for i in range(people)
-        ]
-        print(
-            f"Prefloop ({args.workers} server processes, PostgreSQL with a pool of {env['DATABASE_POOL_MAX']} "
-            f"connections per process, {args.tasks} pairwise items, overlap 1)"
-        )
-        total_accepted = 0
-        for level in args.levels:
-            stats = asyncio.run(_level(base, tokens[:level], project, args.duration))
-            total_accepted += stats["accepted"]
-            open_left = args.tasks - total_accepted
-            false_empty = stats["nothing_left"] if open_left > 0 else 0
-            ms = {
-                k: (1000 * statistics.median(stats[k]), 1000 * _percentile(stats[k], 0.99)) for k in ("next", "submit")
-            }
-            print(
-                f"{level:>4} annotators: {stats['accepted'] / stats['seconds']:6.1f} labels/s; "
-                f"next p50 {ms['next'][0]:6.1f} ms p99 {ms['next'][1]:7.1f} ms; "
-                f"submit p50 {ms['submit'][0]:6.1f} ms p99 {ms['submit'][1]:7.1f} ms; "
-                f"errors {len(stats['errors'])}; 'nothing left' with items open {false_empty}"
-            )
-            if stats["errors"]:
-                print(f"      errors (first 5): {stats['errors'][:5]}")
-        count = subprocess.run(
-            [sys.executable, "manage.py", "shell", "-c", COUNT_LABELS],
-            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        stored = int(count.stdout.strip().splitlines()[-1])
-        verdict = "equal" if stored == total_accepted else "DIFFERENT"
-        print(f"labels in the database {stored}, submits accepted {total_accepted}: {verdict}")
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with prefloop_arm(args, server_url) as arm:
+        ours = run_arm(arm, args)
+    if args.skip_label_studio:
+        return
+    with label_studio_arm(args, server_url) as arm:
+        theirs = run_arm(arm, args)
+    for level in args.levels:
+        ratio = ours[level] / theirs[level] if theirs[level] else float("inf")
+        line = f"Prefloop {ours[level]:.1f}, Label Studio {theirs[level]:.1f} labels/s"
+        print(f"{level:>4} annotators: {line}: ×{ratio:.2f}")
 
 
 if __name__ == "__main__":
