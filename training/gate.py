@@ -11,7 +11,9 @@ Three measurements of a candidate LoRA adapter against the serving one, both on 
   ``d_k = R_k(candidate) - R_k(serving)``, is above 0, a loss where the upper bound is below 0,
   and undecided otherwise (half a win, as a tie counts in an arena). With one member the bounds
   are the plain difference. (Coste et al. 2023, "Reward Model Ensembles Help Mitigate
-  Overoptimization": trust the reward only where the members agree.)
+  Overoptimization": trust the reward only where the members agree.) It is also reported
+  length-controlled (``length_controlled``, training.length): the win rate at equal answer
+  length, so a candidate that only writes longer does not look better.
 - **KL from the serving version**: the Monte-Carlo estimate ``E_{y~π_candidate}[log π_candidate(y|x)
   - log π_serving(y|x)]`` over answers sampled at temperature 1, in nats per answer.
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.length import length_controlled_win_rate
 from training.lipo import sequence_logps
 
 CANDIDATE, SERVING = "candidate", "serving"
@@ -155,18 +158,26 @@ def win_rate(
         raise ValueError("win_rate needs one candidate and one serving answer per prompt, and at least one prompt")
     cand = [list(map(float, m)) for m in score_members(prompts, list(candidate_answers))]
     serv = [list(map(float, m)) for m in score_members(prompts, list(serving_answers))]
-    wins = losses = 0
+    outcomes = []
     for i in range(len(prompts)):
         diffs = [c[i] - s[i] for c, s in zip(cand, serv, strict=True)]
         mean = statistics.fmean(diffs)
         spread = statistics.pstdev(diffs) if len(diffs) > 1 else 0.0
-        if mean - spread > 0:
-            wins += 1
-        elif mean + spread < 0:
-            losses += 1
+        outcomes.append(1.0 if mean - spread > 0 else 0.0 if mean + spread < 0 else 0.5)
+    wins, losses = outcomes.count(1.0), outcomes.count(0.0)
     undecided = len(prompts) - wins - losses
     value = (wins + 0.5 * undecided) / len(prompts)
-    return {"value": value, "n": len(prompts), "wins": wins, "losses": losses, "undecided": undecided}
+    controlled = length_controlled_win_rate(
+        outcomes, [len(a) for a in candidate_answers], [len(a) for a in serving_answers]
+    )
+    return {
+        "value": value,
+        "n": len(prompts),
+        "wins": wins,
+        "losses": losses,
+        "undecided": undecided,
+        "length_controlled": controlled,
+    }
 
 
 def evaluate_candidate(

@@ -21,6 +21,22 @@ def test_a_win_counts_only_where_the_ensembles_lower_bound_agrees():
     # prompt 0: both members say +2 -> win; prompt 1: +1 and -1 -> undecided; prompt 2: -1 and -2 -> loss
     assert (result["wins"], result["undecided"], result["losses"]) == (1, 1, 1)
     assert result["value"] == pytest.approx(0.5)
+    assert result["length_controlled"] == pytest.approx(0.5)  # all answers equally long: the plain rate
+
+
+def test_the_win_rate_is_also_reported_at_equal_length():
+    # the candidate wins exactly where its answer is the longer one: length, not quality
+    answers = [("a much longer answer than that", "short"), ("tiny", "a far longer answer here")] * 4
+    cand, serv = [a for a, _ in answers], [b for _, b in answers]
+
+    def members(prompts, texts):
+        return [[float(len(t)) for t in texts]]
+
+    result = win_rate([PROMPT] * len(answers), cand, serv, members)
+    assert result["value"] == 0.5 and result["length_controlled"] == pytest.approx(0.5, abs=0.05)
+    longer_wins = win_rate([PROMPT] * 6, ["long answer one", "long answer two", "long answer 3", "x", "y", "z"],
+                           ["s", "t", "u", "longer one", "longer two", "longer 3"], members)  # fmt: skip
+    assert longer_wins["value"] == 0.5 and longer_wins["length_controlled"] < 0.6
 
 
 def test_one_member_judges_by_the_plain_difference():

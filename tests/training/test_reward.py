@@ -331,6 +331,12 @@ def test_accuracy_on_the_training_pairs_rises_above_chance(tiny_ensemble: dict[s
     assert all(member["accuracy"] >= 0.8 for member in evaluation["members"])
     assert set(evaluation["by_group"]) == {"even", "odd"}
     assert 0.0 <= evaluation["ece"] <= 0.5
+    # beside it, the length rule on the same pairs and how much the scores follow length
+    pairs = _easy_pairs()
+    longer = sum(1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
+                 for p in pairs) / len(pairs)  # fmt: skip
+    assert evaluation["longer_wins_accuracy"] == pytest.approx(longer)
+    assert -1.0 <= evaluation["score_length_correlation"] <= 1.0
 
 
 def test_ties_are_kept_and_pulled_together(tiny_ensemble: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from training.length import length_correlation, longer_wins_accuracy
 from training.reward.calibration import expected_calibration_error, preference_probabilities
 from training.reward.examples import PreferenceExample
 from training.reward.scoring import RewardEnsemble
@@ -62,7 +63,9 @@ def evaluate_pairs(
     """Accuracy, ECE and per-group accuracy of ``ensemble`` (its ``mode`` score) on the non-tie pairs.
 
     Returns :func:`pairwise_metrics` plus ``"members"``: the same metrics for each member alone
-    (without ``by_group``).
+    (without ``by_group``), ``"longer_wins_accuracy"`` (the length rule's accuracy on the same
+    pairs) and ``"score_length_correlation"`` (of the scores with the answers' lengths; None when
+    either is constant).
     """
     pairs = [e for e in examples if isinstance(e, PreferenceExample) and not e.tie]
     if not pairs:
@@ -74,6 +77,11 @@ def evaluate_pairs(
     n = len(pairs)
     combined = scored[mode]
     metrics = pairwise_metrics(combined[:n], combined[n:], [p.group for p in pairs])
+    # has it learnt people or length? the rule "the longer answer wins" on the same pairs, and how
+    # much the scores follow length (training.length)
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
+    metrics["longer_wins_accuracy"] = longer_wins_accuracy(chosen, rejected)
+    metrics["score_length_correlation"] = length_correlation(combined, chosen + rejected)
     metrics["members"] = [
         {k: v for k, v in pairwise_metrics(s[:n], s[n:]).items() if k != "by_group"} for s in scored["members"]
     ]

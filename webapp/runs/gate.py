@@ -25,12 +25,14 @@ def gate_judge(
             value = float(figures[name]["value"])
             passed = value <= threshold if name == "kl" else value >= threshold
             sign = ("<=" if passed else ">") if name == "kl" else (">=" if passed else "<")
+            controlled = figures[name].get("length_controlled")
+            aside = f" (length-controlled {controlled:.3f})" if controlled is not None else ""
             entry.update(
                 value=round(value, 4),
                 passed=passed,
                 n=figures[name].get("n"),
                 detail={k: v for k, v in figures[name].items() if k not in ("value", "n")},
-                summary=f"{label} {value:.3f} {sign} {threshold:g}",
+                summary=f"{label} {value:.3f} {sign} {threshold:g}{aside}",
             )
         else:
             why = skipped.get(name, "not measured")
