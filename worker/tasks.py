@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 
+from training.active import item_disagreements
 from training.adapters import adapter_rank, resize_adapter
 from training.artifacts import VersionMeta, data_hash
 from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
@@ -23,11 +24,14 @@ from training.followup import FollowupScorer
 from training.grpo import GRPOTrainConfig, ensemble_reward, followup_reward, train_grpo
 from training.kto import KTOTrainConfig, ThumbExample, train_kto
 from training.lipo import LiPOTrainConfig, RankedAnswers, train_lipo
+from training.online import mix_by_share, pair_verdicts
 from training.reward import PreferenceExample, RankingExample, RewardConfig, RewardEnsemble, train_reward_model
+from webapp.core.queue import broker_send
 from webapp.feedback.models import Project
 from webapp.feedback.selectors import prompts_recent
 from webapp.feedback.services import project_default
 from webapp.runs import services
+from webapp.runs.arena import arena_gate_open, arena_gates_check
 from webapp.runs.artifacts import artifact_store, reward_model_local_path, version_local_path
 from webapp.runs.data import TrainingData, lineage_label_ids, training_data
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
@@ -307,6 +311,68 @@ def _grpo_update(data: TrainingData, recipe: Recipe, project: Project | None = N
     return _Update(train_grpo, {"prompts": prompts, "reward_fn": reward_fn}, config, records, len(prompts), [], source)
 
 
+def _online_dpo_update(data: TrainingData, recipe: Recipe, project: Project) -> _Update:
+    """Online DPO: the serving version answers the project's newest prompts twice (never the gate's
+    held-out ones); the project's reward ensemble labels the pairs its members agree on and the
+    rest go to people as items of the queue (training.online); the update trains DPO on the
+    ensemble's pairs mixed with people's labels by the recipe's `online_human_share`."""
+    from webapp.feedback.generation import answers_for, items_for_people
+    from webapp.feedback.models import Prompt
+
+    reward_model = _project_reward_model(project)
+    if reward_model is None:
+        raise ValueError("online DPO needs the project's reward model to label its pairs: train one first")
+    serving = version_serving()
+    if serving is None:
+        raise ValueError("online DPO samples from the serving version, and none serves yet")
+    held_out = {json.dumps(p, sort_keys=True) for p in data.held_out_prompts}
+    newest = Prompt.objects.filter(project=project).order_by("-id")[: recipe.online_prompts + len(held_out)]
+    prompts = [p for p in newest if json.dumps(p.messages, sort_keys=True) not in held_out][: recipe.online_prompts]
+    if not prompts:
+        raise ValueError("no prompts yet for online DPO (chat, or import prompts)")
+    sampled = [(p, answers_for(p.messages, project=project, version=serving, k=2)) for p in prompts]
+    sampled = [(p, texts) for p, texts in sampled if len(set(texts)) == 2]  # twins teach nothing
+    machine: list[PreferencePair] = []
+    unsure: list[tuple[Any, list[str], float]] = []
+    if sampled:
+        members = _load_ensemble(reward_model).score(
+            [p.messages for p, _ in sampled for _ in (0, 1)], [t for _, texts in sampled for t in texts]
+        )["members"]
+        for (prompt, texts), (verdict, disagreement) in zip(sampled, pair_verdicts(members), strict=True):
+            if verdict == 0:
+                unsure.append((prompt, texts, disagreement))
+                continue
+            chosen, rejected = texts if verdict > 0 else texts[::-1]
+            machine.append(PreferencePair(prompt=prompt.messages, chosen=chosen, rejected=rejected))
+    sent = items_for_people(pairs=unsure, version=serving)
+    human_rows, machine = mix_by_share(data.pairs, machine, recipe.online_human_share, seed=len(data.pairs))
+    human = [
+        PreferencePair(r["prompt"], r["chosen"], r["rejected"], strength=r["strength"], weight=r.get("weight", 1.0))
+        for r in human_rows
+    ]
+    notes = {
+        "reward_model": reward_model.name,
+        "sampled": len(prompts),
+        "reward_labelled": len(machine),
+        "sent_to_people": sent,
+        "human_pairs": len(human),
+    }
+    if not human and not machine:
+        raise ValueError(f"online DPO found no pair to train on ({notes})")
+    config = DPOTrainConfig(
+        loss_type="sigmoid",
+        max_steps=recipe.max_steps or None,
+        lora_r=recipe.lora_rank,
+        **_common(recipe, DPOTrainConfig),
+        **device_options(),
+    )
+    records = [*human_rows, *({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in machine), notes]
+    return _Update(
+        train_dpo, {"pairs": human + machine}, config, records, len(human) + len(machine), _pair_label_ids(human_rows),
+        notes,
+    )  # fmt: skip
+
+
 def _project_reward_model(project: Project | None) -> RewardModel | None:
     models = reward_model_list()
     if project is not None:
@@ -324,6 +390,7 @@ POLICY_UPDATES: dict[str, Callable[[TrainingData, Recipe, Project], _Update]] = 
     TrainingRun.Kind.LIPO: lambda data, recipe, project: _lipo_update(data, recipe),
     TrainingRun.Kind.KTO: lambda data, recipe, project: _kto_update(data, recipe),
     TrainingRun.Kind.GRPO: _grpo_update,
+    TrainingRun.Kind.ONLINE_DPO: _online_dpo_update,
 }
 
 
@@ -405,6 +472,10 @@ def _gate_and_serve(
                 version=version, gate={"verdict": "rejected", "reason": "its run was cancelled during the evaluation"}
             )
             raise
+        if gate["verdict"] == "passed" and recipe.arena_prompts:  # people decide, blind (webapp.runs.arena)
+            gate = arena_gate_open(
+                version=version, serving=serving, project=project, prompts=recipe.arena_prompts, gate=gate
+            )
         version = services.version_gate_record(version=version, gate=gate)
         if gate["verdict"] != "passed":
             return gate
@@ -574,6 +645,49 @@ def _train_reward(*, run_id: int, guard: RunGuard) -> None:
     )
     services.run_succeed(run_id=run_id, reward_model=reward_model, metrics=summary)
     logger.info("run %s made %s from %d examples (%d held out)", run_id, reward_model, len(train), len(evaluate))
+    if project.queue_order == Project.QueueOrder.UNCERTAINTY:
+        broker_send("prefloop.rescore_queue", args=[project.pk], queue="generate")
+
+
+def disagreement_scorer(project: Project | None) -> Callable[[list[Any], list[list[str]]], list[float]] | None:
+    """How much a label of each item would teach (training.active): the disagreement of the
+    project's latest reward model's members; None without one (every item then ranks the same)."""
+    reward_model = _project_reward_model(project)
+    if reward_model is None:
+        return None
+    ensemble = _load_ensemble(reward_model)
+
+    def score(contexts: list[Any], answers: list[list[str]]) -> list[float]:
+        prompts = [context for context, texts in zip(contexts, answers, strict=True) for _ in texts]
+        members = ensemble.score(prompts, [text for texts in answers for text in texts])["members"]
+        return item_disagreements(members, [len(texts) for texts in answers])
+
+    return score
+
+
+@app.task(name="prefloop.generate", queue="generate", acks_late=True, ignore_result=True)
+def generate(job_id: int) -> None:
+    """Answer a project's prompts with the serving version (webapp.feedback.generation), each item
+    ranked by the reward ensemble's disagreement on it."""
+    from webapp.feedback.generation import generation_job_run
+
+    project = Project.objects.filter(generation_jobs=job_id).first()
+    needs_score = project is not None and project.queue_order == Project.QueueOrder.UNCERTAINTY
+    job = generation_job_run(job_id=job_id, score=disagreement_scorer(project) if needs_score else None)
+    if job is not None:
+        logger.info("generation %s: %s, %d items from %d prompts", job_id, job.status, job.tasks_created,
+                    job.prompts_total)  # fmt: skip
+
+
+@app.task(name="prefloop.rescore_queue", queue="generate", ignore_result=True)
+def rescore_queue(project_id: int) -> None:
+    """After a new reward model: rank the project's open items again by its members' disagreement."""
+    from webapp.feedback.generation import queue_rescore
+
+    project = Project.objects.filter(pk=project_id).first()
+    score = disagreement_scorer(project)
+    if project is not None and score is not None:
+        logger.info("queue of %s ranked again: %d items", project, queue_rescore(project=project, score=score))
 
 
 @app.task(name="prefloop.import_feedback", queue="cpu", acks_late=True, ignore_result=True)
@@ -588,12 +702,18 @@ def import_feedback(job_id: int) -> None:
 
 @app.task(name="prefloop.reap_runs", queue="cpu", ignore_result=True)
 def reap_runs() -> None:
-    """Scheduled by beat: fail runs whose worker was lost, and send queued runs and imports the
-    broker never took."""
+    """Scheduled by beat: fail runs whose worker was lost, send queued runs, imports and generation
+    jobs the broker never took, queue again generation jobs whose worker was lost, and decide the
+    candidates waiting on the arena."""
+    from webapp.feedback.generation import generation_jobs_resend
     from webapp.feedback.transfer import import_jobs_resend
 
     services.runs_reap()
     import_jobs_resend(older_than_s=settings.RUN_RESEND_S)
+    generation_jobs_resend(older_than_s=settings.RUN_RESEND_S)
+    decided = arena_gates_check()
+    if decided["served"] or decided["rejected"]:
+        logger.info("arena gate: served %s, rejected %s", decided["served"], decided["rejected"])
 
 
 @app.task(name="prefloop.check_training_threshold", queue="cpu", ignore_result=True)

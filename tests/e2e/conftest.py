@@ -206,6 +206,20 @@ def loop_settings(settings, loop_files: LoopFiles):
     return settings
 
 
+@pytest.fixture
+def gate_settings(loop_settings, loop_files, builtin_policy_server):
+    """The tasks run in this process: the messages their runs send go to an in-memory broker, where
+    no worker process of another test could take them."""
+    from tests.processes import celery_broker
+
+    loop_settings.POLICY_SERVER_URL = builtin_policy_server
+    loop_settings.REWARD_BACKBONE = str(loop_files.base_model)
+    loop_settings.REWARD_MAX_STEPS, loop_settings.POLICY_MAX_TOKENS = 8, 8
+    loop_settings.TRAIN_DEVICE = "cpu"
+    with celery_broker("memory://"):
+        yield loop_settings
+
+
 def serve_version_one(*, files: LoopFiles):
     """Register and serve version 1, and make sure the policy server has its adapter loaded."""
     from tests.factories import make_serving_version
@@ -247,3 +261,18 @@ def page(browser) -> Iterator:
     page.set_default_timeout(30_000)
     yield page
     context.close()
+
+
+def item_for_prompt(client, prompt_id: int, headers: dict[str, str], *, api: str = "/api", timeout: float = 180):
+    """The item a worker's generation job makes of prompt `prompt_id`, as its author finds it through
+    the API (`GET /api/tasks/?prompt=<id>`), once it is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = client.get(f"{api}/tasks/", params={"prompt": prompt_id}, headers=headers)
+        assert found.status_code == 200, found.text
+        if found.json()["count"]:
+            return found.json()["results"][0]
+        if time.monotonic() > deadline:
+            jobs = client.get(f"{api}/generation-jobs/", headers=headers).json()
+            raise AssertionError(f"no item for prompt {prompt_id} after {timeout} s; jobs: {jobs}")
+        time.sleep(0.5)

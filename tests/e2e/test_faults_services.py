@@ -15,7 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, LoopFiles, serve_version_one, start_process, wait_for_server
+from tests.e2e.conftest import (
+    ROOT,
+    LoopFiles,
+    item_for_prompt,
+    serve_version_one,
+    start_process,
+    wait_for_server,
+)
 from tests.e2e.test_faults import own_redis
 from tests.factories import make_project, make_task, make_user
 from tests.processes import OwnPostgres, celery_broker, free_port
@@ -113,7 +120,7 @@ def test_postgres_restarted_while_the_web_answers_gives_a_clear_503_and_recovers
 
 @pytest.mark.django_db(transaction=True)
 def test_the_policy_server_going_away_is_said_clearly_labelling_goes_on_and_its_return_is_noticed(
-    live_server, loop_settings, loop_files: LoopFiles, tmp_path: Path
+    live_server, loop_settings, loop_files: LoopFiles, tmp_path: Path, start_worker
 ):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -135,13 +142,20 @@ def test_the_policy_server_going_away_is_said_clearly_labelling_goes_on_and_its_
     web = httpx.Client(base_url=live_server.url, timeout=60)
     token = web.post("/api/auth/token/", json={"username": "ann", "password": "ann-password"}).json()["token"]
     api = {"Authorization": f"Token {token}"}
+    start_worker(policy_url=url, files=loop_files, queues="generate")
     try:
         prompt = web.post("/api/prompts/", json={"text": "What colour is grass?"}, headers=api).json()
-        assert web.post(f"/api/prompts/{prompt['id']}/tasks/", headers=api).status_code == 201
+        assert item_for_prompt(web, prompt["id"], api)["candidates"]
         policy.stop()  # the policy server goes away
 
-        down = web.post(f"/api/prompts/{prompt['id']}/tasks/", headers=api)
-        assert down.status_code == 503 and "policy server" in down.json()["error"]["message"]
+        second = web.post("/api/prompts/", json={"text": "And the sky?"}, headers=api).json()
+        deadline = time.monotonic() + 120
+        job = web.get("/api/generation-jobs/", headers=api).json()["results"][0]
+        while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            job = web.get(f"/api/generation-jobs/{job['id']}/", headers=api).json()
+        assert job["status"] == "failed" and "policy server" in job["error"], job  # the job says so
+        assert job["failed"] == 1 and job["tasks_created"] == 0
         from django.test import Client
 
         from webapp.feedback import services
@@ -163,8 +177,9 @@ def test_the_policy_server_going_away_is_said_clearly_labelling_goes_on_and_its_
             assert done.status_code == 201, done.text
 
         policy = start()  # back on the same address: noticed without restarting anything
-        again = web.post(f"/api/prompts/{prompt['id']}/tasks/", headers=api)
-        assert again.status_code == 201, again.text
+        again = web.post(f"/api/prompts/{second['id']}/tasks/", headers=api)
+        assert again.status_code == 202, again.text
+        assert item_for_prompt(web, second["id"], api)["candidates"]  # the prompt left open is answered now
         _, reply = services.chat_turn_start(conversation=conversation, text="And now?")
         streamed = b"".join(page.post(f"/chat/message/{reply.pk}/stream/").streaming_content).decode()
         assert streamed.strip() and "could not answer" not in streamed

@@ -56,20 +56,6 @@ def _run(kind, project):
     return run
 
 
-@pytest.fixture
-def gate_settings(loop_settings, loop_files, builtin_policy_server):
-    """The tasks run in this process: the messages their runs send go to an in-memory broker, where
-    no worker process of another test could take them."""
-    from tests.processes import celery_broker
-
-    loop_settings.POLICY_SERVER_URL = builtin_policy_server
-    loop_settings.REWARD_BACKBONE = str(loop_files.base_model)
-    loop_settings.REWARD_MAX_STEPS, loop_settings.POLICY_MAX_TOKENS = 8, 8
-    loop_settings.TRAIN_DEVICE = "cpu"
-    with celery_broker("memory://"):
-        yield loop_settings
-
-
 def test_bad_labels_are_rejected_by_the_gate_and_sound_ones_promoted(gate_settings, loop_files):
     v1 = serve_version_one(files=loop_files)
     project = make_project(name="gated")
@@ -153,3 +139,47 @@ def test_a_run_that_started_from_an_older_version_is_evaluated_against_the_newer
         assert promoted is not None and promoted.previous == v2 and "against v2" in promoted.reason
     else:
         assert promoted is None and ModelVersion.objects.get(pk=v2.pk).status == ModelVersion.Status.SERVING
+
+
+def test_a_recipe_with_an_arena_gate_serves_the_candidate_only_once_people_prefer_it(gate_settings, loop_files):
+    """The checks pass, then the candidate waits: both versions answer the project's prompts, people
+    judge them blind through the queue, and beat's arena check serves it when its interval is above."""
+    from webapp.feedback.assignments import assignment_next, assignment_submit
+    from webapp.feedback.models import GenerationJob, Task
+
+    v1 = serve_version_one(files=loop_files)
+    project = make_project(name="arena gated", feedback_types=["pairwise"], overlap=3, max_tokens=6)
+    services.recipe_update(project=project, data={**RECIPE, "arena_prompts": 4})
+    ann = make_user(username="ann")
+    _judge(project, ann, [f"Question number {i}?" for i in range(30)], "a")
+
+    run = _run("policy", project)
+    tasks.train_policy(run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    v2 = run.result_version
+    assert v2.status == ModelVersion.Status.CANDIDATE and v2.gate["verdict"] == "waiting", v2.gate
+    assert "waiting for the arena against v1" in v2.gate["reason"]
+    job = GenerationJob.objects.get(kind="arena")
+    assert job.versions == [v2.pk, v1.pk] and len(job.prompt_ids) == 4
+
+    tasks.generate(job.pk)  # the generate queue's task, in this process
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.tasks_created == 4, job.error
+    items = Task.objects.filter(arena=True, project=project)
+    sides = {tuple(s.candidate.policy_version.number for s in t.slots.order_by("position")) for t in items}
+    assert sides <= {(2, 1), (1, 2)} and len(items) == 4
+
+    tasks.reap_runs()  # beat's check: no judgment yet, the candidate waits
+    v2.refresh_from_db()
+    assert v2.status == ModelVersion.Status.CANDIDATE
+    for person in [make_user(username=f"judge{i}") for i in range(3)]:  # 4 items x overlap 3 = 12 judgments
+        while (served := assignment_next(project=project, annotator=person)) is not None:
+            first = served.task.slots.order_by("position").first().candidate.policy_version
+            prefers_a = not served.task.arena or first.number == 2  # in the arena, v2's answer
+            assignment_submit(assignment=served, data={"choice": "a" if prefers_a else "b"})
+    tasks.reap_runs()
+    v2.refresh_from_db()
+    assert v2.status == ModelVersion.Status.SERVING and "arena over 12 comparisons" in v2.gate["reason"], v2.gate
+    assert VersionEvent.objects.filter(version=v2, action="promote", reason__startswith="won the arena").exists()
+    assert policy.policy_client().adapter_root("policy-v2") is not None  # the server has it

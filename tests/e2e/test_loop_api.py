@@ -8,7 +8,7 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
-from tests.e2e.conftest import serve_version_one
+from tests.e2e.conftest import item_for_prompt, serve_version_one
 from tests.factories import make_user
 from training.policy_client import PolicyClient
 
@@ -44,12 +44,11 @@ def test_api_loop_against_vllm(live_server, loop_settings, loop_files, vllm_poli
     for text in PROMPTS:
         prompt = api.post("/prompts/", json={"text": text}, headers=ann)
         assert prompt.status_code == 201, prompt.text
-        task = api.post(f"/prompts/{prompt.json()['id']}/tasks/", headers=ann)
-        assert task.status_code == 201, task.text
-        a, b = task.json()["candidates"]
+        task = item_for_prompt(api, prompt.json()["id"], ann, api="")  # written by the worker
+        a, b = task["candidates"]
         assert a["policy_version"] == b["policy_version"] == 1
         choice = "a" if len(a["text"]) <= len(b["text"]) else "b"
-        body = {"task": task.json()["id"], "choice": choice, "strength": 2}
+        body = {"task": task["id"], "choice": choice, "strength": 2}
         label = api.post("/labels/", json=body, headers=ann)
         assert label.status_code == 201, label.text
         assert api.post("/labels/", json=body, headers=ann).status_code == 200  # a retried submit is harmless
@@ -81,9 +80,8 @@ def test_api_loop_against_vllm(live_server, loop_settings, loop_files, vllm_poli
 
     # New candidates come from the hot-swapped version 2, served by the same vLLM process.
     prompt = api.post("/prompts/", json={"text": "What is the capital of Spain?"}, headers=ann).json()
-    task = api.post(f"/prompts/{prompt['id']}/tasks/", headers=ann)
-    assert task.status_code == 201, task.text
-    assert {c["policy_version"] for c in task.json()["candidates"]} == {2}
+    task = item_for_prompt(api, prompt["id"], ann, api="")
+    assert {c["policy_version"] for c in task["candidates"]} == {2}
 
     w1 = load_file(f"{v1.artifact_path}/adapter_model.safetensors")
     w2 = load_file(f"{versions[2]['artifact_path']}/adapter_model.safetensors")

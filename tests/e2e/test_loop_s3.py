@@ -15,6 +15,7 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
+from tests.e2e.conftest import item_for_prompt
 from tests.factories import make_user
 from training.artifacts import COMPLETE_FILE, RemoteArtifactStore
 from training.policy_client import PolicyClient
@@ -62,9 +63,8 @@ def test_loop_with_versions_in_s3(
     boss = {"Authorization": f"Token {boss_token}"}
     for text in PROMPTS:
         prompt = api.post("/prompts/", json={"text": text}, headers=ann).json()
-        task = api.post(f"/prompts/{prompt['id']}/tasks/", headers=ann)
-        assert task.status_code == 201, task.text
-        label = api.post("/labels/", json={"task": task.json()["id"], "choice": "a"}, headers=ann)
+        task = item_for_prompt(api, prompt["id"], ann, api="")
+        label = api.post("/labels/", json={"task": task["id"], "choice": "a"}, headers=ann)
         assert label.status_code == 201, label.text
 
     launched = api.post("/runs/", headers={"Authorization": f"Token {boss_token}"})
@@ -98,6 +98,5 @@ def test_loop_with_versions_in_s3(
     ).read_bytes()
 
     prompt = api.post("/prompts/", json={"text": "What is the capital of Spain?"}, headers=ann).json()
-    task = api.post(f"/prompts/{prompt['id']}/tasks/", headers=ann)
-    assert task.status_code == 201, task.text
-    assert {c["policy_version"] for c in task.json()["candidates"]} == {2}
+    task = item_for_prompt(api, prompt["id"], ann, api="")
+    assert {c["policy_version"] for c in task["candidates"]} == {2}

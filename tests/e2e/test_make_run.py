@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, item_for_prompt
 from tests.processes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -71,16 +71,14 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
         assert token.status_code == 200, token.text
         headers = {"Authorization": f"Token {token.json()['token']}"}
         prompt = web.post("/api/prompts/", json={"text": "What is the capital of Italy?"}, headers=headers).json()
-        task = web.post(f"/api/prompts/{prompt['id']}/tasks/", headers=headers)
-        assert task.status_code == 201, task.text  # SQLite + built-in policy server answer
-        assert [c["policy_version"] for c in task.json()["candidates"]] == [1, 1]
+        # SQLite + the filesystem broker: make run's worker writes the answers (the `generate` queue)
+        item = item_for_prompt(web, prompt["id"], headers)
+        assert [c["policy_version"] for c in item["candidates"]] == [1, 1]
         models = httpx.get(f"http://127.0.0.1:{policy_port}/v1/models").json()["data"]
         assert "policy-v1" in {m["id"] for m in models}
         # Train on SQLite with the filesystem broker, as a new user would: judge, train, gate, roll back.
-        candidates = task.json()["candidates"]
-        label = web.post(
-            "/api/labels/", json={"task": task.json()["id"], "choice": "a", "strength": 2}, headers=headers
-        )
+        candidates = item["candidates"]
+        label = web.post("/api/labels/", json={"task": item["id"], "choice": "a", "strength": 2}, headers=headers)
         assert label.status_code == 201, label.text
         admin_token = web.post("/api/auth/token/", json={"username": "admin", "password": "prefloop-admin"})
         admin = {"Authorization": f"Token {admin_token.json()['token']}"}

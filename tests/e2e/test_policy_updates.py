@@ -15,7 +15,7 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
-from tests.e2e.conftest import serve_version_one
+from tests.e2e.conftest import item_for_prompt, serve_version_one
 from tests.factories import make_pairwise_task, make_user
 from training.reward import PreferenceExample, RewardConfig, train_reward_model
 from webapp.feedback.assignments import label_create
@@ -92,6 +92,5 @@ def test_kto_then_grpo_runs_each_serve_a_new_version(
     assert any(m["id"] == "policy-v3" for m in httpx.get(f"{builtin_policy_server}/v1/models").json()["data"])
 
     prompt = api.post("/prompts/", json={"text": "What is the capital of Spain?"}, headers=boss).json()
-    task = api.post(f"/prompts/{prompt['id']}/tasks/", headers=boss)
-    assert task.status_code == 201, task.text
-    assert {c["policy_version"] for c in task.json()["candidates"]} == {3}
+    task = item_for_prompt(api, prompt["id"], boss, api="")
+    assert {c["policy_version"] for c in task["candidates"]} == {3}

@@ -23,7 +23,7 @@ from webapp.accounts.models import User
 from webapp.accounts.services import token_create, token_for_user
 from webapp.feedback import services
 from webapp.feedback.assignments import assignment_next
-from webapp.feedback.models import ImportJob
+from webapp.feedback.models import GenerationJob, ImportJob
 from webapp.runs.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -55,6 +55,7 @@ def world() -> World:
     run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, project=project)
     token, _ = token_create(user=member)
     job = ImportJob.objects.create(project=project, format="jsonl", file_name="x.jsonl", path="/nonexistent/x")
+    generation = GenerationJob.objects.create(project=project, created_by=member, prompt_ids=[prompt.pk])
     return World(
         member=member,
         outsider=outsider,
@@ -72,6 +73,7 @@ def world() -> World:
             "token_id": token.token_key,
             "username": member.username,
             "job_id": job.pk,
+            "generation_id": generation.pk,
         },
     )
 
@@ -108,8 +110,11 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "dashboard:run_cancel": ("post", ("run_id",), {}, ADMIN_ONLY),
     "dashboard:version_promote": ("post", ("version_id",), {"reason": "x"}, ADMIN_ONLY),
     "dashboard:recipe": ("get", ("project_id",), {}, ADMIN_ONLY),
+    "dashboard:arena": ("get", ("project_id",), {}, ADMIN_ONLY),
     "dashboard:quality": ("get", (), {}, ADMIN_ONLY),
     "dashboard:imports": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:generation": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:generate": ("post", (), {"project": "project_id"}, ADMIN_ONLY),
     "api-token": ("post", (), {"username": "member", "password": "wrong"}, ANYONE),
     "api-tokens": ("get", (), {}, SIGNED_IN),
     "api-token-revoke": ("delete", ("token_id",), {}, OWNER),
@@ -132,6 +137,10 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-project-members": ("get", ("project_id",), {}, ADMIN_ONLY),
     "api-project-member": ("delete", ("project_id", "username"), {}, ADMIN_ONLY),
     "api-project-next": ("post", ("project_id",), {}, MEMBERS),
+    "api-project-generate": ("post", ("project_id",), {}, ADMIN_ONLY),
+    "api-project-arena": ("get", ("project_id",), {}, ADMIN_ONLY),
+    "api-generation-jobs": ("get", (), {}, SIGNED_IN),
+    "api-generation-job": ("get", ("generation_id:job_id",), {}, OWNER | {"admin": "in"}),
     "api-project-import": ("post", ("project_id",), {}, ADMIN_ONLY),
     "api-project-export": ("get", ("project_id",), {"kind": "raw"}, ADMIN_ONLY),
     "api-imports": ("get", (), {}, ADMIN_ONLY),
@@ -153,6 +162,9 @@ EXTRA: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = 
     "api-projects POST": ("post", (), {"name": "New", "feedback_types": ["pairwise"]}, ADMIN_ONLY),
     "api-project-members POST": ("post", ("project_id",), {"username": "outsider"}, ADMIN_ONLY),
     "api-project-recipe PATCH": ("patch", ("project_id",), {"beta": 0.2}, ADMIN_ONLY),
+    "api-project PATCH": ("patch", ("project_id",), {"temperature": 0.5}, ADMIN_ONLY),
+    "api-project-arena POST": ("post", ("project_id",), {"versions": [1, 2]}, ADMIN_ONLY),
+    "dashboard:arena POST": ("post", ("project_id",), {"first": 1, "second": 2, "prompts": 3}, ADMIN_ONLY),
 }
 
 

@@ -150,3 +150,48 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
     mean = sum(h[0] for h in heads) / 3
     variance = sum((h[0] - mean) ** 2 for h in heads) / 3
     assert rewards[0] == pytest.approx(mean - 0.5 * variance, rel=1e-4)
+
+
+def test_the_queue_serves_first_the_items_the_reward_ensemble_disagrees_on(settings, tiny_policy_path, tmp_path):
+    """Active selection with a real ensemble: a reward run ranks the open items by its heads'
+    disagreement (training.active), and `uncertainty` projects serve them in that order."""
+    from tests.factories import make_project, make_task
+    from training.active import item_disagreements
+    from training.reward import RewardEnsemble
+    from webapp.feedback.assignments import assignment_next, assignment_submit
+    from webapp.feedback.models import Task
+    from webapp.runs.artifacts import local_path
+    from webapp.runs.models import RewardModel
+
+    settings.ARTIFACT_DIR, settings.ARTIFACT_STORE_URL = tmp_path / "artifacts", ""
+    settings.REWARD_BACKBONE = settings.POLICY_BASE_MODEL = str(tiny_policy_path)
+    settings.REWARD_ENSEMBLE_METHOD, settings.REWARD_ENSEMBLE_SIZE, settings.REWARD_MAX_STEPS = "heads", 3, 2
+    annotator = make_user(username="ann")
+    project = make_project(name="Active", feedback_types=["pairwise", "ranking"], queue_order="uncertainty",
+                           queue_epsilon=0.0)  # fmt: skip
+    for i in range(6):
+        make_task(project=project, question=f"What is {i} plus {i}?", texts=(f"{2 * i}.", "No."))
+    for _ in range(6):  # judged through the queue, as people do
+        assignment_submit(assignment=assignment_next(project=project, annotator=annotator), data={"choice": "a"})
+    texts = [("Yes.", "No."), ("Four.", "A dog."), ("1", "2 and 3"), ("Blue sky.", "Blue."), ("A", "B", "C")]
+    open_items = [
+        make_task(
+            project=project, question=f"Open question {i}?", texts=t, kind="ranking" if len(t) > 2 else "pairwise"
+        )
+        for i, t in enumerate(texts)
+    ]
+    run, _ = services.run_create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.REWARD, project=project)
+    tasks.train_reward(run.pk)  # sends prefloop.rescore_queue to the broker; called here in-process
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    tasks.rescore_queue(project.pk)
+
+    ensemble = RewardEnsemble.load([local_path(RewardModel.objects.get().artifact_path)])
+    prompts = [[{"role": "user", "content": f"Open question {i}?"}] for i, t in enumerate(texts) for _ in t]
+    members = ensemble.score(prompts, [x for t in texts for x in t])["members"]
+    expected = item_disagreements(members, [len(t) for t in texts])
+    stored = [Task.objects.get(pk=t.pk).priority for t in open_items]
+    assert stored == pytest.approx(expected, rel=1e-5) and len(set(stored)) == len(stored) and max(stored) > 0
+    order = [t.pk for _, t in sorted(zip(stored, open_items, strict=True), key=lambda pair: -pair[0])]
+    served = [assignment_next(project=project, annotator=make_user()).task_id for _ in open_items]
+    assert served == order  # the most informative first

@@ -26,8 +26,10 @@ from training.feedback_io import EXPORT_KINDS, FORMATS, read_feedback
 from webapp.accounts.models import User
 from webapp.api.permissions import AdminForWrites, IsPrefloopAdmin
 from webapp.api.serializers import (
+    ArenaRequestSerializer,
     AssignmentSerializer,
     CandidateSerializer,
+    GenerationJobSerializer,
     ImportJobSerializer,
     JudgmentSerializer,
     LabelInputSerializer,
@@ -53,11 +55,22 @@ from webapp.core.parsing import parse_id
 from webapp.feedback import assignments
 from webapp.feedback import services as feedback_services
 from webapp.feedback.assignments import label_create
-from webapp.feedback.models import Assignment, Candidate, ImportJob, Label, Message, Project, Prompt
+from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
+from webapp.feedback.models import (
+    Assignment,
+    Candidate,
+    GenerationJob,
+    ImportJob,
+    Label,
+    Message,
+    Project,
+    Prompt,
+)
 from webapp.feedback.quality import project_quality
 from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
 from webapp.feedback.transfer import export_rows, import_items, import_job_create, report_counts
 from webapp.runs import services as run_services
+from webapp.runs.arena import arena_board
 from webapp.runs.data import training_preview
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
 from webapp.runs.recipe import PRESETS, RecipeError
@@ -141,17 +154,23 @@ class PromptListCreateApi(APIView):
                 )
                 for row in rows
             ]
+            for project in {prompt.project for prompt in prompts}:  # their answers, written by a worker
+                generation_job_create(project=project, created_by=user)
         data = PromptSerializer(prompts, many=True).data
         return Response(data if many else data[0], status=status.HTTP_201_CREATED)
 
 
 class PromptTaskCreateApi(APIView):
-    @extend_schema(request=None, responses={201: TaskSerializer}, summary="Generate two candidates as a pairwise task")
+    @extend_schema(
+        request=None,
+        responses={202: GenerationJobSerializer},
+        summary="Queue the policy's answers to this prompt: a worker makes them an item of its project "
+        "(watch the job at /api/generation-jobs/<id>/)",
+    )
     def post(self, request: Request, prompt_id: int) -> Response:
         prompt = get_object_or_404(_prompts_for(request), pk=prompt_id)
-        task = feedback_services.prompt_task_create(prompt=prompt, created_by=api_user(request))
-        task = task_list_for(user=api_user(request)).get(pk=task.pk)
-        return Response(TaskSerializer(task, context={"request": request}).data, status=status.HTTP_201_CREATED)
+        job = generation_job_create(project=prompt.project, created_by=api_user(request), prompt_ids=[prompt.pk])
+        return Response(GenerationJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class CandidateListApi(generics.ListAPIView):
@@ -169,13 +188,14 @@ class CandidateListApi(generics.ListAPIView):
 
 
 class TaskListApi(generics.ListAPIView):
-    """Tasks you made or were served (admins: all), filtered by `project`, `kind` and `is_gold`."""
+    """Tasks you made or were served (admins: all), filtered by `project`, `prompt`, `kind` and `is_gold`."""
 
     serializer_class = TaskSerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         tasks = task_list_for(user=api_user(self.request)).order_by("-id")
-        return _filter(tasks, self.request, {"project": "project_id", "kind": "kind", "is_gold": "is_gold"})
+        fields = {"project": "project_id", "prompt": "prompt_id", "kind": "kind", "is_gold": "is_gold"}
+        return _filter(tasks, self.request, fields)
 
 
 class TaskDetailApi(generics.RetrieveAPIView):
@@ -310,12 +330,92 @@ class ProjectMemberApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class ProjectDetailApi(generics.RetrieveAPIView):
+class ProjectDetailApi(generics.RetrieveUpdateAPIView):
+    """A project open to you; admins change its settings with PATCH."""
+
     serializer_class = ProjectSerializer
     lookup_url_kwarg = "project_id"
+    permission_classes = [AdminForWrites]
+    http_method_names = ["get", "patch", "head", "options"]
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return projects_for(api_user(self.request))
+
+
+class ProjectGenerateApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        request=None,
+        responses={202: GenerationJobSerializer},
+        summary="Queue the serving version's answers to every open prompt of this project (admins)",
+    )
+    def post(self, request: Request, project_id: int) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        problem = generation_settings_error(project)
+        if problem:
+            raise ValidationError({"answers_per_prompt": problem})
+        job = generation_job_create(project=project, created_by=api_user(request))
+        return Response(GenerationJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ProjectArenaApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT,
+        summary="The project's leaderboard of versions from blind comparisons: Bradley-Terry ratings with "
+        "bootstrap 95% intervals, beside each version's reward-model win rate (admins)",
+    )
+    def get(self, request: Request, project_id: int) -> Response:
+        return Response(arena_board(project=get_object_or_404(Project, pk=project_id)))
+
+    @extend_schema(
+        request=ArenaRequestSerializer,
+        responses={202: GenerationJobSerializer},
+        summary="Queue blind comparisons of two versions on the project's newest prompts (admins)",
+    )
+    def post(self, request: Request, project_id: int) -> Response:
+        project = get_object_or_404(Project, pk=project_id)
+        body = ArenaRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        numbers = body.validated_data["versions"]
+        found = {v.number: v for v in ModelVersion.objects.filter(number__in=numbers)}
+        missing = [n for n in numbers if n not in found]
+        if missing:
+            raise ValidationError({"versions": f"no version {', '.join(map(str, missing))}"})
+        try:
+            job = arena_job_create(
+                project=project,
+                versions=(found[numbers[0]], found[numbers[1]]),
+                prompts=body.validated_data["prompts"],
+                created_by=api_user(request),
+            )
+        except ValueError as exc:
+            raise ValidationError({"versions": str(exc)}) from exc
+        return Response(GenerationJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class GenerationJobListApi(generics.ListAPIView):
+    """Generation jobs, newest first (admins: all; others: the jobs they asked for), filtered by `project`."""
+
+    serializer_class = GenerationJobSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return _filter(_generation_jobs_for(self.request).order_by("-id"), self.request, {"project": "project_id"})
+
+
+class GenerationJobDetailApi(generics.RetrieveAPIView):
+    serializer_class = GenerationJobSerializer
+    lookup_url_kwarg = "job_id"
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return _generation_jobs_for(self.request)
+
+
+def _generation_jobs_for(request: Request) -> QuerySet[GenerationJob]:
+    jobs = GenerationJob.objects.select_related("policy_version")
+    return jobs if api_user(request).is_prefloop_admin else jobs.filter(created_by=api_user(request))
 
 
 class ProjectQualityApi(APIView):

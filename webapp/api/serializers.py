@@ -12,6 +12,7 @@ from webapp.feedback.models import (
     Assignment,
     Candidate,
     FeedbackKind,
+    GenerationJob,
     ImportJob,
     Label,
     MessageFeedback,
@@ -78,9 +79,24 @@ class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
             "gold_rate",
             "allow_partial_ranking",
             "lease_seconds",
+            "answers_per_prompt",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "regenerate_share",
+            "queue_order",
+            "queue_epsilon",
             "members",
             "created_at",
         ]
+        extra_kwargs = {
+            "answers_per_prompt": {"min_value": 2, "max_value": 9},
+            "temperature": {"min_value": 0.0, "max_value": 2.0},
+            "top_p": {"min_value": 0.01, "max_value": 1.0},
+            "max_tokens": {"min_value": 1, "max_value": 8192},
+            "regenerate_share": {"min_value": 0.0, "max_value": 1.0},
+            "queue_epsilon": {"min_value": 0.0, "max_value": 1.0},
+        }
 
     def validate_members(self, value: list[str]) -> list[User]:
         names = list(dict.fromkeys(value))
@@ -99,6 +115,26 @@ class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
             for user in members:
                 project_member_add(project=project, user=user)
         return project
+
+    def update(self, instance: Project, validated_data: dict[str, Any]) -> Project:
+        if "members" in validated_data:
+            raise serializers.ValidationError({"members": "change members at /api/projects/<id>/members/"})
+        return super().update(instance, validated_data)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        from webapp.feedback.generation import generation_settings_error
+
+        merged = Project(**{**self._current(), **{k: v for k, v in attrs.items() if k != "members"}})
+        compares = {FeedbackKind.PAIRWISE, FeedbackKind.RANKING} & set(merged.feedback_types)
+        problem = generation_settings_error(merged)
+        if compares and problem:  # a project of critiques or ratings only does not generate pairs
+            raise serializers.ValidationError({"answers_per_prompt": problem})
+        return attrs
+
+    def _current(self) -> dict[str, Any]:
+        if self.instance is None:
+            return {}
+        return {"answers_per_prompt": self.instance.answers_per_prompt, "feedback_types": self.instance.feedback_types}
 
     def validate_feedback_types(self, value: Any) -> list[str]:
         allowed = set(FeedbackKind.values)
@@ -161,12 +197,16 @@ class AdminOnlyFields:
 
     def to_representation(self, instance: Any) -> Any:
         data = super().to_representation(instance)  # type: ignore[misc]
-        request = self.context.get("request")  # type: ignore[attr-defined]
-        user = getattr(request, "user", None)
-        if not (user is not None and user.is_authenticated and user.is_prefloop_admin):
+        if not _is_admin(self.context):  # type: ignore[attr-defined]
             for name in self.admin_only:
                 data.pop(name, None)
         return data
+
+
+def _is_admin(context: Mapping[str, Any]) -> bool:
+    """Whether the serializer's request comes from an admin (no request: no)."""
+    user = getattr(context.get("request"), "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_prefloop_admin)
 
 
 class AssignmentSerializer(serializers.ModelSerializer):
@@ -216,7 +256,11 @@ class TaskSerializer(AdminOnlyFields, serializers.ModelSerializer):
 
     def get_candidates(self, task: Task) -> list[dict[str, Any]]:
         slots = sorted(task.slots.all(), key=lambda s: s.position)
-        return [CandidateSerializer(slot.candidate).data for slot in slots]
+        rows = [CandidateSerializer(slot.candidate).data for slot in slots]
+        if task.arena and not _is_admin(self.context):  # a blind comparison: the versions stay hidden
+            for row in rows:
+                row["policy_version"] = None
+        return rows
 
 
 class JudgmentSerializer(RefuseUnknownFields, serializers.Serializer):
@@ -396,6 +440,38 @@ def paginated(serializer: type[serializers.Serializer], name: str) -> serializer
             "results": serializer(many=True),
         },
     )
+
+
+class ArenaRequestSerializer(RefuseUnknownFields, serializers.Serializer):
+    versions = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), min_length=2, max_length=2, help_text="Two version numbers."
+    )
+    prompts = serializers.IntegerField(
+        min_value=1, max_value=1000, default=20, help_text="How many of the newest prompts."
+    )
+
+
+class GenerationJobSerializer(serializers.ModelSerializer):
+    policy_version = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True)
+
+    class Meta:
+        model = GenerationJob
+        fields = [
+            "id",
+            "project",
+            "kind",
+            "prompt_ids",
+            "policy_version",
+            "status",
+            "prompts_total",
+            "prompts_done",
+            "tasks_created",
+            "failed",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
 
 
 class ImportJobSerializer(serializers.ModelSerializer):

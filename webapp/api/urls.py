@@ -30,6 +30,10 @@ urlpatterns = [
         "projects/<int:project_id>/members/<str:username>/", apis.ProjectMemberApi.as_view(), name="api-project-member"
     ),
     path("projects/<int:project_id>/next/", apis.ProjectNextApi.as_view(), name="api-project-next"),
+    path("projects/<int:project_id>/generate/", apis.ProjectGenerateApi.as_view(), name="api-project-generate"),
+    path("projects/<int:project_id>/arena/", apis.ProjectArenaApi.as_view(), name="api-project-arena"),
+    path("generation-jobs/", apis.GenerationJobListApi.as_view(), name="api-generation-jobs"),
+    path("generation-jobs/<int:job_id>/", apis.GenerationJobDetailApi.as_view(), name="api-generation-job"),
     path("projects/<int:project_id>/import/", apis.ProjectImportApi.as_view(), name="api-project-import"),
     path("projects/<int:project_id>/export/", apis.ProjectExportApi.as_view(), name="api-project-export"),
     path("imports/", apis.ImportJobListApi.as_view(), name="api-imports"),

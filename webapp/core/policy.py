@@ -32,10 +32,23 @@ def _client(url: str, timeout: float) -> PolicyClient:
     return PolicyClient(url, timeout=timeout)
 
 
-def generate(messages: list[dict[str, str]], *, n: int, version: ModelVersion, temperature: float = 0.8) -> list[str]:
-    """`n` sampled answers from policy `version`."""
+def generate(
+    messages: list[dict[str, str]],
+    *,
+    n: int,
+    version: ModelVersion,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_tokens: int | None = None,
+) -> list[str]:
+    """`n` sampled answers from policy `version` (`max_tokens`: POLICY_MAX_TOKENS by default)."""
     return policy_client().chat(
-        messages, model=version.adapter_name, n=n, max_tokens=settings.POLICY_MAX_TOKENS, temperature=temperature
+        messages,
+        model=version.adapter_name,
+        n=n,
+        max_tokens=max_tokens or settings.POLICY_MAX_TOKENS,
+        temperature=temperature,
+        top_p=top_p,
     )
 
 

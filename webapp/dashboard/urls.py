@@ -13,6 +13,9 @@ urlpatterns = [
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("versions/<int:version_id>/promote/", views.version_promote, name="version_promote"),
     path("projects/<int:project_id>/recipe/", views.recipe, name="recipe"),
+    path("projects/<int:project_id>/arena/", views.arena, name="arena"),
     path("quality/", views.quality, name="quality"),
     path("imports/", views.imports, name="imports"),
+    path("generation/", views.generation, name="generation"),
+    path("generation/new/", views.generate, name="generate"),
 ]

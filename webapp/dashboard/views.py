@@ -14,9 +14,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from training.policy_client import PolicyServerError
 from webapp.core.http import AuthedHttpRequest
 from webapp.core.parsing import parse_id
-from webapp.feedback.models import Conversation, ImportJob, Label, Project, Task
+from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
+from webapp.feedback.models import Conversation, GenerationJob, ImportJob, Label, Project, Task
 from webapp.feedback.quality import project_quality
 from webapp.runs import services
+from webapp.runs.arena import arena_board
 from webapp.runs.data import training_preview
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
 from webapp.runs.recipe import GATE_CHECKS, METHOD_LABELS, PRESETS, Recipe, RecipeError
@@ -63,11 +65,46 @@ def imports(request: AuthedHttpRequest) -> HttpResponse:
     return render(request, "dashboard/_imports.html", _imports_context())
 
 
+def _generation_context(*, error: str = "") -> dict[str, Any]:
+    jobs = list(GenerationJob.objects.select_related("project", "policy_version").order_by("-id")[:10])
+    active = any(j.status in (GenerationJob.Status.QUEUED, GenerationJob.Status.RUNNING) for j in jobs)
+    return {
+        "generation_jobs": jobs,
+        "generation_active": active,
+        "generation_error": error,
+        "projects": Project.objects.all(),
+    }
+
+
+@require_GET
+@admin_required
+def generation(request: AuthedHttpRequest) -> HttpResponse:
+    """The generation card: the policy's answers being written, refreshed while a job is going."""
+    return render(request, "dashboard/_generation.html", _generation_context())
+
+
+@require_POST
+@admin_required
+def generate(request: AuthedHttpRequest) -> HttpResponse:
+    """Queue the serving version's answers to a project's open prompts."""
+    project = Project.objects.filter(pk=_int(request.POST.get("project", ""))).first()
+    error = f"no project {request.POST.get('project', '')!r}" if project is None else generation_settings_error(project)
+    if error:  # the card shows it in place; a plain form post gets the status
+        return _generation_response(request, error) if request.htmx else HttpResponseBadRequest(error)
+    generation_job_create(project=project, created_by=request.user)
+    return _generation_response(request) if request.htmx else redirect("dashboard:index")
+
+
+def _generation_response(request: AuthedHttpRequest, error: str = "") -> HttpResponse:
+    return render(request, "dashboard/_generation.html", _generation_context(error=error))
+
+
 @require_GET
 @admin_required
 def index(request: AuthedHttpRequest) -> HttpResponse:
     context = {
         **_runs_context(),
+        **_generation_context(),
         **_imports_context(),
         "n_labels": Label.objects.count(),
         "n_tasks": Task.objects.count(),
@@ -176,6 +213,36 @@ def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
     return render(request, "dashboard/recipe.html", context, status=400 if errors else 200)
 
 
+@require_http_methods(["GET", "POST"])
+@admin_required
+def arena(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
+    """The project's leaderboard of versions from blind comparisons, and a form to queue more."""
+    project = get_object_or_404(Project, pk=project_id)
+    error, queued = "", None
+    if request.method == "POST":
+        numbers = [_int(request.POST.get("first", "")), _int(request.POST.get("second", ""))]
+        found = {v.number: v for v in ModelVersion.objects.filter(number__in=numbers)}
+        prompts = _int(request.POST.get("prompts", ""))
+        if len(found) != 2 or not 1 <= prompts <= 1000:
+            error = "Choose two different versions and 1 to 1000 prompts."
+        else:
+            try:
+                queued = arena_job_create(
+                    project=project, versions=(found[numbers[0]], found[numbers[1]]), prompts=prompts,
+                    created_by=request.user,
+                )  # fmt: skip
+            except ValueError as exc:
+                error = str(exc)
+    context = {
+        "project": project,
+        "board": arena_board(project=project),
+        "versions": version_list(),
+        "error": error,
+        "queued": queued,
+    }
+    return render(request, "dashboard/arena.html", context, status=400 if error else 200)
+
+
 # The form's fields after the method: (name, label, input type, step).
 RECIPE_FIELDS = [
     ("beta", "β (0: the method's own)", "number", "any"),
@@ -185,6 +252,8 @@ RECIPE_FIELDS = [
     ("lora_rank", "LoRA rank", "number", "1"),
     ("robust_epsilon", "Robust DPO ε", "number", "any"),
     ("grpo_lambda", "GRPO λ", "number", "any"),
+    ("online_prompts", "Online DPO: prompts answered twice per run", "number", "1"),
+    ("online_human_share", "Online DPO: share of people's pairs", "number", "any"),
     ("auto_train_every", "Train after this many new labels (0: by hand)", "number", "1"),
     ("trust_floor", "Trust floor", "number", "any"),
     ("held_out_share", "Held-out share", "number", "any"),
@@ -193,6 +262,7 @@ RECIPE_FIELDS = [
     ("min_win_rate", "Gate: least win rate", "number", "any"),
     ("max_kl", "Gate: most KL (nats)", "number", "any"),
     ("gate_prompts", "Gate: held-out prompts", "number", "1"),
+    ("arena_prompts", "Gate: arena prompts people compare (0: no arena)", "number", "1"),
 ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, Max, Min, QuerySet
 from django.utils import timezone
 
 from webapp.accounts.models import User
@@ -86,37 +86,58 @@ def assignment_next(*, project: Project, annotator: User, rng: random.Random | N
     leases_expire()
     rng = rng or random.Random()
     want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
+    order = project.queue_order
+    if order == Project.QueueOrder.UNCERTAINTY and rng.random() < project.queue_epsilon:
+        order = Project.QueueOrder.RANDOM  # a share at random keeps the labelled data unbiased
     for gold in (want_gold, not want_gold):
-        assignment = _claim(project=project, annotator=annotator, gold=gold)
+        assignment = _claim(project=project, annotator=annotator, gold=gold, order=order, rng=rng)
         if assignment is not None:
             return assignment
     return None
 
 
 CLAIM_BATCH = 50
+# the order of each queue (Project.queue_order) but `random`; each is read through a partial index
+QUEUE_ORDERS = {
+    Project.QueueOrder.FIFO: ("-required_labels", "created_at", "id"),
+    Project.QueueOrder.UNCERTAINTY: ("-required_labels", "-priority", "id"),
+}
 
 
-def _claim(*, project: Project, annotator: User, gold: bool) -> Assignment | None:
+def _batch(tasks: QuerySet[Task], *, project: Project, order: str, rng: random.Random) -> list[int]:
+    """The next CLAIM_BATCH open items in the queue's order. `random` starts at a random id and
+    wraps around: a random item without sorting the whole queue."""
+    if order != Project.QueueOrder.RANDOM:
+        return list(tasks.order_by(*QUEUE_ORDERS[order]).values_list("id", flat=True)[:CLAIM_BATCH])
+    bounds = Task.objects.filter(project=project).aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None:
+        return []
+    pivot = rng.randint(bounds["low"], bounds["high"])
+    ids = list(tasks.filter(pk__gte=pivot).order_by("id").values_list("id", flat=True)[:CLAIM_BATCH])
+    if len(ids) < CLAIM_BATCH:
+        ids += tasks.filter(pk__lt=pivot).order_by("id").values_list("id", flat=True)[: CLAIM_BATCH - len(ids)]
+    return ids
+
+
+def _claim(*, project: Project, annotator: User, gold: bool, order: str, rng: random.Random) -> Assignment | None:
     """Lease the first open item of the queue that a concurrent claim does not take first.
 
-    Candidates come in batches of the queue's first CLAIM_BATCH open items, shuffled so parallel
-    claims spread over them. First pass: skip rows another claim holds right now. Second pass over
-    the skipped ones: wait for the lock (it is held for one short transaction). When a whole batch
-    was filled by others meanwhile, the next batch is read: nobody is told "nothing left" while an
-    item still has a free slot for them, however many claim at once.
+    Candidates come in batches of the queue's first CLAIM_BATCH open items; oldest-first batches are
+    shuffled so parallel claims spread over them, the most informative ones are tried in order.
+    First pass: skip rows another claim holds right now. Second pass over the skipped ones: wait for
+    the lock (it is held for one short transaction). When a whole batch was filled by others
+    meanwhile, the next batch is read: nobody is told "nothing left" while an item still has a free
+    slot for them, however many claim at once.
     """
     tried: set[int] = set()
     while True:
-        ids = list(
-            _servable(project=project, annotator=annotator, gold=gold)
-            .exclude(pk__in=tried)
-            .order_by("-required_labels", "created_at", "id")
-            .values_list("id", flat=True)[:CLAIM_BATCH]
-        )
+        servable = _servable(project=project, annotator=annotator, gold=gold).exclude(pk__in=tried)
+        ids = _batch(servable, project=project, order=order, rng=rng)
         if not ids:
             return None
         tried.update(ids)
-        random.shuffle(ids)
+        if order != Project.QueueOrder.UNCERTAINTY:
+            rng.shuffle(ids)
         busy: list[int] = []
         for task_id in ids:
             assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=False)

@@ -34,6 +34,37 @@ class Project(models.Model):
         default=dict, blank=True, help_text="The project's training recipe (webapp.runs.recipe.Recipe); {} = defaults."
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="ProjectMember", related_name="projects")
+    # How the policy answers the project's prompts (webapp.feedback.generation), for vLLM and the
+    # built-in server alike.
+    answers_per_prompt = models.PositiveSmallIntegerField(
+        default=2, help_text="K: answers written per prompt; 2 makes pairwise tasks, 3 to 9 ranking tasks."
+    )
+    temperature = models.FloatField(default=0.8, help_text="Sampling temperature of generated answers (0 = greedy).")
+    top_p = models.FloatField(default=0.95, help_text="Nucleus sampling: the share of probability mass kept.")
+    max_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Longest answer in tokens; empty = the server's POLICY_MAX_TOKENS."
+    )
+    regenerate_share = models.FloatField(
+        default=1.0,
+        help_text="After a promotion, the share of unserved items whose answers came from an older version "
+        "that get fresh answers from the new one (0 to 1).",
+    )
+
+    class QueueOrder(models.TextChoices):
+        FIFO = "fifo", "Oldest first"
+        RANDOM = "random", "Random"
+        UNCERTAINTY = "uncertainty", "Most informative first"
+
+    queue_order = models.CharField(
+        max_length=16,
+        choices=QueueOrder.choices,
+        default=QueueOrder.FIFO,
+        help_text="Which open item is served next: oldest first, at random, or the one the reward ensemble "
+        "disagrees on most (with a share served at random, `queue_epsilon`).",
+    )
+    queue_epsilon = models.FloatField(
+        default=0.1, help_text="With `uncertainty`: the share of items served at random, so the data stay unbiased."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -42,6 +73,20 @@ class Project(models.Model):
             models.CheckConstraint(condition=Q(overlap__gte=1) & Q(overlap__lte=20), name="feedback_overlap_1_to_20"),
             models.CheckConstraint(
                 condition=Q(gold_rate__gte=0.0) & Q(gold_rate__lte=1.0), name="feedback_gold_rate_0_to_1"
+            ),
+            models.CheckConstraint(
+                condition=Q(answers_per_prompt__gte=2) & Q(answers_per_prompt__lte=9), name="feedback_k_2_to_9"
+            ),
+            models.CheckConstraint(
+                condition=Q(temperature__gte=0.0) & Q(temperature__lte=2.0), name="feedback_temperature_0_to_2"
+            ),
+            models.CheckConstraint(condition=Q(top_p__gt=0.0) & Q(top_p__lte=1.0), name="feedback_top_p_0_to_1"),
+            models.CheckConstraint(
+                condition=Q(regenerate_share__gte=0.0) & Q(regenerate_share__lte=1.0),
+                name="feedback_regenerate_share_0_to_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(queue_epsilon__gte=0.0) & Q(queue_epsilon__lte=1.0), name="feedback_epsilon_0_to_1"
             ),
         ]
 
@@ -189,6 +234,13 @@ class Task(models.Model):
     # Open assignments (leased or submitted), kept by the queue (webapp.feedback.assignments) as
     # they change, so that finding an item with a free slot reads an index, not every assignment.
     taken = models.PositiveIntegerField(default=0, editable=False)
+    # How much a label of this item would teach: the reward ensemble's disagreement on its answers
+    # (the variance of the members' score gaps), written when the answers are generated and again
+    # when a new reward model is trained. Projects with `queue_order = uncertainty` serve it first.
+    priority = models.FloatField(default=0.0, editable=False)
+    # A blind comparison of two versions (webapp.runs.arena): each answer from another version, the
+    # sides shuffled, and the versions hidden from annotators.
+    arena = models.BooleanField(default=False, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -199,6 +251,11 @@ class Task(models.Model):
                 fields=["project", "is_gold", "-required_labels", "created_at", "id"],
                 condition=Q(taken__lt=F("required_labels")),
                 name="feedback_task_open_queue",
+            ),
+            models.Index(
+                fields=["project", "is_gold", "-required_labels", "-priority", "id"],
+                condition=Q(taken__lt=F("required_labels")),
+                name="feedback_task_open_by_priority",
             ),
         ]
 
@@ -375,3 +432,54 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"import {self.pk} of {self.file_name} ({self.status})"
+
+
+class GenerationJob(models.Model):
+    """The policy writing answers for a project's prompts on a worker (the `generate` queue), with
+    counts the admin can watch (`GET /api/generation-jobs/<id>/`, the dashboard).
+
+    `prompts` jobs answer the project's open prompts (those without an item yet), or the listed
+    ones; `refresh` jobs, sent after a promotion, give fresh answers from the serving version to
+    unserved items whose answers an older version wrote; `arena` jobs have two versions answer the
+    listed prompts once each, for people to compare blind.
+    """
+
+    class Kind(models.TextChoices):
+        PROMPTS = "prompts", "Answer open prompts"
+        REFRESH = "refresh", "Refresh after a promotion"
+        ARENA = "arena", "Arena comparisons"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="generation_jobs")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PROMPTS)
+    prompt_ids = models.JSONField(null=True, blank=True, help_text="Only these prompts; empty = every open prompt.")
+    versions = models.JSONField(
+        null=True, blank=True, help_text="An arena job's two versions (ids): each answers every prompt once."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    policy_version = models.ForeignKey(
+        "runs.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="generation_jobs",
+        help_text="The version that wrote the answers (the serving one when the job started).",
+    )  # fmt: skip
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    prompts_total = models.PositiveIntegerField(default=0)
+    prompts_done = models.PositiveIntegerField(default=0)
+    tasks_created = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0, help_text="Prompts the policy server could not answer.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "updated_at"])]
+
+    def __str__(self) -> str:
+        return f"generation {self.pk} for {self.project_id} ({self.status})"

@@ -113,14 +113,6 @@ def prompt_create(
     )
 
 
-def prompt_task_create(*, prompt: Prompt, created_by: User) -> Task:
-    """Generate two candidates for an existing prompt and make a pairwise task of them."""
-    version = _serving_or_fail()
-    texts = policy.generate_distinct_pair(prompt.messages, version=version)
-    with transaction.atomic():
-        return _pairwise_task_store(prompt=prompt, texts=texts, version=version, created_by=created_by)
-
-
 def _pairwise_task_store(
     *, prompt: Prompt, texts: list[str], version: ModelVersion | None, created_by: User, message: Message | None = None
 ) -> Task:

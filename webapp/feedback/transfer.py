@@ -27,6 +27,7 @@ from training.feedback_io import (
 )
 from webapp.accounts.models import User
 from webapp.core.queue import broker_send
+from webapp.feedback.generation import generation_job_create
 from webapp.feedback.models import ImportJob, Label, MessageFeedback, Project, Prompt, Task
 from webapp.feedback.selectors import context_before, slots_prefetch
 from webapp.feedback.services import labels_bulk_create, tasks_bulk_create
@@ -78,7 +79,8 @@ def import_items(
     """Store every good record of `records` in `project`, batch by batch; collect the bad ones.
 
     Each batch is one transaction, so an interruption leaves whole batches only, and a re-run
-    skips the items whose external id the project already has. Labels in the file are stored as
+    skips the items whose external id the project already has. Prompts without answers are
+    answered by the serving version on a worker (a generation job). Labels in the file are stored as
     raw labels of users named `import-<annotator>`.
     """
     report = ImportReport()
@@ -98,6 +100,9 @@ def import_items(
         _import_batch(project, batch, report, users)
         if progress:
             progress(report)
+    if report.created_prompts:  # prompts without answers: the policy writes them on a worker
+        with transaction.atomic():
+            generation_job_create(project=project)
     return report
 
 

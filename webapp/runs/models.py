@@ -153,6 +153,7 @@ class TrainingRun(models.Model):
         KTO = "kto", "KTO policy update"
         GRPO = "grpo", "GRPO policy update"
         LIPO = "lipo", "LiPO policy update"
+        ONLINE_DPO = "online_dpo", "Online DPO policy update"
         REWARD = "reward", "Reward model"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)

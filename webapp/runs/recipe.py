@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "lipo": "lipo",
     "kto": "kto",
     "grpo": "grpo",
+    "online_dpo": "online_dpo",
 }
 METHOD_LABELS: dict[str, str] = {
     "dpo": "DPO (sigmoid loss)",
@@ -28,6 +29,7 @@ METHOD_LABELS: dict[str, str] = {
     "lipo": "LiPO-λ (rankings as lists)",
     "kto": "KTO (thumbs and choices)",
     "grpo": "GRPO with the reward model",
+    "online_dpo": "Online DPO (fresh pairs labelled by the reward ensemble)",
 }
 GRPO_SCORES = ("uwo", "wco")  # uncertainty-weighted (mean - λ·variance) or worst-case (min) over the ensemble
 # raw labels (annotators under the trust floor left out); raw labels each weighted by its
@@ -67,6 +69,17 @@ class Recipe:
     )
     grpo_score: str = field(default="uwo", metadata={"help": "GRPO's ensemble score: uwo (mean - λ·var) or wco (min)."})
     grpo_lambda: float = field(default=1.0, metadata={"help": "λ of the uwo score."})
+    online_prompts: int = field(
+        default=32,
+        metadata={"help": "Online DPO: prompts the serving version answers twice per run for the ensemble to label."},
+    )
+    online_human_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "Online DPO: the share of the training pairs that are people's labels, the rest labelled by "
+            "the reward ensemble (0: the ensemble's only; 1: people's only)."
+        },
+    )
     auto_train_every: int = field(
         default=16, metadata={"help": "Queue a policy run after this many new labels of the project; 0: by hand."}
     )
@@ -105,6 +118,14 @@ class Recipe:
         default=10, metadata={"help": "Held-out pairs needed before the accuracy check runs."}
     )
     gate_prompts: int = field(default=16, metadata={"help": "Held-out prompts answered for the win rate and KL."})
+    arena_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "Gate: after the checks pass, people compare the candidate with the serving version blind on "
+            "this many of the project's prompts; it serves when its arena interval is above the serving one's "
+            "and is rejected when below (0: no arena gate)."
+        },
+    )
 
     def __post_init__(self) -> None:
         errors = _check(self)
@@ -191,6 +212,8 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(r.method != "robust_dpo" or r.robust_epsilon > 0, "robust_epsilon", "robust DPO needs ε > 0")
     need(r.grpo_score in GRPO_SCORES, "grpo_score", f"must be one of {', '.join(GRPO_SCORES)}")
     need(r.grpo_lambda >= 0, "grpo_lambda", "must be >= 0")
+    need(1 <= r.online_prompts <= 10_000, "online_prompts", "must be from 1 to 10000")
+    need(0 <= r.online_human_share <= 1, "online_human_share", "must be from 0 to 1")
     need(0 <= r.auto_train_every <= 1_000_000, "auto_train_every", "must be >= 0 (0: only by hand)")
     need(r.labels in LABEL_MODES, "labels", f"must be one of {', '.join(LABEL_MODES)}")
     need(
@@ -208,6 +231,7 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(not bad, "required_checks", f"unknown check {', '.join(bad)}: use {', '.join(GATE_CHECKS)}")
     need(1 <= r.min_heldout_pairs <= 10_000, "min_heldout_pairs", "must be from 1 to 10000")
     need(1 <= r.gate_prompts <= 1_000, "gate_prompts", "must be from 1 to 1000")
+    need(0 <= r.arena_prompts <= 1_000, "arena_prompts", "must be from 0 (no arena gate) to 1000")
     return errors
 
 
@@ -224,4 +248,5 @@ PRESETS: dict[str, dict[str, Any]] = {
     "rankings": {"method": "lipo", "beta": 0.1, "epochs": 3},
     "thumbs": {"method": "kto"},
     "reward-model": {"method": "grpo", "grpo_score": "uwo", "grpo_lambda": 1.0, "required_checks": ["win_rate"]},
+    "online": {"method": "online_dpo", "online_prompts": 32, "online_human_share": 0.5},
 }

@@ -25,10 +25,17 @@ TRAIN_TASK_NAMES: dict[str, str] = {
     TrainingRun.Kind.KTO: "prefloop.train_policy",
     TrainingRun.Kind.GRPO: "prefloop.train_policy",
     TrainingRun.Kind.LIPO: "prefloop.train_policy",
+    TrainingRun.Kind.ONLINE_DPO: "prefloop.train_policy",
     TrainingRun.Kind.REWARD: "prefloop.train_reward",
 }
 HISTORY_LIMIT = 500
-POLICY_KINDS = (TrainingRun.Kind.DPO, TrainingRun.Kind.KTO, TrainingRun.Kind.GRPO, TrainingRun.Kind.LIPO)
+POLICY_KINDS = (
+    TrainingRun.Kind.DPO,
+    TrainingRun.Kind.KTO,
+    TrainingRun.Kind.GRPO,
+    TrainingRun.Kind.LIPO,
+    TrainingRun.Kind.ONLINE_DPO,
+)
 NumberedT = TypeVar("NumberedT", ModelVersion, RewardModel)
 
 
@@ -116,9 +123,13 @@ def version_serve(
     otherwise): a candidate evaluated against one version is never promoted over a newer one.
     """
     from webapp.core import policy
+    from webapp.feedback.generation import refresh_after_promotion
 
     policy.adapter_load(version)
     version, previous = _promote(version=version, actor=actor, reason=reason, expected_serving=expected_serving)
+    if previous is not None:  # people judge on-policy answers: the new version answers unserved items again
+        with transaction.atomic():
+            refresh_after_promotion(version=version)
     try:
         policy.adapters_retire(keep=[v for v in (version, previous) if v is not None])
     except policy.PolicyServerError as exc:  # stale adapters cost memory, not correctness
