@@ -256,7 +256,7 @@ class TaskSerializer(AdminOnlyFields, serializers.ModelSerializer):
 
     def get_candidates(self, task: Task) -> list[dict[str, Any]]:
         slots = sorted(task.slots.all(), key=lambda s: s.position)
-        rows = [CandidateSerializer(slot.candidate).data for slot in slots]
+        rows: list[dict[str, Any]] = [dict(CandidateSerializer(slot.candidate).data) for slot in slots]
         if task.arena and not _is_admin(self.context):  # a blind comparison: the versions stay hidden
             for row in rows:
                 row["policy_version"] = None
@@ -452,7 +452,9 @@ class ArenaRequestSerializer(RefuseUnknownFields, serializers.Serializer):
 
 
 class GenerationJobSerializer(serializers.ModelSerializer):
-    policy_version = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True)
+    policy_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="number", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = GenerationJob

@@ -88,8 +88,11 @@ def generation(request: AuthedHttpRequest) -> HttpResponse:
 def generate(request: AuthedHttpRequest) -> HttpResponse:
     """Queue the serving version's answers to a project's open prompts."""
     project = Project.objects.filter(pk=_int(request.POST.get("project", ""))).first()
-    error = f"no project {request.POST.get('project', '')!r}" if project is None else generation_settings_error(project)
-    if error:  # the card shows it in place; a plain form post gets the status
+    if project is None:
+        error = f"no project {request.POST.get('project', '')!r}"
+    else:
+        error = generation_settings_error(project) or ""
+    if error or project is None:  # the card shows it in place; a plain form post gets the status
         return _generation_response(request, error) if request.htmx else HttpResponseBadRequest(error)
     generation_job_create(project=project, created_by=request.user)
     return _generation_response(request) if request.htmx else redirect("dashboard:index")

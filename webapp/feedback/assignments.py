@@ -98,7 +98,7 @@ def assignment_next(*, project: Project, annotator: User, rng: random.Random | N
 
 CLAIM_BATCH = 50
 # the order of each queue (Project.queue_order) but `random`; each is read through a partial index
-QUEUE_ORDERS = {
+QUEUE_ORDERS: dict[str, tuple[str, ...]] = {
     Project.QueueOrder.FIFO: ("-required_labels", "created_at", "id"),
     Project.QueueOrder.UNCERTAINTY: ("-required_labels", "-priority", "id"),
 }

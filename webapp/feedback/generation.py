@@ -162,6 +162,20 @@ def _work_for(job: GenerationJob, version: ModelVersion) -> list[_Work]:
     return [_Work(prompt) for prompt in prompts]
 
 
+def _sample(
+    messages: list[dict[str, str]], *, project: Project, version: ModelVersion, n: int, temperature: float = 0.0
+) -> list[str]:
+    """`n` answers with the project's sampling settings, at least as hot as `temperature`."""
+    return policy.generate(
+        messages,
+        n=n,
+        version=version,
+        temperature=max(temperature, project.temperature),
+        top_p=project.top_p,
+        max_tokens=project.max_tokens,
+    )
+
+
 def answers_for(
     messages: list[dict[str, str]], *, project: Project, version: ModelVersion, k: int | None = None
 ) -> list[str]:
@@ -169,15 +183,12 @@ def answers_for(
     sampling settings, different from each other when the policy can give them: twins teach
     nothing, so up to twice more are sampled, hotter, to replace them."""
     k = k or project.answers_per_prompt
-    sampling = {"top_p": project.top_p, "max_tokens": project.max_tokens}
-    texts = policy.generate(messages, n=k, version=version, temperature=project.temperature, **sampling)
+    texts = _sample(messages, project=project, version=version, n=k)
     distinct = list(dict.fromkeys(t for t in texts if t.strip()))
     for temperature in RESAMPLE_TEMPERATURES:
         if len(distinct) >= k:
             break
-        more = policy.generate(
-            messages, n=k, version=version, temperature=max(temperature, project.temperature), **sampling
-        )
+        more = _sample(messages, project=project, version=version, n=k, temperature=temperature)
         distinct.extend(t for t in dict.fromkeys(more) if t.strip() and t not in distinct)
     if len(distinct) < k:  # the policy keeps saying the same: keep its answers as they are
         distinct += texts[: k - len(distinct)]
@@ -255,8 +266,7 @@ def _answer(work: _Work, project: Project, writers: list[ModelVersion]) -> list[
     try:
         if len(writers) == 1:
             return answers_for(work.prompt.messages, project=project, version=writers[0])
-        sampling = {"temperature": project.temperature, "top_p": project.top_p, "max_tokens": project.max_tokens}
-        return [policy.generate(work.prompt.messages, n=1, version=v, **sampling)[0] for v in writers]
+        return [_sample(work.prompt.messages, project=project, version=v, n=1)[0] for v in writers]
     except policy.PolicyServerError as exc:
         return str(exc)
     finally:

@@ -19,7 +19,12 @@ logger = logging.getLogger(__name__)
 
 # Fewer judgments decide nothing: a handful of one-sided ones gives the bootstrap no spread to show.
 ARENA_MIN_COMPARISONS = 10
-OUTCOMES = {Label.Choice.A: 1.0, Label.Choice.B: 0.0, Label.Choice.TIE: 0.5, Label.Choice.BOTH_BAD: 0.5}
+OUTCOMES: dict[str, float] = {
+    Label.Choice.A: 1.0,
+    Label.Choice.B: 0.0,
+    Label.Choice.TIE: 0.5,
+    Label.Choice.BOTH_BAD: 0.5,
+}
 
 
 def arena_comparisons(*, project: Project, versions: set[int] | None = None) -> list[tuple[str, str, float]]:
@@ -52,7 +57,7 @@ def arena_board(*, project: Project, rounds: int = 200) -> dict[str, Any]:
     gates = {f"v{v.number}": v for v in ModelVersion.objects.filter(number__in=[int(r["name"][1:]) for r in rows])}
     for row in rows:
         version = gates[row["name"]]
-        win_rate = next((c for c in version.gate.get("checks", []) if c.get("name") == "win_rate"), {})
+        win_rate: dict[str, Any] = next((c for c in version.gate.get("checks", []) if c.get("name") == "win_rate"), {})
         row.update(
             version=version.number,
             status=version.status,
@@ -109,10 +114,10 @@ def arena_gates_check() -> dict[str, list[int]]:
     decided: dict[str, list[int]] = {"served": [], "rejected": []}
     waiting = ModelVersion.objects.filter(status=ModelVersion.Status.CANDIDATE, gate__verdict="waiting")
     for version in waiting:
-        arena = version.gate.get("arena")
+        arena = version.gate.get("arena") or {}
         serving = version_serving()
-        project = Project.objects.filter(pk=(arena or {}).get("project")).first()
-        if not arena or serving is None or project is None or serving.number != arena.get("against"):
+        project = Project.objects.filter(pk=int(arena.get("project") or 0)).first()
+        if serving is None or project is None or serving.number != arena.get("against"):
             continue  # not an arena wait, or the serving version changed: an admin decides
         verdict, note = arena_verdict(project=project, candidate=version, serving=serving)
         if verdict == "waiting":
