@@ -241,6 +241,8 @@ SPECTACULAR_SETTINGS = {
         "TaskKindEnum": ["pairwise", "ranking", "critique", "rating"],
         "RunKindEnum": "webapp.runs.models.TrainingRun.Kind",
         "RunRequestKindEnum": "webapp.api.serializers.RUN_REQUEST_KINDS",
+        # imports and generation jobs share their states
+        "JobStatusEnum": "webapp.feedback.models.GenerationJob.Status",
     },
 }
 

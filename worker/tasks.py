@@ -407,11 +407,21 @@ def _run_inputs(run: TrainingRun) -> tuple[Project, Recipe, TrainingData]:
 def _train_and_serve(*, run_id: int, parent: ModelVersion | None, guard: RunGuard) -> None:
     if parent is None:
         raise RuntimeError("no serving policy version: run `manage.py prefloop_setup` first")
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}  # seconds of each stage, in the run's metrics (bench/loop_latency.py)
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
     run = run_get(run_id=run_id)
     project, recipe, data = _run_inputs(run)
     services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=0, data=data.summary())
     update = POLICY_UPDATES[run.kind](data, recipe, project)
     services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=update.n_examples)
+    lap("data_s")
     store = artifact_store()
     name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
     with store.write_version(name) as folder, tempfile.TemporaryDirectory(prefix="resized-") as scratch:
@@ -419,6 +429,7 @@ def _train_and_serve(*, run_id: int, parent: ModelVersion | None, guard: RunGuar
         if adapter_rank(start) != recipe.lora_rank:  # the recipe's rank: resize the parent's adapter, keeping ΔW
             start = str(resize_adapter(start, Path(scratch) / "adapter", recipe.lora_rank))
         metrics = update.train(start, folder, _progress_reporter(run_id, guard))
+        lap("train_s")
         guard.check()  # a cancel during the last step: the folder is removed, nothing is registered
         digest = data_hash(update.records)
         config = {"kind": run.kind, "method": recipe.method, **asdict(update.config)}
@@ -444,29 +455,39 @@ def _train_and_serve(*, run_id: int, parent: ModelVersion | None, guard: RunGuar
         label_ids=update.label_ids,
         project=project,
     )
-    gate = _gate_and_serve(version=version, project=project, recipe=recipe, data=data, guard=guard)
-    services.run_succeed(run_id=run_id, version=version, metrics={**metrics, "gate": gate})
+    lap("save_s")
+    gate = _gate_and_serve(version=version, project=project, recipe=recipe, data=data, guard=guard, timings=timings)
+    services.run_succeed(run_id=run_id, version=version, metrics={**metrics, "gate": gate, "timings": timings})
     logger.info(
         "%s run %s made %s (%s) from %d examples", run.kind, run_id, version, gate["verdict"], update.n_examples
     )
 
 
 def _gate_and_serve(
-    *, version: ModelVersion, project: Project, recipe: Recipe, data: TrainingData, guard: RunGuard
+    *,
+    version: ModelVersion,
+    project: Project,
+    recipe: Recipe,
+    data: TrainingData,
+    guard: RunGuard,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the candidate against the version serving now; promote it if it passes. If another
     run promoted a version meanwhile, evaluate again against that one: never promote silently over
-    a newer version."""
+    a newer version. `timings` gets the seconds spent evaluating and swapping."""
     gate: dict[str, Any] = {}
+    timings = timings if timings is not None else {}
     for _ in range(3):
         serving = version_serving()
         if serving is None:
             raise RuntimeError("no serving policy version to evaluate against")
         try:
             guard.stage(TrainingRun.Stage.EVALUATING)
+            began = time.perf_counter()
             gate = evaluate_against(
                 version=version, serving=serving, project=project, recipe=recipe, data=data, guard=guard
             )
+            timings["evaluate_s"] = round(timings.get("evaluate_s", 0.0) + time.perf_counter() - began, 3)
         except RunCancelled:
             services.version_gate_record(
                 version=version, gate={"verdict": "rejected", "reason": "its run was cancelled during the evaluation"}
@@ -480,10 +501,12 @@ def _gate_and_serve(
         if gate["verdict"] != "passed":
             return gate
         guard.stage(TrainingRun.Stage.SERVING)
+        began = time.perf_counter()
         try:
             services.version_serve(
                 version=version, expected_serving=serving, reason=f"passed the gate against {serving}: {gate['reason']}"
             )
+            timings["swap_s"] = round(time.perf_counter() - began, 3)
             return gate
         except services.ServingChanged as exc:
             logger.info("%s: %s", version, exc)
