@@ -58,6 +58,12 @@ def _followup_ids(
     same for every follow-up and are not scored. With ``max_length``, the oldest tokens are cut.
     """
     messages = [*context, {"role": "assistant", "content": answer}, {"role": "user", "content": followup}]
+    return _last_turn_ids(tokenizer, messages, max_length)
+
+
+def _last_turn_ids(tokenizer: Any, messages: Chat, max_length: int | None) -> tuple[list[int], int]:
+    """Token ids of the rendered chat up to its last message's content end, and where that content starts."""
+    followup = messages[-1]["content"]
     text = str(tokenizer.apply_chat_template(messages, tokenize=False))
     content = followup.strip()
     end = text.rfind(content)
@@ -89,7 +95,6 @@ def followup_logprobs(
     ``context`` is the chat up to the user's turn the ``answer`` replies to; ``followup`` is the
     user's next message. Computed without gradients, in batches of ``batch_size`` (right padded).
     """
-    import torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -101,6 +106,13 @@ def followup_logprobs(
         if not isinstance(followup, str) or not followup.strip():
             raise ValueError(f"items[{i}] follow-up must be a non-empty string, got {followup!r}")
         encoded.append(_followup_ids(tokenizer, context, answer, followup, max_length))
+    return _mean_logprobs(model, tokenizer, encoded, batch_size)
+
+
+def _mean_logprobs(model: Any, tokenizer: Any, encoded: list[tuple[list[int], int]], batch_size: int) -> list[float]:
+    """Mean log-likelihood of each sequence's tokens from its start index on, in batches."""
+    import torch
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths share a batch
@@ -143,6 +155,18 @@ class FollowupSignal:
     next_logprob: float | None = field(
         default=None, metadata={"help": "Mean per-token log-likelihood of next_message given the chat so far."}
     )
+
+
+DEFAULT_SATISFIED_REPLIES = (
+    "You're welcome, glad that helped!",
+    "Happy to help.",
+    "Great, I'm glad it works for you.",
+)
+DEFAULT_DISSATISFIED_REPLIES = (
+    "Sorry, let me correct that.",
+    "My apologies, I got that wrong.",
+    "Sorry about that, here is a better answer.",
+)
 
 
 class FollowupScorer:
@@ -222,6 +246,33 @@ class FollowupScorer:
     def score(self, context: Chat, answer: str) -> float:
         """The follow-up reward of ``answer`` to ``context``."""
         return self.score_batch([context], [answer])[0]
+
+    def score_replies(self, items: Sequence[tuple[Chat, str, str]]) -> list[float]:
+        """Score each ``(context, answer, reply)`` answer by the user's actual next message ``reply``.
+
+        The same likelihood reading as :meth:`score_batch`, one turn later: after the user's real
+        reply, how much likelier the model finds an assistant that was thanked ("You're welcome,
+        glad that helped!") than one that must apologise ("Sorry, let me correct that."). Positive
+        when the reply reads as satisfied ("Thanks!"), negative when it reads as a complaint
+        ("That's wrong."). This is implicit feedback from real chats: no label is needed.
+        """
+        satisfied, dissatisfied = DEFAULT_SATISFIED_REPLIES, DEFAULT_DISSATISFIED_REPLIES
+        encoded = []
+        for i, (context, answer, reply) in enumerate(items):
+            check_prompt(context, f"items[{i}] context")
+            if not isinstance(reply, str) or not reply.strip():
+                raise ValueError(f"items[{i}] reply must be a non-empty string, got {reply!r}")
+            chat = [*context, {"role": "assistant", "content": answer}, {"role": "user", "content": reply}]
+            for template in (*satisfied, *dissatisfied):
+                turn = [*chat, {"role": "assistant", "content": template}]
+                encoded.append(_last_turn_ids(self.tokenizer, turn, self.max_length))
+        values = _mean_logprobs(self.model, self.tokenizer, encoded, self.batch_size)
+        k, n_yes = len(satisfied) + len(dissatisfied), len(satisfied)
+        scores = []
+        for i in range(len(items)):
+            row = values[i * k : (i + 1) * k]
+            scores.append(sum(row[:n_yes]) / n_yes - sum(row[n_yes:]) / (k - n_yes))
+        return scores
 
     def score_chat(self, messages: Chat) -> list[FollowupSignal]:
         """Follow-up signals for every assistant answer of a chat, in order.

@@ -327,6 +327,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(env_int("TRAIN_CHECK_EVERY_S", 60, minimum=1)),
     },
     "reap-runs": {"task": "prefloop.reap_runs", "schedule": float(RUN_REAP_EVERY_S)},
+    # chat answers the user replied to, scored by the reply (each new reply also sends it at once)
+    "score-followups": {"task": "prefloop.score_followups", "schedule": 60.0},
 }
 
 LOGGING = {

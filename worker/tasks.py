@@ -11,6 +11,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -711,6 +712,29 @@ def rescore_queue(project_id: int) -> None:
     score = disagreement_scorer(project)
     if project is not None and score is not None:
         logger.info("queue of %s ranked again: %d items", project, queue_rescore(project=project, score=score))
+
+
+@lru_cache(maxsize=1)
+def _followup_scorer(model: str) -> FollowupScorer:
+    return FollowupScorer.from_pretrained(model)
+
+
+@app.task(name="prefloop.score_followups", queue="cpu", ignore_result=True)
+def score_followups() -> None:
+    """Score the chat's answers the user replied to by that reply (webapp.feedback.followups), with
+    FOLLOWUP_MODEL, 64 at a time until none is left."""
+    from webapp.feedback.followups import followup_scores_store, followups_unscored
+
+    after: int | None = 0
+    while after is not None:
+        pending, after = followups_unscored(after=after, limit=64)
+        if not pending:
+            continue
+        scores = _followup_scorer(settings.FOLLOWUP_MODEL).score_replies(
+            [(context, answer.content, reply) for answer, context, reply in pending]
+        )
+        followup_scores_store({answer.pk: score for (answer, _, _), score in zip(pending, scores, strict=True)})
+        logger.info("scored %d answers by the user's next message", len(pending))
 
 
 @app.task(name="prefloop.import_feedback", queue="cpu", acks_late=True, ignore_result=True)

@@ -209,3 +209,56 @@ def test_score_chat_gives_signals_per_answer(feedback_model: tuple[Any, Any]) ->
     assert last.score == pytest.approx(scorer.score(chat[:6], wrong), abs=1e-4)
     assert first.score > last.score  # a right answer, then a wrong one
     assert scorer.score_chat([q0]) == []
+
+
+# --- the user's actual reply as feedback ---------------------------------------------------------
+
+THANKS, COMPLAINT = "Thanks, that helps!", "That's wrong."
+
+
+@pytest.fixture(scope="module")
+def reply_model(tiny_policy_path: Path) -> tuple[Any, Any]:
+    """The tiny policy trained briefly to answer a thank-you with "You're welcome" and a complaint with
+    an apology (the loss on the assistant's last turn only), as a chat model learns from chats."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.followup import DEFAULT_DISSATISFIED_REPLIES, DEFAULT_SATISFIED_REPLIES
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_policy_path))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_policy_path))
+    chats = []
+    for k, (question, answer) in enumerate(QA[:20]):
+        happy = [question, {"role": "assistant", "content": answer}, {"role": "user", "content": THANKS}]
+        upset = [question, {"role": "assistant", "content": answer}, {"role": "user", "content": COMPLAINT}]
+        chats.append([*happy, {"role": "assistant", "content": DEFAULT_SATISFIED_REPLIES[k % 3]}])
+        chats.append([*upset, {"role": "assistant", "content": DEFAULT_DISSATISFIED_REPLIES[k % 3]}])
+    rows = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
+    turn_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(150):
+        picked = torch.randint(0, len(rows), (8,), generator=generator).tolist()
+        batch = tokenizer([rows[i] for i in picked], return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        for row in range(labels.shape[0]):
+            last_turn = int((batch["input_ids"][row] == turn_start).nonzero()[-1])
+            labels[row, :last_turn] = -100
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
+
+
+def test_an_answer_is_scored_by_the_users_actual_reply(reply_model: tuple[Any, Any], base: tuple[Any, Any]) -> None:
+    scorer = FollowupScorer(*reply_model)
+    held_out = QA[20:30]  # questions the model never saw thanked or called wrong
+    items = [([q], a, reply) for q, a in held_out for reply in (THANKS, COMPLAINT)]
+    scores = scorer.score_replies(items)
+    thanked, complained = scores[0::2], scores[1::2]
+    assert all(t > 0 for t in thanked) and all(c < 0 for c in complained), (thanked, complained)
+    assert len(FollowupScorer(*base).score_replies(items[:2])) == 2  # any chat model can score
+    with pytest.raises(ValueError, match="reply must be a non-empty string"):
+        scorer.score_replies([([QA[0][0]], QA[0][1], " ")])

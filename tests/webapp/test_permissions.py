@@ -140,6 +140,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-project-generate": ("post", ("project_id",), {}, ADMIN_ONLY),
     "api-project-arena": ("get", ("project_id",), {}, ADMIN_ONLY),
     "api-generation-jobs": ("get", (), {}, SIGNED_IN),
+    "api-followups": ("get", (), {}, ADMIN_ONLY),
     "api-generation-job": ("get", ("generation_id:job_id",), {}, OWNER | {"admin": "in"}),
     "api-project-import": ("post", ("project_id",), {}, ADMIN_ONLY),
     "api-project-export": ("get", ("project_id",), {"kind": "raw"}, ADMIN_ONLY),

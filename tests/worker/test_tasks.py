@@ -195,3 +195,54 @@ def test_the_queue_serves_first_the_items_the_reward_ensemble_disagrees_on(setti
     order = [t.pk for _, t in sorted(zip(stored, open_items, strict=True), key=lambda pair: -pair[0])]
     served = [assignment_next(project=project, annotator=make_user()).task_id for _ in open_items]
     assert served == order  # the most informative first
+
+
+def test_chat_answers_are_scored_by_the_users_next_message_and_reach_exports_api_and_kto(settings, tiny_policy_path):
+    """Follow-ups as feedback: a worker scores each answer the user replied to (FOLLOWUP_MODEL),
+    and the score shows in the API, the kto and raw exports and a KTO run's data."""
+    from tests.webapp.api.test_api import client_for
+    from training.followup import FollowupScorer
+    from webapp.feedback import services as feedback
+    from webapp.feedback.models import Message
+    from webapp.feedback.services import project_default
+    from webapp.feedback.transfer import export_rows
+    from webapp.runs.data import training_data
+
+    settings.FOLLOWUP_MODEL = str(tiny_policy_path)
+    user = make_user(username="chatter")
+    conversation = feedback.conversation_create(owner=user)
+    _, first = feedback.chat_turn_start(conversation=conversation, text="What colour is grass?")
+    feedback.chat_reply_finish(message=first, content="Grass is green.")
+    _, second = feedback.chat_turn_start(conversation=conversation, text="Thanks, that helps!")
+    feedback.chat_reply_finish(message=second, content="You are welcome.")  # no reply yet: not scored
+    _, failed = feedback.chat_turn_start(conversation=conversation, text="And the sky?")
+    feedback.chat_reply_finish(message=failed, content="", failed=True)
+    tasks.score_followups()
+
+    scored = {m.pk: m.followup_score for m in Message.objects.filter(role="assistant")}
+    expected = FollowupScorer.from_pretrained(tiny_policy_path).score_replies(
+        [([{"role": "user", "content": "What colour is grass?"}], "Grass is green.", "Thanks, that helps!"),
+         ([{"role": "user", "content": "What colour is grass?"}, {"role": "assistant", "content": "Grass is green."},
+           {"role": "user", "content": "Thanks, that helps!"}], "You are welcome.", "And the sky?")]
+    )  # fmt: skip
+    assert scored[first.pk] == pytest.approx(expected[0], abs=1e-4)
+    assert scored[second.pk] == pytest.approx(expected[1], abs=1e-4)
+    assert scored[failed.pk] is None  # a failed answer, and one nobody replied to yet, are not scored
+
+    listed = client_for(make_user("admin")).get("/api/followups/").json()
+    assert listed["count"] == 2 and listed["results"][0]["reply"] == "And the sky?"
+    assert client_for(user).get("/api/followups/").status_code == 403
+    kto = [r for r in export_rows(kind="kto", project=project_default()) if "followup_score" in r]
+    assert {r["completion"][0]["content"]: r["label"] for r in kto} == {
+        "Grass is green.": expected[0] > 0,
+        "You are welcome.": expected[1] > 0,
+    }
+    raw = [r for r in export_rows(kind="raw") if r.get("kind") == "followup"]
+    assert {r["message"] for r in raw} == {first.pk, second.pk} and raw[0]["reply"] == "Thanks, that helps!"
+
+    margin = min(abs(s) for s in expected) / 2
+    recipe = services.recipe_update(project=project_default(), data={"method": "kto", "followup_margin": margin})
+    data = training_data(project=project_default(), recipe=recipe)
+    assert sorted(t["completion"] for t in data.thumbs) == ["Grass is green.", "You are welcome."]
+    off = services.recipe_update(project=project_default(), data={"followup_margin": 0})
+    assert training_data(project=project_default(), recipe=off).thumbs == []  # only when asked for

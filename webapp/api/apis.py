@@ -55,6 +55,7 @@ from webapp.core.parsing import parse_id
 from webapp.feedback import assignments
 from webapp.feedback import services as feedback_services
 from webapp.feedback.assignments import label_create
+from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
 from webapp.feedback.models import (
     Assignment,
@@ -394,6 +395,21 @@ class ProjectArenaApi(APIView):
         except ValueError as exc:
             raise ValidationError({"versions": str(exc)}) from exc
         return Response(GenerationJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class FollowupListApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        operation_id="followups_list",
+        responses=OpenApiTypes.OBJECT,
+        summary="The chat's answers scored by the user's actual next message, newest first (admins)",
+    )
+    def get(self, request: Request) -> Response:
+        paginator = generics.GenericAPIView.pagination_class()  # type: ignore[misc]
+        answers = followups_scored().select_related("policy_version").prefetch_related("replies").order_by("-id")
+        page = paginator.paginate_queryset(answers, request, view=self) or []
+        return paginator.get_paginated_response([followup_row(answer) for answer in page])
 
 
 class GenerationJobListApi(generics.ListAPIView):

@@ -33,6 +33,7 @@ urlpatterns = [
     path("projects/<int:project_id>/generate/", apis.ProjectGenerateApi.as_view(), name="api-project-generate"),
     path("projects/<int:project_id>/arena/", apis.ProjectArenaApi.as_view(), name="api-project-arena"),
     path("generation-jobs/", apis.GenerationJobListApi.as_view(), name="api-generation-jobs"),
+    path("followups/", apis.FollowupListApi.as_view(), name="api-followups"),
     path("generation-jobs/<int:job_id>/", apis.GenerationJobDetailApi.as_view(), name="api-generation-job"),
     path("projects/<int:project_id>/import/", apis.ProjectImportApi.as_view(), name="api-project-import"),
     path("projects/<int:project_id>/export/", apis.ProjectExportApi.as_view(), name="api-project-export"),

@@ -7,6 +7,7 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import Avg, Count
 from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -14,6 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from training.policy_client import PolicyServerError
 from webapp.core.http import AuthedHttpRequest
 from webapp.core.parsing import parse_id
+from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
 from webapp.feedback.models import Conversation, GenerationJob, ImportJob, Label, Project, Task
 from webapp.feedback.quality import project_quality
@@ -112,6 +114,8 @@ def index(request: AuthedHttpRequest) -> HttpResponse:
         "n_labels": Label.objects.count(),
         "n_tasks": Task.objects.count(),
         "n_conversations": Conversation.objects.count(),
+        "followups": [followup_row(a) for a in followups_scored().prefetch_related("replies").order_by("-id")[:5]],
+        "followup_stats": followups_scored().aggregate(n=Count("id"), mean=Avg("followup_score")),
         "projects": Project.objects.all(),
     }
     return render(request, "dashboard/index.html", context)
@@ -255,6 +259,7 @@ RECIPE_FIELDS = [
     ("lora_rank", "LoRA rank", "number", "1"),
     ("robust_epsilon", "Robust DPO ε", "number", "any"),
     ("grpo_lambda", "GRPO λ", "number", "any"),
+    ("followup_margin", "KTO: follow-up score margin (0: off)", "number", "any"),
     ("online_prompts", "Online DPO: prompts answered twice per run", "number", "1"),
     ("online_human_share", "Online DPO: share of people's pairs", "number", "any"),
     ("auto_train_every", "Train after this many new labels (0: by hand)", "number", "1"),

@@ -142,6 +142,9 @@ class Message(models.Model):
     policy_version = models.ForeignKey(
         "runs.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
     )
+    # Implicit feedback on an assistant answer from the user's actual next message
+    # (webapp.feedback.followups): positive when the reply reads as satisfied, negative as a complaint.
+    followup_score = models.FloatField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

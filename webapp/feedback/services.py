@@ -65,6 +65,10 @@ def chat_turn_start(*, conversation: Conversation, text: str) -> tuple[Message, 
     if not conversation.title:
         conversation.title = content[:80]
     conversation.save(update_fields=["title", "updated_at"])
+    if last is not None and last.role == "assistant":  # the user's reply is feedback on that answer
+        from webapp.feedback.followups import followups_send
+
+        followups_send()
     return user_message, reply
 
 

@@ -27,10 +27,11 @@ from training.feedback_io import (
 )
 from webapp.accounts.models import User
 from webapp.core.queue import broker_send
+from webapp.feedback.followups import followup_rows
 from webapp.feedback.generation import generation_job_create
 from webapp.feedback.models import ImportJob, Label, MessageFeedback, Project, Prompt, Task
 from webapp.feedback.selectors import context_before, slots_prefetch
-from webapp.feedback.services import labels_bulk_create, tasks_bulk_create
+from webapp.feedback.services import DEFAULT_PROJECT_NAME, labels_bulk_create, tasks_bulk_create
 
 IMPORTED_USER_PREFIX = "import-"
 IMPORT_TASK_NAME = "prefloop.import_feedback"  # worker.tasks.import_feedback
@@ -213,7 +214,9 @@ def export_rows(*, kind: str, project: Project | None = None, min_agreement: flo
     """Rows of export `kind` (TRL's formats) from the raw labels, streamed task by task.
 
     `min_agreement` keeps only items whose labels agree at least that much (see `_agreement`).
-    Thumbs from the chat also feed `kto` (up: desirable). Gold items are left out.
+    Thumbs from the chat also feed `kto` (up: desirable), and so do the chat's answers scored by
+    the user's next message (`kto`: liked when positive; `raw`: with their score). Gold items are
+    left out.
     """
     tasks = Task.objects.filter(is_gold=False).select_related("prompt", "project").order_by("id")
     if project is not None:
@@ -239,6 +242,8 @@ def export_rows(*, kind: str, project: Project | None = None, min_agreement: flo
         yield from rows_from_item(_item_of(task, labels), kind)
     if kind == "kto":
         yield from _thumb_rows(project)
+    if kind in ("kto", "raw") and (project is None or project.name == DEFAULT_PROJECT_NAME):
+        yield from followup_rows(kind)  # the chat's answers, scored by the user's next message
 
 
 def _raw_row(task: Task, label: Label) -> dict[str, Any]:
@@ -264,7 +269,7 @@ def _raw_row(task: Task, label: Label) -> dict[str, Any]:
 
 
 def _thumb_rows(project: Project | None) -> Iterator[dict[str, Any]]:
-    if project is not None and project.name != "Chat":
+    if project is not None and project.name != DEFAULT_PROJECT_NAME:
         return
     thumbs = MessageFeedback.objects.select_related("message__conversation").order_by("id")
     for thumb in thumbs.iterator(chunk_size=EXPORT_CHUNK):

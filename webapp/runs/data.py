@@ -157,6 +157,10 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
     data.held_out_prompts = _distinct_prompts([label.task.prompt.messages for label in held_out])
     if project.name == _default_project_name():  # the chat's thumbs belong to the chat's project
         data.thumbs = _thumbs()
+        if recipe.followup_margin > 0:  # and so do its answers scored by the user's next message
+            from webapp.feedback.followups import followup_examples
+
+            data.thumbs += followup_examples(margin=recipe.followup_margin)
     data.excluded = dict(excluded)
     return data
 

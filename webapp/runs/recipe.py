@@ -69,6 +69,13 @@ class Recipe:
     )
     grpo_score: str = field(default="uwo", metadata={"help": "GRPO's ensemble score: uwo (mean - λ·var) or wco (min)."})
     grpo_lambda: float = field(default=1.0, metadata={"help": "λ of the uwo score."})
+    followup_margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "KTO in the chat's project: answers the user's next message scores above this train as liked, "
+            "below minus it as disliked (0: follow-ups do not train)."
+        },
+    )
     online_prompts: int = field(
         default=32,
         metadata={"help": "Online DPO: prompts the serving version answers twice per run for the ensemble to label."},
@@ -212,6 +219,7 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(r.method != "robust_dpo" or r.robust_epsilon > 0, "robust_epsilon", "robust DPO needs ε > 0")
     need(r.grpo_score in GRPO_SCORES, "grpo_score", f"must be one of {', '.join(GRPO_SCORES)}")
     need(r.grpo_lambda >= 0, "grpo_lambda", "must be >= 0")
+    need(r.followup_margin >= 0, "followup_margin", "must be >= 0 (0: follow-ups do not train)")
     need(1 <= r.online_prompts <= 10_000, "online_prompts", "must be from 1 to 10000")
     need(0 <= r.online_human_share <= 1, "online_human_share", "must be from 0 to 1")
     need(0 <= r.auto_train_every <= 1_000_000, "auto_train_every", "must be >= 0 (0: only by hand)")
