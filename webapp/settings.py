@@ -242,7 +242,7 @@ SPECTACULAR_SETTINGS = {
         "RunKindEnum": "webapp.runs.models.TrainingRun.Kind",
         "RunRequestKindEnum": "webapp.api.serializers.RUN_REQUEST_KINDS",
         # imports and generation jobs share their states
-        "JobStatusEnum": "webapp.feedback.models.GenerationJob.Status",
+        "JobStatusEnum": "webapp.feedback.models.JobStatus",
     },
 }
 

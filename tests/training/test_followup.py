@@ -64,25 +64,29 @@ def feedback_model(tiny_policy_path: Path) -> tuple[Any, Any]:
         chats += [_feedback_chat(i, i)] * SEEN_WRONG + [
             _feedback_chat(i, (i + k) % n) for k in range(1, SEEN_WRONG + 1)
         ]
+    return _train_last_turn(model, tokenizer, chats, steps=300), tokenizer  # the user's verdict is learned
+
+
+def _train_last_turn(model: Any, tokenizer: Any, chats: list[list[dict[str, str]]], *, steps: int) -> Any:
+    """Train `model` on `chats` with the loss on each chat's last turn only; return it in eval mode."""
+    import torch
+
     rows = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
     turn_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(300):
-        batch = tokenizer(
-            [rows[i] for i in torch.randint(0, len(rows), (8,), generator=generator).tolist()],
-            return_tensors="pt",
-            padding=True,
-        )
+    for _ in range(steps):
+        picked = torch.randint(0, len(rows), (8,), generator=generator).tolist()
+        batch = tokenizer([rows[i] for i in picked], return_tensors="pt", padding=True)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        for row in range(labels.shape[0]):  # only the last turn, the user's verdict, is learned
+        for row in range(labels.shape[0]):
             last_turn = int((batch["input_ids"][row] == turn_start).nonzero()[-1])
             labels[row, :last_turn] = -100
         model(**batch, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 # --- log-likelihood of a follow-up --------------------------------------------------------------
@@ -234,22 +238,7 @@ def reply_model(tiny_policy_path: Path) -> tuple[Any, Any]:
         upset = [question, {"role": "assistant", "content": answer}, {"role": "user", "content": COMPLAINT}]
         chats.append([*happy, {"role": "assistant", "content": DEFAULT_SATISFIED_REPLIES[k % 3]}])
         chats.append([*upset, {"role": "assistant", "content": DEFAULT_DISSATISFIED_REPLIES[k % 3]}])
-    rows = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
-    turn_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(150):
-        picked = torch.randint(0, len(rows), (8,), generator=generator).tolist()
-        batch = tokenizer([rows[i] for i in picked], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        for row in range(labels.shape[0]):
-            last_turn = int((batch["input_ids"][row] == turn_start).nonzero()[-1])
-            labels[row, :last_turn] = -100
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval(), tokenizer
+    return _train_last_turn(model, tokenizer, chats, steps=150), tokenizer
 
 
 def test_an_answer_is_scored_by_the_users_actual_reply(reply_model: tuple[Any, Any], base: tuple[Any, Any]) -> None:

@@ -20,6 +20,15 @@ class FeedbackKind(models.TextChoices):
     THUMBS = "thumbs", "Thumbs in chat"
 
 
+class JobStatus(models.TextChoices):
+    """The states of work done on a worker for the admin to watch (imports, generation)."""
+
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
 class Project(models.Model):
     """A feedback campaign: its guidelines, the judgments it asks for, and how many people judge each item."""
 
@@ -405,11 +414,7 @@ class ImportJob(models.Model):
     """A feedback file too large to import inside a request: stored, then read by a worker, with
     counts the admin can watch as it goes (`GET /api/imports/<id>/`, the dashboard)."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
+    Status = JobStatus
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -452,11 +457,7 @@ class GenerationJob(models.Model):
         REFRESH = "refresh", "Refresh after a promotion"
         ARENA = "arena", "Arena comparisons"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
+    Status = JobStatus
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="generation_jobs")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PROMPTS)

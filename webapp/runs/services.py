@@ -29,13 +29,6 @@ TRAIN_TASK_NAMES: dict[str, str] = {
     TrainingRun.Kind.REWARD: "prefloop.train_reward",
 }
 HISTORY_LIMIT = 500
-POLICY_KINDS = (
-    TrainingRun.Kind.DPO,
-    TrainingRun.Kind.KTO,
-    TrainingRun.Kind.GRPO,
-    TrainingRun.Kind.LIPO,
-    TrainingRun.Kind.ONLINE_DPO,
-)
 NumberedT = TypeVar("NumberedT", ModelVersion, RewardModel)
 
 
