@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LABEL_STUDIO = "label-studio==1.23.2"
-COUNT_LABELS = "from webapp.feedback.models import Label; print(Label.objects.count())"
+# the labels the load submitted (those seeded as already judged are imports)
+COUNT_LABELS = "from webapp.feedback.models import Label; print(Label.objects.exclude(source='import').count())"
 LS_CONFIG = (
     '<View><Header value="$prompt"/><Pairwise name="pw" toName="answer1,answer2"/>'
     '<Text name="answer1" value="$answer1"/><Text name="answer2" value="$answer2"/></View>'
@@ -169,6 +170,32 @@ print(project.pk)
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def _prefloop_closed(dsn: str, project: int, n: int) -> None:
+    """`n` items already judged (one label each, by annotators of the seed), written in SQL: a
+    database in use, where the queue must find the open items among many done ones."""
+    import psycopg
+
+    sql = """
+    WITH prompts AS (
+        INSERT INTO feedback_prompt (project_id, messages, source, external_id, created_at)
+        SELECT %(project)s, '[{"role": "user", "content": "Done before."}]'::jsonb, 'import', '', now()
+        FROM generate_series(1, %(n)s) RETURNING id
+    ), tasks AS (
+        INSERT INTO feedback_task (project_id, kind, prompt_id, required_labels, is_gold, created_at, taken,
+                                   priority, arena)
+        SELECT %(project)s, 'pairwise', id, 1, false, now() - interval '1 day', 1, 0, false FROM prompts
+        RETURNING id
+    )
+    INSERT INTO feedback_label (task_id, annotator_id, kind, source, choice, critique, rewrite, rationale,
+                                idempotency_key, created_at)
+    SELECT tasks.id, (SELECT min(user_id) FROM feedback_projectmember WHERE project_id = %(project)s),
+           'pairwise', 'import', 'a', '', '', '', '', now() - interval '1 day'
+    FROM tasks
+    """
+    with psycopg.connect(dsn.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(sql, {"project": project, "n": n})
+
+
 @contextmanager
 def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
     people = max(args.levels)
@@ -189,6 +216,8 @@ def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
                        capture_output=True)  # fmt: skip
         project = _prefloop_seed(env, args.tasks, people)
+        if args.closed:
+            _prefloop_closed(env["DATABASE_URL"], project, args.closed)
         _analyze(env["DATABASE_URL"])
         argv = [sys.executable, "manage.py", "prefloop_serve", "--no-migrate", "--workers", str(args.workers)]
         base = f"http://127.0.0.1:{port}"
@@ -209,7 +238,8 @@ def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
 
             print(
                 f"Prefloop ({args.workers} prefloop_serve processes, PostgreSQL with a pool of "
-                f"{env['DATABASE_POOL_MAX']} connections per process, {args.tasks} pairwise items, overlap 1)"
+                f"{env['DATABASE_POOL_MAX']} connections per process, {args.tasks} open pairwise items, "
+                f"{args.closed} judged ones, overlap 1)"
             )
             yield Arm(
                 name="Prefloop",
@@ -388,7 +418,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds of load per level.")
-    parser.add_argument("--tasks", type=int, default=6000)
+    parser.add_argument("--tasks", type=int, default=6000, help="Open pairwise items in each project.")
+    parser.add_argument(
+        "--closed", type=int, default=0, help="Prefloop only: items already judged, one label each (a database in use)."
+    )
     parser.add_argument("--workers", type=int, default=2, help="Server processes, for each system.")
     parser.add_argument("--label-studio-venv", type=Path, default=ROOT / "var" / "label-studio-venv")
     parser.add_argument("--skip-label-studio", action="store_true", help="Prefloop's arm only.")

@@ -122,12 +122,13 @@ def _batch(tasks: QuerySet[Task], *, project: Project, order: str, rng: random.R
 def _claim(*, project: Project, annotator: User, gold: bool, order: str, rng: random.Random) -> Assignment | None:
     """Lease the first open item of the queue that a concurrent claim does not take first.
 
-    Candidates come in batches of the queue's first CLAIM_BATCH open items; oldest-first batches are
-    shuffled so parallel claims spread over them, the most informative ones are tried in order.
-    First pass: skip rows another claim holds right now. Second pass over the skipped ones: wait for
-    the lock (it is held for one short transaction). When a whole batch was filled by others
-    meanwhile, the next batch is read: nobody is told "nothing left" while an item still has a free
-    slot for them, however many claim at once.
+    Candidates come in batches of the queue's first CLAIM_BATCH open items, tried in the queue's
+    order; when the first is held by another claim at that moment, the rest of the batch is tried in
+    a random order, so parallel claims spread over it instead of queueing on the same rows (alone,
+    a person gets the queue's order exactly). First pass: skip rows another claim holds right now.
+    Second pass over the skipped ones: wait for the lock (it is held for one short transaction).
+    When a whole batch was filled by others meanwhile, the next batch is read: nobody is told
+    "nothing left" while an item still has a free slot for them, however many claim at once.
     """
     tried: set[int] = set()
     while True:
@@ -136,13 +137,15 @@ def _claim(*, project: Project, annotator: User, gold: bool, order: str, rng: ra
         if not ids:
             return None
         tried.update(ids)
-        if order != Project.QueueOrder.UNCERTAINTY:
-            rng.shuffle(ids)
         busy: list[int] = []
-        for task_id in ids:
+        for position, task_id in enumerate(ids):
             assignment = _claim_one(task_id=task_id, project=project, annotator=annotator, gold=gold, wait=False)
             if assignment is _BUSY:
                 busy.append(task_id)
+                if position == 0:  # others are claiming at this moment: spread over the rest of the batch
+                    rest = ids[1:]
+                    rng.shuffle(rest)
+                    ids[1:] = rest
             elif assignment is not None:
                 return assignment
         for task_id in busy:

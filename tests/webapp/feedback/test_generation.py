@@ -226,3 +226,10 @@ def test_random_order_serves_every_item_once_in_no_fixed_order():
     assert sorted(served) == sorted(t.pk for t in tasks)  # each once: nobody told "nothing left" early
     assert served != sorted(served)
     assert assignments.assignment_next(project=project, annotator=make_user()) is None
+
+
+def test_oldest_first_serves_one_person_exactly_in_the_queues_order():
+    project = make_project()  # queue_order fifo
+    tasks = [make_task(project=project, question=f"Q{i}?") for i in range(8)]
+    served = [assignments.assignment_next(project=project, annotator=make_user()).task_id for _ in range(8)]
+    assert served == [t.pk for t in tasks]
