@@ -283,6 +283,8 @@ GRPO_UWO_LAMBDA = env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0)
 # GRPO's reward: "reward_model" (the newest one) or "followup" (follow-up likelihood under FOLLOWUP_MODEL).
 GRPO_REWARD = env_choice("GRPO_REWARD", "reward_model", ("reward_model", "followup"))
 FOLLOWUP_MODEL = env_str("FOLLOWUP_MODEL", "") or POLICY_BASE_MODEL
+# Score the chat's answers by the user's next message (webapp.feedback.followups) with FOLLOWUP_MODEL.
+FOLLOWUP_SCORE = env_bool("FOLLOWUP_SCORE", True)
 TRAIN_EVERY_N_LABELS = env_int("TRAIN_EVERY_N_LABELS", 16, minimum=0)  # 0 turns automatic runs off
 # Runs that never get stuck: a running run's worker records a heartbeat every RUN_HEARTBEAT_S; the
 # reaper (every RUN_REAP_EVERY_S) fails a run whose heartbeat is older than RUN_STALE_S; a run is

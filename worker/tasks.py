@@ -725,6 +725,8 @@ def score_followups() -> None:
     FOLLOWUP_MODEL, 64 at a time until none is left."""
     from webapp.feedback.followups import followup_scores_store, followups_unscored
 
+    if not settings.FOLLOWUP_SCORE:
+        return
     after: int | None = 0
     while after is not None:
         pending, after = followups_unscored(after=after, limit=64)

@@ -246,3 +246,10 @@ def test_chat_answers_are_scored_by_the_users_next_message_and_reach_exports_api
     assert sorted(t["completion"] for t in data.thumbs) == ["Grass is green.", "You are welcome."]
     off = services.recipe_update(project=project_default(), data={"followup_margin": 0})
     assert training_data(project=project_default(), recipe=off).thumbs == []  # only when asked for
+
+    settings.FOLLOWUP_SCORE = False  # an operator who does not want a model loaded for it
+    feedback.chat_reply_finish(message=failed, content="It is blue.")
+    feedback.chat_turn_start(conversation=conversation, text="Thanks.")
+    tasks.score_followups()
+    failed.refresh_from_db()
+    assert failed.followup_score is None

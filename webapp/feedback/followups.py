@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 
@@ -23,8 +24,10 @@ FOLLOWUP_TASK_NAME = "prefloop.score_followups"
 
 
 def followups_send() -> None:
-    """Have a worker score the answers that got a reply, once this transaction commits."""
-    transaction.on_commit(lambda: broker_send(FOLLOWUP_TASK_NAME, args=[], queue="cpu"))
+    """Have a worker score the answers that got a reply, once this transaction commits (unless
+    FOLLOWUP_SCORE is off)."""
+    if settings.FOLLOWUP_SCORE:
+        transaction.on_commit(lambda: broker_send(FOLLOWUP_TASK_NAME, args=[], queue="cpu"))
 
 
 def _first_reply(answer: Message) -> Message | None:
