@@ -16,7 +16,6 @@ __all__ = [
     "adapter_load",
     "adapters_retire",
     "generate",
-    "generate_distinct_pair",
     "policy_client",
     "stream",
 ]
@@ -50,24 +49,6 @@ def generate(
         temperature=temperature,
         top_p=top_p,
     )
-
-
-def generate_distinct_pair(messages: list[dict[str, str]], *, version: ModelVersion) -> list[str]:
-    """Two answers for a side-by-side comparison, different from each other when the policy can
-    give two: a confident policy often samples the same text twice, and a pair of twins teaches
-    nothing. Resamples hotter (up to twice) before settling for a twin pair."""
-    texts = generate(messages, n=2, version=version)
-    for temperature in (1.0, 1.3):
-        if texts[0].strip() != texts[1].strip():
-            break
-        others = [
-            t
-            for t in generate(messages, n=4, version=version, temperature=temperature)
-            if t.strip() != texts[0].strip()
-        ]
-        if others:
-            texts = [texts[0], others[0]]
-    return texts
 
 
 def stream(messages: list[dict[str, str]], *, version: ModelVersion) -> Iterator[str]:

@@ -7,7 +7,7 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Avg, Count
+from django.db.models import Avg, Count, QuerySet
 from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -17,7 +17,7 @@ from webapp.core.http import AuthedHttpRequest
 from webapp.core.parsing import parse_id
 from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
-from webapp.feedback.models import Conversation, GenerationJob, ImportJob, Label, Project, Task
+from webapp.feedback.models import Conversation, GenerationJob, ImportJob, JobStatus, Label, Project, Task
 from webapp.feedback.quality import project_quality
 from webapp.runs import services
 from webapp.runs.arena import arena_board
@@ -54,9 +54,15 @@ def _runs_response(request: AuthedHttpRequest, *, error: str = "") -> HttpRespon
     return render(request, "dashboard/_runs.html", {**_runs_context(), "action_error": error})
 
 
+def _recent_jobs(jobs: QuerySet[Any]) -> tuple[list[Any], bool]:
+    """A card's ten newest worker jobs (imports, generation), and whether one is still going (the
+    card then refreshes itself)."""
+    recent = list(jobs.order_by("-id")[:10])
+    return recent, any(j.status in (JobStatus.QUEUED, JobStatus.RUNNING) for j in recent)
+
+
 def _imports_context() -> dict[str, Any]:
-    jobs = list(ImportJob.objects.select_related("project").order_by("-id")[:10])
-    active = any(j.status in (ImportJob.Status.QUEUED, ImportJob.Status.RUNNING) for j in jobs)
+    jobs, active = _recent_jobs(ImportJob.objects.select_related("project"))
     return {"imports": jobs, "imports_active": active}
 
 
@@ -68,8 +74,7 @@ def imports(request: AuthedHttpRequest) -> HttpResponse:
 
 
 def _generation_context(*, error: str = "") -> dict[str, Any]:
-    jobs = list(GenerationJob.objects.select_related("project", "policy_version").order_by("-id")[:10])
-    active = any(j.status in (GenerationJob.Status.QUEUED, GenerationJob.Status.RUNNING) for j in jobs)
+    jobs, active = _recent_jobs(GenerationJob.objects.select_related("project", "policy_version"))
     return {
         "generation_jobs": jobs,
         "generation_active": active,

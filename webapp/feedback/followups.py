@@ -3,8 +3,9 @@
 
 - `followups_unscored` finds answers the user has replied to and that have no score yet;
 - `followup_scores_store` writes the scores (`Message.followup_score`);
-- `followup_rows` gives them to the exports (`kto`: liked when positive; `raw`: as they are) and
-  `followup_examples` to KTO runs of the chat's project whose recipe sets `followup_margin`.
+- `followup_rows` gives them to the exports (`kto`: liked when positive; `raw`: as they are);
+  KTO runs of the chat's project whose recipe sets `followup_margin` train on them
+  (webapp.runs.data).
 """
 
 from __future__ import annotations
@@ -106,17 +107,3 @@ def followup_rows(kind: str) -> Iterator[dict[str, Any]]:
                 "label": row["followup_score"] > 0,
                 "followup_score": row["followup_score"],
             }
-
-
-def followup_examples(*, margin: float) -> list[dict[str, Any]]:
-    """KTO examples from answers whose follow-up score is beyond `margin`: liked above it,
-    disliked below minus it; those in between say too little to train on."""
-    out = []
-    for answer in followups_scored():
-        score = float(answer.followup_score or 0.0)
-        if abs(score) <= margin:
-            continue
-        context = context_before(message=answer)
-        if context and context[-1]["role"] == "user" and answer.content.strip():
-            out.append({"prompt": context, "completion": answer.content, "desirable": score > 0, "followup": score})
-    return out

@@ -28,7 +28,16 @@ from django.utils import timezone
 from webapp.accounts.models import User
 from webapp.core import policy
 from webapp.core.queue import broker_send
-from webapp.feedback.models import Assignment, Candidate, GenerationJob, Project, Prompt, Task, TaskCandidate
+from webapp.feedback.models import (
+    Assignment,
+    Candidate,
+    GenerationJob,
+    Message,
+    Project,
+    Prompt,
+    Task,
+    TaskCandidate,
+)
 from webapp.feedback.selectors import slots_prefetch
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
@@ -304,18 +313,27 @@ def _store(work: _Work, texts: list[str], priority: float, *, job: GenerationJob
     elif Task.objects.filter(prompt=work.prompt).exists():
         return 0
     kind = Task.Kind.PAIRWISE if arena else task_kind_for(project)
-    _item_create(work.prompt, texts, versions, kind=kind, priority=priority, arena=arena)
+    item_create(work.prompt, texts, versions, kind=kind, priority=priority, arena=arena)
     return 1
 
 
-def _item_create(
-    prompt: Prompt, texts: list[str], versions: list[ModelVersion], *, kind: str, priority: float, arena: bool = False
+def item_create(
+    prompt: Prompt,
+    texts: list[str],
+    versions: list[ModelVersion],
+    *,
+    kind: str,
+    priority: float = 0.0,
+    arena: bool = False,
+    message: Message | None = None,
 ) -> Task:
-    """Call inside a transaction: an item of the prompt's project over `texts`, each written by its version."""
+    """Call inside a transaction: an item of the prompt's project over `texts` (shown in this
+    order), each written by its version; `message` is the chat turn a comparison was asked for."""
     task = Task.objects.create(
         project=prompt.project,
         kind=kind,
         prompt=prompt,
+        message=message,
         created_by=prompt.created_by,  # the prompt's author sees its item in their list
         required_labels=prompt.project.overlap,
         priority=priority,
@@ -332,7 +350,7 @@ def items_for_people(*, pairs: list[tuple[Prompt, list[str], float]], version: M
     projects, each ranked by the ensemble's disagreement on it; returns how many."""
     with transaction.atomic():
         for prompt, texts, disagreement in pairs:
-            _item_create(prompt, texts, [version, version], kind=Task.Kind.PAIRWISE, priority=disagreement)
+            item_create(prompt, texts, [version, version], kind=Task.Kind.PAIRWISE, priority=disagreement)
     return len(pairs)
 
 

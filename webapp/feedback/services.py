@@ -14,7 +14,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from webapp.accounts.models import User
-from webapp.core import policy
+from webapp.feedback.generation import answers_for, item_create
 from webapp.feedback.models import (
     Assignment,
     Candidate,
@@ -94,12 +94,13 @@ def pairwise_task_create(
     """
     context = clean_messages(messages)
     version = _serving_or_fail()
-    texts = policy.generate_distinct_pair(context, version=version)
+    project = project_default()
+    texts = answers_for(context, project=project, version=version, k=2)  # two different answers when it can
     with transaction.atomic():
         prompt = Prompt.objects.create(
-            project=project_default(), messages=context, source=source, created_by=created_by, conversation=conversation
+            project=project, messages=context, source=source, created_by=created_by, conversation=conversation
         )
-        return _pairwise_task_store(prompt=prompt, texts=texts, version=version, created_by=created_by, message=message)
+        return item_create(prompt, texts, [version, version], kind=Task.Kind.PAIRWISE, message=message)
 
 
 def _serving_or_fail() -> ModelVersion:
@@ -115,24 +116,6 @@ def prompt_create(
     return Prompt.objects.create(
         project=project or project_default(), messages=clean_messages(messages), source=source, created_by=created_by
     )
-
-
-def _pairwise_task_store(
-    *, prompt: Prompt, texts: list[str], version: ModelVersion | None, created_by: User, message: Message | None = None
-) -> Task:
-    """Call inside a transaction: the task, its candidates (A then B) and their places."""
-    task = Task.objects.create(
-        project=prompt.project,
-        kind=Task.Kind.PAIRWISE,
-        prompt=prompt,
-        message=message,
-        created_by=created_by,
-        required_labels=prompt.project.overlap,
-    )
-    for position, text in enumerate(texts):
-        candidate = Candidate.objects.create(prompt=prompt, text=text, policy_version=version)
-        TaskCandidate.objects.create(task=task, candidate=candidate, position=position)
-    return task
 
 
 def _gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:

@@ -22,8 +22,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import Q
+
+from webapp.feedback.followups import followups_scored
 from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
-from webapp.feedback.selectors import slots_prefetch
+from webapp.feedback.selectors import context_before, slots_prefetch
 from webapp.runs.recipe import Recipe
 
 EXCLUDED_GOLD = "gold item"
@@ -158,9 +161,7 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
     if project.name == _default_project_name():  # the chat's thumbs belong to the chat's project
         data.thumbs = _thumbs()
         if recipe.followup_margin > 0:  # and so do its answers scored by the user's next message
-            from webapp.feedback.followups import followup_examples
-
-            data.thumbs += followup_examples(margin=recipe.followup_margin)
+            data.thumbs += _followup_thumbs(margin=recipe.followup_margin)
     data.excluded = dict(excluded)
     return data
 
@@ -294,12 +295,21 @@ def training_preview(*, project: Project, recipe: Recipe) -> dict[str, Any]:
 
 def _thumbs() -> list[dict[str, Any]]:
     """KTO examples from the chat's thumbs: the answer after its context, liked or not."""
-    from webapp.feedback.selectors import context_before
+    feedback = MessageFeedback.objects.select_related("message__conversation").order_by("id")
+    return [row for f in feedback if (row := _answer_example(f.message, f.value == "up")) is not None]
 
-    out = []
-    for feedback in MessageFeedback.objects.select_related("message__conversation").order_by("id"):
-        message = feedback.message
-        context = context_before(message=message)
-        if message.content.strip() and context and context[-1]["role"] == "user":
-            out.append({"prompt": context, "completion": message.content, "desirable": feedback.value == "up"})
-    return out
+
+def _followup_thumbs(*, margin: float) -> list[dict[str, Any]]:
+    """KTO examples from the chat's answers scored by the user's next message beyond `margin`:
+    liked above it, disliked below minus it; those in between say too little to train on."""
+    scored = followups_scored().filter(Q(followup_score__gt=margin) | Q(followup_score__lt=-margin))
+    examples = [_answer_example(a, float(a.followup_score or 0.0) > 0) for a in scored]
+    return [row for row in examples if row is not None]
+
+
+def _answer_example(message: Any, desirable: bool) -> dict[str, Any] | None:
+    """A chat answer after its context, liked or not; None when it has no text or no user turn before it."""
+    context = context_before(message=message)
+    if not message.content.strip() or not context or context[-1]["role"] != "user":
+        return None
+    return {"prompt": context, "completion": message.content, "desirable": desirable}
