@@ -571,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
                             evaluate=evaluate, base_model=base_model, max_tokens=args.max_tokens,
                             temperature=args.temperature, flip=args.flip)  # fmt: skip
             print(f"  ({name}, seed {seed}: {time.monotonic() - arm_started:.0f} s)", flush=True)
+            if args.json:  # after every arm, so a run stopped early keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=1))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     text = table(rows)
