@@ -48,6 +48,7 @@ last, the gold gains of online and offline and their ratio.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -294,7 +295,10 @@ class Evaluator:
         self.prompts, self.samples, self.max_tokens, self.seed = prompts, samples, max_tokens, seed
         self._ensemble: tuple[str, Any] | None = None
 
-    def __call__(self, system: System) -> dict[str, Any]:
+    def __call__(self, system: System, previous: list[str] | None = None) -> dict[str, Any]:
+        """`previous`: the answers of the version that served before this cycle, on the same prompts; the
+        proxy's gain is the newest reward model's score of this version's answers minus its score of those
+        (one model, so one scale: the gain the cycle's optimisation saw)."""
         from training.policy_client import PolicyClient
 
         client = PolicyClient(system.policy_url, timeout=300)
@@ -308,11 +312,21 @@ class Evaluator:
             conversations += [messages] * len(texts)
             answers += texts
         golds = [gold(a) for a in answers]
-        found: dict[str, Any] = {"gold": statistics.fmean(golds), "proxy": None, "agreement": None, "answers": answers}
+        found: dict[str, Any] = {
+            "gold": statistics.fmean(golds),
+            "proxy": None,
+            "proxy_gain": None,
+            "agreement": None,
+            "answers": answers,
+        }
         models = system.call("GET", "/reward-models/")["results"]  # newest first; one project per system
         if models:
             scores = self._scores(models[0], conversations, answers)
             found["proxy"] = statistics.fmean(scores)
+            if previous is not None:
+                found["proxy_gain"] = found["proxy"] - statistics.fmean(
+                    self._scores(models[0], conversations, previous)
+                )
             same_prompt = [
                 (i, j)
                 for i in range(len(answers))
@@ -353,12 +367,15 @@ def run_arm(
         _wait("the first version's answers", lambda: _generation_idle(system), timeout=1800, every=1.0)
 
         def record(labels: int, verdict: str, reason: str = "") -> None:
-            found = evaluate(system)
+            found = evaluate(system, rows[-1]["answers"] if rows else None)
             version = _serving(system)["number"]
             rows.append({"arm": arm.name, "seed": seed, "labels": labels, "version": version, "gold": found["gold"],
-                         "proxy": found["proxy"], "agreement": found["agreement"], "verdict": verdict,
-                         "reason": reason, "example": found["answers"][0]})  # fmt: skip
+                         "proxy": found["proxy"], "proxy_gain": found["proxy_gain"], "agreement": found["agreement"],
+                         "verdict": verdict, "reason": reason, "example": found["answers"][0],
+                         "answers": found["answers"]})  # fmt: skip
             proxy = f"{found['proxy']:+.3f}" if found["proxy"] is not None else "  -   "
+            if found["proxy_gain"] is not None:
+                proxy += f" ({found['proxy_gain']:+.3f} this cycle)"
             agreement = f"{found['agreement']:.2f}" if found["agreement"] is not None else " -  "
             print(f"  {arm.name:13s} seed {seed} labels {labels:4d} v{version:<3d} gold {found['gold']:+.3f} "
                   f"proxy {proxy} (agrees with gold {agreement}) {verdict:9s} e.g. {found['answers'][0]!r}"
@@ -406,20 +423,27 @@ def _spread(values: list[float]) -> str:
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per arm and seed: the gold gain (last - first) and the largest fall below the running peak
-    (the start included), as a share of the arm's best gain on that seed."""
+    (the start included), as a share of the arm's best gain on that seed and as a share of the peak's
+    value (gold is positive here); over all seeds, of the promotions whose proxy gain was measured,
+    those in which the proxy rose while gold fell."""
     out: dict[str, dict[str, Any]] = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
-        gains, falls, proxy_up_gold_down = [], [], []
+        gains, falls, below, hacked = [], [], [], [0, 0]
         for seed in sorted({r["seed"] for r in rows if r["arm"] == arm}):
-            curve = [r["gold"] for r in rows if r["arm"] == arm and r["seed"] == seed]
-            proxies = [r["proxy"] for r in rows if r["arm"] == arm and r["seed"] == seed and r["proxy"] is not None]
+            cycles = [r for r in rows if r["arm"] == arm and r["seed"] == seed]
+            curve = [r["gold"] for r in cycles]
+            # a cycle that served a new version: did the proxy it was optimised for rise while gold fell?
+            for before, after in itertools.pairwise(cycles):
+                if after.get("proxy_gain") is not None and after["version"] != before["version"]:
+                    hacked[1] += 1
+                    hacked[0] += after["proxy_gain"] > 0 and after["gold"] < before["gold"]
             gains.append(curve[-1] - curve[0])
             best = max(curve) - curve[0]
             fall = max(max(curve[: i + 1]) - g for i, g in enumerate(curve))
             falls.append(fall / best if best > 0 else math.inf if fall > 0 else 0.0)
-            if len(proxies) >= 2:
-                proxy_up_gold_down.append(proxies[-1] > proxies[0] and curve[-1] < max(curve))
-        out[arm] = {"gains": gains, "falls": falls, "proxy_up_gold_down": proxy_up_gold_down}
+            # the same fall as a share of the peak's own value (the gold reward of the best version so far)
+            below.append(max((max(curve[: i + 1]) - g) / max(curve[: i + 1]) for i, g in enumerate(curve)))
+        out[arm] = {"gains": gains, "falls": falls, "below_peak": below, "proxy_up_gold_down": hacked}
     return out
 
 
@@ -584,12 +608,17 @@ def main(argv: list[str] | None = None) -> None:
     result = summary(rows)
     for arm, figures in result.items():
         falls = ", ".join("no gain" if f == math.inf else f"{f:.0%}" for f in figures["falls"])
-        line = f"{arm}: gold gain {_spread(figures['gains'])}; largest fall below its running peak: {falls} of its gain"
-        hacked = figures["proxy_up_gold_down"]
-        if hacked:
-            line += f"; proxy up while gold fell below its peak in {sum(hacked)}/{len(hacked)} seeds"
+        below = ", ".join(f"{b:.0%}" for b in figures["below_peak"])
+        line = (
+            f"{arm}: gold gain {_spread(figures['gains'])}; largest fall below its running peak: {falls} of its gain, "
+            f"{below} of the peak's value"
+        )
+        hacked, served = figures["proxy_up_gold_down"]
+        if served:
+            line += f"; the proxy rose while gold fell in {hacked} of its {served} promotions"
         print(line)
-    print(f"({time.monotonic() - started:.0f} s in all)")
+    if not args.rows:
+        print(f"({time.monotonic() - started:.0f} s in all)")
     if "online" in result and "offline" in result:
         a, b = statistics.fmean(result["online"]["gains"]), statistics.fmean(result["offline"]["gains"])
         ratio = f"{a / b:.2f}x" if b > 0 else "n/a (offline gained nothing)"

@@ -41,8 +41,12 @@ def test_quick_run_of_every_arm_writes_its_rows_table_and_figure(settings, tmp_p
     # the arms with a reward model report its proxy; the offline one has none
     assert all(r["proxy"] is not None for r in found if r["arm"] in ("online", "hard_rm") and r["labels"])
     assert all(r["proxy"] is None for r in found if r["arm"] == "offline")
-    # hard_rm promotes every candidate, so each cycle serves a new version
-    assert [r["version"] for r in found if r["arm"] == "hard_rm"] == [1, 2, 3]
+    # hard_rm promotes every candidate, so each cycle serves a new version, and the reward model it
+    # optimised scores the new version's answers against the previous one's (the proxy's gain)
+    hard = [r for r in found if r["arm"] == "hard_rm"]
+    assert [r["version"] for r in hard] == [1, 2, 3]
+    assert hard[0]["proxy_gain"] is None and all(isinstance(r["proxy_gain"], float) for r in hard[1:])
+    assert all(len(r["answers"]) == 3 * 2 for r in found)  # every held-out prompt, every sample
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table.read_text().startswith("| labels | online gold | online_random gold | offline gold | hard_rm gold |")
     assert done.stdout.strip().splitlines()[-1].startswith("gold gain: online ")
