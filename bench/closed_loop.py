@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the reward models load quietly
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tests.processes import free_port  # noqa: E402
+from tests.processes import free_port, wait_until  # noqa: E402
 
 # -- the hidden gold reward ------------------------------------------------------------------------
 
@@ -185,17 +185,6 @@ def arms(
 # -- one arm on a system of its own ----------------------------------------------------------------
 
 
-def _wait(what: str, check, timeout: float = 600, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(every)
-
-
 class System:
     """`manage.py prefloop_run` on a fresh PostgreSQL database of its own, driven over HTTP."""
 
@@ -235,7 +224,8 @@ class System:
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{web_port}/api", timeout=120)
-        self.admin = _wait("the web server", lambda: self._token("admin", "prefloop-admin"), timeout=300, every=0.5)
+        up = lambda: self._token("admin", "prefloop-admin")  # noqa: E731
+        self.admin = wait_until("the web server", up, timeout=300, every=0.5)
         self.annotator = self._token("annotator", "prefloop-annotator")
 
     def _token(self, username: str, password: str) -> dict[str, str]:
@@ -276,7 +266,7 @@ def _run(system: System, project: int, kind: str) -> dict[str, Any]:
         found = system.call("GET", f"/runs/{run['id']}/")
         return found if found["status"] in ("succeeded", "failed", "cancelled") else None
 
-    finished = _wait(f"run {run['id']} ({kind})", done, timeout=1800, every=0.5)
+    finished = wait_until(f"run {run['id']} ({kind})", done, timeout=1800, every=0.5)
     if finished["status"] != "succeeded":
         raise SystemExit(f"run {run['id']} ({kind}) {finished['status']}: {finished.get('error')}")
     return finished
@@ -364,7 +354,7 @@ def run_arm(
                     "max_tokens": max_tokens})  # fmt: skip
         system.call("PATCH", f"/projects/{project}/recipe/", json=arm.recipe)
         system.call("POST", "/prompts/", json=[{"text": p, "project": project} for p in train], expect=201)
-        _wait("the first version's answers", lambda: _generation_idle(system), timeout=1800, every=1.0)
+        wait_until("the first version's answers", lambda: _generation_idle(system), timeout=1800, every=1.0)
 
         def record(labels: int, verdict: str, reason: str = "") -> None:
             found = evaluate(system, rows[-1]["answers"] if rows else None)
@@ -387,7 +377,7 @@ def run_arm(
             for _ in range(every):
                 served = system.api.post(f"/projects/{project}/next/", headers=system.annotator)
                 if served.status_code == 204:  # every open item judged: wait for fresh answers
-                    _wait("open items", lambda: _generation_idle(system), timeout=600, every=0.5)
+                    wait_until("open items", lambda: _generation_idle(system), timeout=600, every=0.5)
                     served = system.api.post(f"/projects/{project}/next/", headers=system.annotator)
                 if served.status_code != 200:
                     raise SystemExit(f"no item to judge after {labels} labels: {served.status_code} {served.text}")
@@ -405,7 +395,7 @@ def run_arm(
             gate = run["metrics"].get("gate", {})
             verdict = gate.get("verdict", "?")
             if verdict == "passed" and arm.project.get("regenerate_share"):  # on-policy answers before judging on
-                _wait("the new version's answers", lambda: _generation_idle(system), timeout=1200, every=0.5)
+                wait_until("the new version's answers", lambda: _generation_idle(system), timeout=1200, every=0.5)
             record(labels, verdict, gate.get("reason", ""))
     finally:
         system.stop()

@@ -37,24 +37,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port  # noqa: E402
+from tests.processes import free_port, wait_until  # noqa: E402
 
 STAGES = ("trigger", "queue_wait", "data_s", "train_s", "save_s", "evaluate_s", "swap_s", "first_answer")
 
 
 def _when(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def _wait(what: str, check, timeout: float = 300, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def main() -> None:
@@ -104,7 +93,7 @@ def main() -> None:
             except httpx.TransportError:
                 return {}
 
-        admin = _wait("the web server", up, timeout=300, every=0.5)
+        admin = wait_until("the web server", up, timeout=300, every=0.5)
         ann = token("annotator", "prefloop-annotator")
         project = api.post("/projects/", json={"name": "Latency", "feedback_types": ["pairwise"],
                                                "members": ["annotator"]}, headers=admin).json()  # fmt: skip
@@ -117,7 +106,7 @@ def main() -> None:
         prompts = [{"text": f"Tell me something about the number {i}.", "project": project["id"]}
                    for i in range(args.prompts)]  # fmt: skip
         assert api.post("/prompts/", json=prompts, headers=admin).status_code == 201
-        _wait("version 1's answers", lambda: api.get("/generation-jobs/", headers=admin).json()["results"][0]
+        wait_until("version 1's answers", lambda: api.get("/generation-jobs/", headers=admin).json()["results"][0]
               ["status"] == "succeeded", timeout=600, every=0.5)  # fmt: skip
 
         rows = []
@@ -137,7 +126,7 @@ def main() -> None:
                 run = runs["results"][0]
                 return run if run["status"] in ("succeeded", "failed", "cancelled") else None
 
-            run = _wait(f"cycle {cycle + 1}'s run", finished, timeout=600)
+            run = wait_until(f"cycle {cycle + 1}'s run", finished, timeout=600)
             if run["status"] != "succeeded" or run["metrics"].get("gate", {}).get("verdict") != "passed":
                 raise SystemExit(f"cycle {cycle + 1}: the run did not serve a version: {run['metrics'].get('gate')}")
             number = run["result_version"]
@@ -148,7 +137,7 @@ def main() -> None:
                         return time.time()
                 return None
 
-            end = _wait(f"version {number}'s first answer", first_answer, timeout=600)
+            end = wait_until(f"version {number}'s first answer", first_answer, timeout=600)
             if cycle < 0:
                 continue
             version = next(v for v in api.get("/versions/", headers=admin).json()["results"] if v["number"] == number)

@@ -22,6 +22,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until(what: str, check, *, timeout: float = 300, every: float = 0.05):
+    """Call `check` every `every` seconds until it returns something true, and return that; exit
+    naming `what` after `timeout` seconds (the benchmarks' way of waiting on a system they drive)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
 def stop_process_group(process: subprocess.Popen[bytes]) -> None:
     """Stop a process started with `start_new_session=True`, and everything it started."""
     if process.poll() is None:

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "reward_model.py"
@@ -20,15 +21,7 @@ PANDALM = DATA_DIR / "pandalm-testset-v1.json"
 TINY_RUN = ["--train-pairs", "16", "--max-length", "64", "--members", "1", "--threads", "1", "--epochs", "1"]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("reward_model_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _module()
+bench = load_script("reward_model")
 
 
 @pytest.fixture

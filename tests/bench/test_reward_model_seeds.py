@@ -3,7 +3,6 @@ of the benchmark over two seeds on the HH-RLHF pairs in the shared data folder."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import signal
@@ -16,21 +15,15 @@ import numpy as np
 import psutil
 import pytest
 
+from tests.bench import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "reward_model_seeds.py"
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 TINY_RUN = ["--train-pairs", "16", "--max-length", "64", "--members", "1", "--threads", "1", "--epochs", "1"]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("reward_model_seeds", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seeds_mod = _module()
+seeds_mod = load_script("reward_model_seeds")
 
 
 def _record(seed: int, ours_halves: int, trl_halves: int, ours_s: float, trl_s: float) -> dict[str, Any]:
