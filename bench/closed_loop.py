@@ -36,10 +36,13 @@ sees the same data; the recipe's automatic threshold queues the same runs):
 The DPO learning rate (2e-4, DPO's default) is the offline arm's best on dev seed 100 among 1e-3,
 2e-4 and 5e-5; every arm uses it. After each cycle the bench samples the serving version on the
 held-out prompts (the policy server's OpenAI API, fixed seeds) and records its mean gold reward, the
-proxy reward (the mean score of the project's newest reward model) and how often the proxy orders
-two answers to one prompt as gold does. It writes a table (`--table`, Markdown), a PNG (`--png`:
-gold against labels per arm, mean and range over seeds; proxy against gold for hard_rm) and prints,
-last, the gold gains of online and offline and their ratio.
+proxy reward (the mean score of the project's newest reward model), the proxy's gain in the cycle
+(that model's score of the new answers minus its score of the previous version's: one model, one
+scale) and how often the proxy orders two answers to one prompt as gold does. It writes a table
+(`--table`, Markdown), a PNG (`--png`: gold against labels per arm, mean and range over seeds; proxy
+against gold for hard_rm) and prints each arm's gain, its largest dip below its running peak and
+the promotions in which the proxy rose while gold fell, then, last, the gold gains of online and
+offline and their ratio. `--rows` reports the rows of earlier runs (one seed per process, say).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres CELERY_BROKER_URL=redis://127.0.0.1:6379/9 \\
         python bench/closed_loop.py --seeds 0,1,2 --png docs/img/closed_loop.png
