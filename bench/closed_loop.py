@@ -218,18 +218,22 @@ class System:
             **env,
         )
         self.process: subprocess.Popen[bytes] | None = None
-        manage = [sys.executable, "manage.py"]
-        for command in (["migrate", "--noinput"], ["prefloop_setup"]):
-            subprocess.run([*manage, *command], cwd=ROOT, env=self.env, check=True, capture_output=True)
-        log = (self.var / "system.log").open("wb")
-        self.process = subprocess.Popen(
-            [*manage, "prefloop_run", "--addr", f"127.0.0.1:{web_port}"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{web_port}/api", timeout=120)
-        up = lambda: self._token("admin", "prefloop-admin")  # noqa: E731
-        self.admin = wait_until("the web server", up, timeout=300, every=0.5)
-        self.annotator = self._token("annotator", "prefloop-annotator")
+        try:  # a stop while it starts (SIGTERM, a failed migration) still drops the database made above
+            manage = [sys.executable, "manage.py"]
+            for command in (["migrate", "--noinput"], ["prefloop_setup"]):
+                subprocess.run([*manage, *command], cwd=ROOT, env=self.env, check=True, capture_output=True)
+            log = (self.var / "system.log").open("wb")
+            self.process = subprocess.Popen(
+                [*manage, "prefloop_run", "--addr", f"127.0.0.1:{web_port}"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            up = lambda: self._token("admin", "prefloop-admin")  # noqa: E731
+            self.admin = wait_until("the web server", up, timeout=300, every=0.5)
+            self.annotator = self._token("annotator", "prefloop-annotator")
+        except BaseException:
+            self.stop()
+            raise
 
     def _token(self, username: str, password: str) -> dict[str, str]:
         if self.process is not None and self.process.poll() is not None:

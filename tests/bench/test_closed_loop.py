@@ -50,3 +50,22 @@ def test_quick_run_of_every_arm_writes_its_rows_table_and_figure(settings, tmp_p
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table.read_text().startswith("| labels | online gold | online_random gold | offline gold | hard_rm gold |")
     assert done.stdout.strip().splitlines()[-1].startswith("gold gain: online ")
+
+
+def test_a_system_that_fails_to_start_drops_the_database_it_made(tmp_path, monkeypatch):
+    """A stop while a system starts (here its migration fails) leaves no prefloop_closed_* database."""
+    import psycopg
+
+    from tests.bench import load_script
+    from tests.e2e.conftest import test_database_url
+
+    closed_loop = load_script("closed_loop")
+    monkeypatch.setenv("DATABASE_URL", test_database_url())
+    with pytest.raises(subprocess.CalledProcessError):
+        closed_loop.System(
+            name="failed", base_model=tmp_path, env={"DJANGO_SETTINGS_MODULE": "no_such_settings"}, max_tokens=8
+        )
+    admin = test_database_url().rsplit("/", 1)[0].replace("postgres://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'prefloop_closed_failed_%'").fetchall()
+    assert left == []
