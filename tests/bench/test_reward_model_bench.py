@@ -78,8 +78,14 @@ def test_pandalm_pairs_are_the_decisive_majorities(pandalm: Path) -> None:
     prompt = first["instruction"] + (f"\n\n{first['input']}" if first["input"] else "")
     assert example.prompt == [{"role": "user", "content": prompt}] and example.rejected == str(first["response2"])
     assert row["chosen"] == f"\n\nHuman: {prompt}\n\nAssistant: {first['response1']}"
-    train, test = bench.split_indices(len(examples))
-    assert (len(train), len(test)) == (715, 179)
+    # split by instruction: no instruction has pairs on both sides, and the test side holds 20% or just over
+    groups = [json.dumps(e.prompt) for e in examples]
+    train, test = bench.split_indices(len(examples), groups=groups)
+    assert (len(train), len(test)) == (709, 185) and sorted(train + test) == list(range(894))
+    assert not {groups[i] for i in train} & {groups[i] for i in test}
+    assert len({groups[i] for i in test}) == 33 and len(set(groups)) == 158
+    # HH, split by pair as every earlier run was: the same 1,850 / 462
+    assert [len(side) for side in bench.split_indices(2312)] == [1850, 462]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +99,7 @@ def test_a_tiny_pandalm_run_prints_and_writes_the_fair_arm_and_the_length_rule(p
     record = json.loads(out.read_text())
     assert record["data"] == "pandalm" and record["eval_on"] == "test"
     for key in ("ours_single", "trl", "trl_fair", "length_heuristic"):
-        assert record[key]["n"] == 179, key
+        assert record[key]["n"] == 185, key
     assert record["trl_fair"]["lr"] == 5e-5
     assert record["trl_fair_train_pairs_kept"] == 16  # cut from the left, nothing dropped
     for key in ("ours_single", "ours_ensemble"):
@@ -102,7 +108,8 @@ def test_a_tiny_pandalm_run_prints_and_writes_the_fair_arm_and_the_length_rule(p
         assert record[f"time_ratio_{key}_fair"] == pytest.approx(record[key]["train_s"] / record["trl_fair"]["train_s"])
         assert f"delta_{key}" in record and f"time_ratio_{key}" in record
     stdout = result.stdout
-    assert "PandaLM test set: 894 pairs" in stdout and "score on all 179 test pairs" in stdout
+    assert "PandaLM test set: 894 pairs" in stdout
+    assert "score on all 185 test pairs (split seed 0, by instruction)" in stdout
     assert f"{'(d) fair TRL, lr 5e-05':<34} {100 * record['trl_fair']['accuracy']:>8.1f}" in stdout
     assert f"{'(e) the longer answer wins':<34} {100 * record['length_heuristic']['accuracy']:>8.1f}" in stdout
     assert f"(a) - (d): {record['delta_ours_single_fair']:+.1f} accuracy points" in stdout
