@@ -436,10 +436,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     hacked[0] += after["proxy_gain"] > 0 and after["gold"] < before["gold"]
             gains.append(curve[-1] - curve[0])
             best = max(curve) - curve[0]
-            fall = max(max(curve[: i + 1]) - g for i, g in enumerate(curve))
+            peaks = list(itertools.accumulate(curve, max))  # the best gold so far, cycle by cycle
+            fall = max(peak - g for peak, g in zip(peaks, curve, strict=True))
             falls.append(fall / best if best > 0 else math.inf if fall > 0 else 0.0)
             # the same fall as a share of the peak's own value (the gold reward of the best version so far)
-            below.append(max((max(curve[: i + 1]) - g) / max(curve[: i + 1]) for i, g in enumerate(curve)))
+            below.append(max((peak - g) / peak for peak, g in zip(peaks, curve, strict=True)))
         out[arm] = {"gains": gains, "falls": falls, "below_peak": below, "proxy_up_gold_down": hacked}
     return out
 
