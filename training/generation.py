@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.kto import check_prompt
+from training.policy_client import clean_model_text
 
 if TYPE_CHECKING:
     from training.policy_client import PolicyClient
@@ -250,7 +251,7 @@ class LocalGenerator(Generator):
             for tokens in new_tokens[i * n : (i + 1) * n]:
                 end = next((p for p, t in enumerate(tokens) if t in self.eos_token_ids), None)
                 kept = tokens if end is None else tokens[:end]
-                text = str(self.tokenizer.decode(kept, skip_special_tokens=True))
+                text = clean_model_text(str(self.tokenizer.decode(kept, skip_special_tokens=True)))
                 row.append(
                     Generation(text=text, version=self.version, finish_reason="stop" if end is not None else "length")
                 )

@@ -22,6 +22,12 @@ from typing import Any
 import httpx
 
 
+def clean_model_text(text: str) -> str:
+    """A model's text as it can be stored and shown: without NUL characters, which a small byte-level
+    model can sample and PostgreSQL's text fields refuse (a generation job once failed on one)."""
+    return text.replace("\x00", "")
+
+
 class PolicyServerError(Exception):
     """A policy server could not be reached or refused a request."""
 
@@ -191,7 +197,7 @@ class PolicyClient:
         answer = self._json(self._request("POST", path, json_body=body), path)
         try:
             choices = sorted(answer["choices"], key=lambda c: c.get("index", 0))
-            return [choice["message"]["content"] or "" for choice in choices]
+            return [clean_model_text(choice["message"]["content"] or "") for choice in choices]
         except (KeyError, TypeError) as exc:
             raise PolicyServerError(
                 f"policy server at {self._url(path)} sent a malformed chat completion: {str(answer)[:300]}",
@@ -225,7 +231,7 @@ class PolicyClient:
                     data = line[len("data:") :].strip()
                     if data == "[DONE]":
                         return
-                    delta = self._stream_delta(path, data)
+                    delta = clean_model_text(self._stream_delta(path, data))
                     if delta:
                         yield delta
         except httpx.HTTPError as exc:

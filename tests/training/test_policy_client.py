@@ -76,3 +76,44 @@ def test_constructor_rejects_bad_arguments() -> None:
         PolicyClient("127.0.0.1:8100")
     with pytest.raises(ValueError, match="timeout=0"):
         PolicyClient("http://127.0.0.1:8100", timeout=0)
+
+
+@pytest.fixture
+def nul_server() -> Iterator[str]:
+    """A real HTTP server that answers every chat completion with a NUL character in the text, as a
+    small byte-level model can sample one (plain and streamed)."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if body.get("stream"):
+                chunks = [{"choices": [{"index": 0, "delta": {"content": piece}}]} for piece in ("a\x00", "b")]
+                payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+                kind = "text/event-stream"
+            else:
+                payload = json.dumps({"choices": [{"index": 0, "message": {"content": "a\x00b"}}]})
+                kind = "application/json"
+            data = payload.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_nul_character_from_the_model_is_dropped_so_the_text_can_be_stored(nul_server: str) -> None:
+    with PolicyClient(nul_server, timeout=5) as client:
+        assert client.chat([{"role": "user", "content": "hi"}], model="base") == ["ab"]
+        assert "".join(client.chat_stream([{"role": "user", "content": "hi"}], model="base")) == "ab"
