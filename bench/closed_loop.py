@@ -90,6 +90,17 @@ def gold(text: str) -> float:
     return min(len(set(words) & GOLD_WORDS), 4) - 0.5 * repeats - 0.25 * max(0, len(words) - 12)
 
 
+def gold_concise(text: str) -> float:
+    """The second gold, of another nature: no word list, a real trade-off between content and length.
+    Each distinct word of three letters or more is worth 0.4, and the answer's length costs 0.05 per
+    squared word away from nine words: a longer answer says more but pays for its length."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return 0.4 * len({w for w in words if len(w) >= 3}) - 0.05 * (len(words) - 9) ** 2
+
+
+GOLDS = {"nature": gold, "concise": gold_concise}
+
+
 def choose(gold_a: float, gold_b: float, rng: random.Random, *, temperature: float, flip: float) -> str:
     """A simulated annotator's choice: Bradley-Terry on the gold reward, then flipped with probability `flip`."""
     p_a = 1.0 / (1.0 + math.exp(-(gold_a - gold_b) / temperature))
@@ -182,6 +193,10 @@ def arms(
             reward_model=True,
         ),
         "plain": Arm("plain", {**base, **no_gate}, {"queue_order": "fifo", "regenerate_share": 0.0}),
+        # the project's defaults, as a new user gets them: no recipe, no project setting, no reward model
+        "defaults": Arm("defaults", {}, {}),
+        # the same with the label scope the defaults had before (each label trains the lineage once)
+        "defaults_new": Arm("defaults_new", {"label_scope": "new"}, {}),
     }
 
 
@@ -196,7 +211,7 @@ class System:
 
         self._psycopg = psycopg
         server_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-        self.db = f"prefloop_closed_{name}_{secrets.token_hex(3)}"
+        self.db = f"prefloop_closed_{re.sub(r'[^a-z0-9]+', '_', name.lower())}_{secrets.token_hex(3)}"
         self._admin_dsn = server_url.rsplit("/", 1)[0].replace("postgres://", "postgresql://") + "/postgres"
         with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {self.db}")
@@ -279,6 +294,11 @@ def _run(system: System, project: int, kind: str) -> dict[str, Any]:
     return finished
 
 
+def _refreshes(system: System, project: int) -> bool:
+    """Whether a promotion in `project` answers its open items again (its regenerate share)."""
+    return bool(system.call("GET", f"/projects/{project}/").get("regenerate_share"))
+
+
 def _generation_idle(system: System) -> bool:
     jobs = system.call("GET", "/generation-jobs/", params={"page_size": 100})["results"]
     return all(j["status"] in ("succeeded", "failed") for j in jobs) and bool(jobs)
@@ -288,8 +308,8 @@ class Evaluator:
     """The serving version's mean gold and proxy reward on the held-out prompts, and how often the
     proxy orders two answers to one prompt as the gold reward does (where their gold differs)."""
 
-    def __init__(self, prompts: list[str], *, samples: int, max_tokens: int, seed: int) -> None:
-        self.prompts, self.samples, self.max_tokens, self.seed = prompts, samples, max_tokens, seed
+    def __init__(self, prompts: list[str], *, samples: int, max_tokens: int, seed: int, gold: Any = gold) -> None:
+        self.prompts, self.samples, self.max_tokens, self.seed, self.gold = prompts, samples, max_tokens, seed, gold
         self._ensemble: tuple[str, Any] | None = None
 
     def __call__(self, system: System, previous: list[str] | None = None) -> dict[str, Any]:
@@ -308,7 +328,7 @@ class Evaluator:
             )
             conversations += [messages] * len(texts)
             answers += texts
-        golds = [gold(a) for a in answers]
+        golds = [self.gold(a) for a in answers]
         found: dict[str, Any] = {
             "gold": statistics.fmean(golds),
             "proxy": None,
@@ -359,7 +379,8 @@ def run_arm(
                               ["pairwise"], "members": ["annotator"]}, expect=201)["id"]  # fmt: skip
         system.call("PATCH", f"/projects/{project}/", json={**arm.project, "answers_per_prompt": 2,
                     "max_tokens": max_tokens})  # fmt: skip
-        system.call("PATCH", f"/projects/{project}/recipe/", json=arm.recipe)
+        if arm.recipe:
+            system.call("PATCH", f"/projects/{project}/recipe/", json=arm.recipe)
         system.call("POST", "/prompts/", json=[{"text": p, "project": project} for p in train], expect=201)
         wait_until("the first version's answers", lambda: _generation_idle(system), timeout=1800, every=1.0)
 
@@ -390,7 +411,7 @@ def run_arm(
                     raise SystemExit(f"no item to judge after {labels} labels: {served.status_code} {served.text}")
                 assignment = served.json()
                 a, b = (c["text"] for c in assignment["task"]["candidates"][:2])
-                choice = choose(gold(a), gold(b), rng, temperature=temperature, flip=flip)
+                choice = choose(evaluate.gold(a), evaluate.gold(b), rng, temperature=temperature, flip=flip)
                 system.call("POST", f"/assignments/{assignment['id']}/submit/", json={"choice": choice},
                             expect=201, as_admin=False)  # fmt: skip
                 labels += 1
@@ -401,7 +422,8 @@ def run_arm(
             run = _run(system, project, "policy")
             gate = run["metrics"].get("gate", {})
             verdict = gate.get("verdict", "?")
-            if verdict == "passed" and arm.project.get("regenerate_share"):  # on-policy answers before judging on
+            served = run["result_version"] is not None and _serving(system)["number"] == run["result_version"]
+            if served and _refreshes(system, project):  # on-policy answers before judging on
                 wait_until("the new version's answers", lambda: _generation_idle(system), timeout=1200, every=0.5)
             record(labels, verdict, gate.get("reason", ""))
     finally:
@@ -540,6 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         "--reward-backbone", default="", help="The reward models' backbone (default: the packaged all-MiniLM-L6-v2)."
     )
     parser.add_argument("--reward-steps", type=int, default=60, help="Optimiser steps of each reward run.")
+    parser.add_argument("--gold", default="nature", choices=sorted(GOLDS), help="The hidden gold reward.")
     parser.add_argument("--temperature", type=float, default=0.25, help="The annotators' Bradley-Terry temperature.")
     parser.add_argument("--flip", type=float, default=0.25, help="The share of labels flipped.")
     parser.add_argument(
@@ -571,6 +594,12 @@ def main(argv: list[str] | None = None) -> None:
         reward_backbone=args.reward_backbone,
         reward_steps=args.reward_steps,
     )
+    for name in args.arms.split(","):  # "defaults+key=value+key=value": the defaults with a recipe change (dev sweeps)
+        if name.startswith("defaults+"):
+            changes = dict(change.split("=", 1) for change in name.split("+")[1:])
+            chosen[name] = Arm(
+                name, {k: json.loads(v) if v[:1] in "0123456789-[{" else v for k, v in changes.items()}, {}
+            )
     unknown = set(args.arms.split(",")) - set(chosen)
     if unknown:
         raise SystemExit(f"unknown arms {sorted(unknown)}; known: {sorted(chosen)}")
@@ -586,7 +615,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the systems inherit it
     for seed in seeds:
         train, held_out = prompt_split(seed, train=args.prompts, held_out=args.held_out)
-        evaluate = Evaluator(held_out, samples=args.samples, max_tokens=args.max_tokens, seed=seed)
+        evaluate = Evaluator(
+            held_out, samples=args.samples, max_tokens=args.max_tokens, seed=seed, gold=GOLDS[args.gold]
+        )
         for name in args.arms.split(","):
             arm_started = time.monotonic()
             rows += run_arm(chosen[name], seed=seed, budget=args.labels, every=args.every, train=train,

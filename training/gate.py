@@ -4,7 +4,8 @@ Three measurements of a candidate LoRA adapter against the serving one, both on 
 
 - **held-out preference accuracy**: the candidate's implicit reward with the serving version as
   the reference, ``log π_candidate(y|x) - log π_serving(y|x)``, favours the chosen answer of a
-  held-out pair (strictly) on this share of the pairs (as DPO's reward accuracy, on unseen pairs);
+  held-out pair on this share of the pairs, a tie counted half (as DPO's reward accuracy, on unseen
+  pairs); the wins, losses and ties are kept for the gate's test (training.evidence);
 - **reward-model win rate**: both versions answer the same prompts (sampled with the same seed);
   each member of a reward-model ensemble scores both answers; a prompt is a win only where the
   ensemble's lower bound of the candidate's advantage, ``mean_k d_k - std_k d_k`` with
@@ -125,14 +126,31 @@ def heldout_accuracy(pair: PolicyPair, pairs: Sequence[dict[str, Any]]) -> dict[
     reward (serving version as reference) strictly favours, and the mean reward margin."""
     if not pairs:
         raise ValueError("heldout_accuracy needs at least one pair")
-    correct, margins = 0, []
+    margins = []
     for p in pairs:
         answers = [p["chosen"], p["rejected"]]
         cand, serv = pair.logps(CANDIDATE, p["prompt"], answers), pair.logps(SERVING, p["prompt"], answers)
-        margin = (cand[0] - serv[0]) - (cand[1] - serv[1])
-        margins.append(margin)
-        correct += margin > 0
-    return {"value": correct / len(pairs), "n": len(pairs), "mean_margin": statistics.fmean(margins)}
+        margins.append((cand[0] - serv[0]) - (cand[1] - serv[1]))
+    return accuracy_figure(margins)
+
+
+TIE_MARGIN = 1e-6  # nats: a margin this small is a tie (a candidate equal to the serving version)
+
+
+def accuracy_figure(margins: Sequence[float]) -> dict[str, Any]:
+    """The held-out figure from the candidate's reward margins: wins (chosen favoured), losses and
+    ties; `value` counts a tie as half, so a candidate equal to the serving version reads 0.5."""
+    wins = sum(m > TIE_MARGIN for m in margins)
+    losses = sum(m < -TIE_MARGIN for m in margins)
+    ties = len(margins) - wins - losses
+    return {
+        "value": (wins + 0.5 * ties) / len(margins),
+        "n": len(margins),
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "mean_margin": statistics.fmean(margins),
+    }
 
 
 def kl_from_serving(pair: PolicyPair, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
@@ -144,7 +162,7 @@ def kl_from_serving(pair: PolicyPair, prompts: list[list[dict[str, str]]]) -> di
     for prompt, answers in zip(prompts, samples, strict=True):
         cand, serv = pair.logps(CANDIDATE, prompt, answers), pair.logps(SERVING, prompt, answers)
         terms += [c - s for c, s in zip(cand, serv, strict=True)]
-    return {"value": statistics.fmean(terms), "n": len(terms)}
+    return {"value": statistics.fmean(terms), "n": len(terms), "sd": statistics.stdev(terms) if len(terms) > 1 else 0.0}
 
 
 def win_rate(
@@ -170,6 +188,11 @@ def win_rate(
     controlled = length_controlled_win_rate(
         outcomes, [len(a) for a in candidate_answers], [len(a) for a in serving_answers]
     )
+    # each member's own win rate (a tie half): where the members are groups of annotators, each group's
+    per_member = [
+        statistics.fmean(1.0 if c[i] > s[i] else 0.5 if c[i] == s[i] else 0.0 for i in range(len(prompts)))
+        for c, s in zip(cand, serv, strict=True)
+    ]
     return {
         "value": value,
         "n": len(prompts),
@@ -177,6 +200,7 @@ def win_rate(
         "losses": losses,
         "undecided": undecided,
         "length_controlled": controlled,
+        "per_member": [round(v, 4) for v in per_member],
     }
 
 

@@ -330,6 +330,18 @@ def heads_preference_loss(
     return torch.stack(losses).mean(), diagnostics
 
 
+def score_length_correlation(scores: Tensor, lengths: Tensor) -> Tensor:
+    """Pearson correlation of ``scores`` ``(answers,)`` with ``lengths`` ``(answers,)``, differentiable in
+    the scores; 0 where either is constant (a batch of equal lengths says nothing of length). ODIN
+    (Chen et al. 2024) penalises its square to keep length out of the quality score."""
+    s = scores - scores.mean()
+    n = lengths - lengths.mean()
+    denominator = torch.sqrt((s**2).sum() * (n**2).sum())
+    if float(denominator.detach()) < 1e-12:
+        return scores.sum() * 0.0  # keeps the graph, adds nothing
+    return (s * n).sum() / denominator
+
+
 # --------------------------------------------------------------------------- policy losses
 
 

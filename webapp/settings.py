@@ -274,6 +274,9 @@ REWARD_MAX_STEPS = env_int("REWARD_MAX_STEPS", 0, minimum=0)  # 0: one epoch ove
 REWARD_LABEL_SMOOTHING = env_float("REWARD_LABEL_SMOOTHING", 0.0, minimum=0.0, below=0.5)
 # Fit each reward model's temperature on the run's held-out labels, so its probabilities are calibrated.
 REWARD_CALIBRATE = env_bool("REWARD_CALIBRATE", True)
+# A length expert fitted first and dropped when scoring, and a score-length decorrelation penalty
+# (RewardConfig.length_robust): reward models learn people rather than length (docs/benchmarks.md).
+REWARD_LENGTH_ROBUST = env_bool("REWARD_LENGTH_ROBUST", False)
 # Where the worker trains: "auto" (a CUDA GPU when one is visible, in bf16 where supported), "cpu" or "cuda".
 TRAIN_DEVICE = env_choice("TRAIN_DEVICE", "auto", ("auto", "cpu", "cuda"))
 # GRPO runs: the newest GRPO_PROMPTS prompts, the newest reward model's mean - λ·variance score.

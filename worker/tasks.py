@@ -26,7 +26,14 @@ from training.grpo import GRPOTrainConfig, ensemble_reward, followup_reward, tra
 from training.kto import KTOTrainConfig, ThumbExample, train_kto
 from training.lipo import LiPOTrainConfig, RankedAnswers, train_lipo
 from training.online import mix_by_share, pair_verdicts
-from training.reward import PreferenceExample, RankingExample, RewardConfig, RewardEnsemble, train_reward_model
+from training.reward import (
+    PreferenceExample,
+    RankingExample,
+    RewardConfig,
+    RewardEnsemble,
+    train_group_reward_models,
+    train_reward_model,
+)
 from webapp.core.queue import broker_send
 from webapp.feedback.models import Project
 from webapp.feedback.selectors import prompts_recent
@@ -35,6 +42,7 @@ from webapp.runs import services
 from webapp.runs.arena import arena_gate_open, arena_gates_check
 from webapp.runs.artifacts import artifact_store, reward_model_local_path, version_local_path
 from webapp.runs.data import TrainingData, lineage_label_ids, training_data
+from webapp.runs.groups import annotator_groups
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
 from webapp.runs.recipe import Recipe
 from webapp.runs.selectors import reward_model_list, run_get, version_serving
@@ -494,18 +502,20 @@ def _gate_and_serve(
                 version=version, gate={"verdict": "rejected", "reason": "its run was cancelled during the evaluation"}
             )
             raise
-        if gate["verdict"] == "passed" and recipe.arena_prompts:  # people decide, blind (webapp.runs.arena)
-            gate = arena_gate_open(
-                version=version, serving=serving, project=project, prompts=recipe.arena_prompts, gate=gate
+        unchecked = gate["verdict"] == "unchecked"  # no check could judge it: the recipe says what happens
+        if (gate["verdict"] == "passed" and recipe.arena_prompts) or (unchecked and recipe.gate_unchecked == "arena"):
+            gate = arena_gate_open(  # people decide, blind (webapp.runs.arena)
+                version=version, serving=serving, project=project, prompts=recipe.arena_prompts or 16, gate=gate
             )
         version = services.version_gate_record(version=version, gate=gate)
-        if gate["verdict"] != "passed":
+        if not (gate["verdict"] == "passed" or (gate["verdict"] == "unchecked" and recipe.gate_unchecked == "serve")):
             return gate
         guard.stage(TrainingRun.Stage.SERVING)
         began = time.perf_counter()
+        said = "passed the gate" if gate["verdict"] == "passed" else "served unchecked (the recipe's gate_unchecked)"
         try:
             services.version_serve(
-                version=version, expected_serving=serving, reason=f"passed the gate against {serving}: {gate['reason']}"
+                version=version, expected_serving=serving, reason=f"{said} against {serving}: {gate['reason']}"
             )
             timings["swap_s"] = round(time.perf_counter() - began, 3)
             return gate
@@ -559,6 +569,12 @@ def evaluate_against(
     gate = gate_judge(figures, recipe, against=serving.name, skipped=skipped)
     if reward_model is not None and "win_rate" in figures:
         gate["reward_model"] = reward_model.name
+        found = (reward_model.metrics or {}).get("groups") or {}
+        if found.get("k", 1) >= 2:  # the members are groups of annotators: how each group would judge it
+            gate["groups"] = [
+                {"group": g, "annotators": group["annotators"], "win_rate": rate}
+                for g, (group, rate) in enumerate(zip(found["groups"], figures["win_rate"]["per_member"], strict=True))
+            ]
     return gate
 
 
@@ -618,7 +634,7 @@ def _reward_examples(
 
 def _train_reward(*, run_id: int, guard: RunGuard) -> None:
     run = run_get(run_id=run_id)
-    project, _, data = _run_inputs(run)
+    project, recipe, data = _run_inputs(run)
     services.run_record_data(run=run, n_labels=data.n_labels, n_pairs=len(data.pairs), data=data.summary())
     if len(data.pairs) + len(data.rankings) < 2:
         raise ValueError(
@@ -631,15 +647,28 @@ def _train_reward(*, run_id: int, guard: RunGuard) -> None:
         ensemble_method=settings.REWARD_ENSEMBLE_METHOD,
         max_steps=settings.REWARD_MAX_STEPS or None,
         label_smoothing=settings.REWARD_LABEL_SMOOTHING,
+        length_robust=settings.REWARD_LENGTH_ROBUST,
         calibrate=settings.REWARD_CALIBRATE,
         **device_options(),
     )
     store = artifact_store()
     name = f"reward-{run_id}-{uuid.uuid4().hex[:8]}"
+    groups = annotator_groups(pairs=data.pairs, max_k=recipe.reward_groups) if recipe.reward_groups >= 2 else None
     with store.write_version(name) as folder:
-        metrics = train_reward_model(
-            train, folder, config, progress=_progress_reporter(run_id, guard), eval_examples=evaluate
-        )
+        if groups is not None and groups["k"] >= 2:  # one member per group of annotators (MaxMin-RLHF)
+            members_of = [g["annotators"] for g in groups["groups"]]
+            metrics = train_group_reward_models(
+                train, folder, config, members_of, progress=_progress_reporter(run_id, guard), eval_examples=evaluate
+            )
+            for found, trained in zip(groups["groups"], metrics["groups"], strict=True):
+                found.update(eval_accuracy=trained["eval_accuracy"], n_eval=trained["n_eval"])
+            metrics["groups"] = groups
+        else:
+            metrics = train_reward_model(
+                train, folder, config, progress=_progress_reporter(run_id, guard), eval_examples=evaluate
+            )
+            if groups is not None:
+                metrics["groups"] = groups
         guard.check()
         digest = data_hash([*data.pairs, *data.ties, *data.rankings])
         members = [str(Path(p).relative_to(folder)) if Path(p) != folder else "" for p in metrics["member_paths"]]

@@ -34,6 +34,7 @@ RECIPE = {
     # The tiny model's samples are close to gibberish, so the reward model's verdict on them is
     # near a coin toss: the held-out accuracy decides here; the win rate is measured and shown.
     "min_win_rate": 0.2,
+    "label_scope": "new",  # each label trains the lineage once: the bad batch alone trains v3
 }
 
 

@@ -78,7 +78,9 @@ def test_the_candidates_implicit_reward_favours_what_it_learned(tiny_policy_path
     flipped = [{**held_out[0], "chosen": "No.", "rejected": "Yes."}]
     assert heldout_accuracy(pair, flipped)["value"] == 0.0
     same = PolicyPair(tiny_policy_path, serving, serving, GateConfig(max_tokens=8))
-    assert heldout_accuracy(same, held_out)["mean_margin"] == pytest.approx(0.0, abs=1e-4)  # no reward, no win
+    equal = heldout_accuracy(same, held_out)
+    assert equal["mean_margin"] == pytest.approx(0.0, abs=1e-4)  # no reward, no win
+    assert (equal["ties"], equal["value"]) == (1, 0.5)  # a tie: an equal candidate reads 0.5, not 0
     assert kl_from_serving(same, [PROMPT])["value"] == pytest.approx(0.0, abs=1e-4)
     assert kl_from_serving(pair, [PROMPT])["value"] > 0.01  # the candidate moved away from the serving one
 

@@ -927,3 +927,70 @@ def test_weights_let_trusted_pairs_outvote_flipped_ones(tiny_policy_path: Path, 
     assert accuracy["weighted"] >= accuracy["equal"] + 0.2, accuracy
     with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
         PreferenceExample(USER, "a", "b", weight=-0.5)
+
+
+# --------------------------------------------------------------------------- length
+
+
+def _length_confounded_pairs(n: int, seed: int, *, longer_wins: bool) -> list[PreferenceExample]:
+    """Good answers (the even corpus answers) against bad ones (the odd), each padded with a few
+    filler words: the good one longer (`longer_wins`: length and preference agree), or shorter (they
+    disagree: the preferred answer is the shorter one)."""
+    answers = [conversation[1]["content"] for conversation in chat_corpus()]
+    good, bad = answers[::2], answers[1::2]
+    filler = "and so then also really very much quite indeed well it".split()
+    rng = random.Random(seed)
+
+    def pad(text: str, k: int) -> str:
+        return " ".join([text, *(rng.choice(filler) for _ in range(k))])
+
+    pairs = []
+    for _ in range(n):
+        g, b = rng.choice(good), rng.choice(bad)
+        if longer_wins:
+            g, b = pad(g, rng.randint(4, 9)), pad(b, rng.randint(0, 2))
+        else:
+            g, b = pad(g, rng.randint(0, 1)), pad(b, rng.randint(6, 10))
+        pairs.append(PreferenceExample([{"role": "user", "content": "Say something."}], g, b))
+    return pairs
+
+
+def test_score_length_correlation_is_pearsons_and_zero_for_equal_lengths() -> None:
+    from training.losses import score_length_correlation
+
+    scores, lengths = torch.tensor([1.0, 2.0, 4.0, 3.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    expected = float(torch.corrcoef(torch.stack([scores, lengths]))[0, 1])
+    assert float(score_length_correlation(scores, lengths)) == pytest.approx(expected, rel=1e-6)
+    assert float(score_length_correlation(scores, torch.full((4,), 2.0))) == 0.0
+
+
+def test_the_length_expert_is_fitted_on_length_alone(tiny_policy_path: Path) -> None:
+    from training.reward.heads import fit_length_expert
+    from training.reward.inputs import _layout, _rows, _tokenizer_with_pad
+
+    config = RewardConfig(backbone=str(tiny_policy_path), max_length=64)
+    tokenizer = _tokenizer_with_pad(config.backbone)
+    longer = _rows(_length_confounded_pairs(40, 0, longer_wins=True), tokenizer, _layout(tokenizer), config)[0]
+    shorter = _rows(_length_confounded_pairs(40, 0, longer_wins=False), tokenizer, _layout(tokenizer), config)[0]
+    assert fit_length_expert(longer) > 1.0 and fit_length_expert(shorter) < -1.0  # it learns which way length points
+
+
+def test_a_length_robust_reward_model_keeps_to_content_where_length_misleads(tmp_path: Path) -> None:
+    """Trained where the preferred answer is always the longer one, then tested where it is the
+    shorter one: the plain model learned length and fails; the length-robust one learned the content,
+    and its saved model carries no trace of the length expert."""
+    train = _length_confounded_pairs(64, 0, longer_wins=True)
+    adversarial = _length_confounded_pairs(64, 1, longer_wins=False)
+    accuracy, metrics = {}, {}
+    for robust in (False, True):
+        config = RewardConfig(
+            backbone=_minilm_path(), max_length=64, max_steps=30, learning_rate=5e-5, length_robust=robust
+        )
+        metrics[robust] = train_reward_model(train, tmp_path / str(robust), config, eval_examples=adversarial)
+        accuracy[robust] = metrics[robust]["eval"]["accuracy"]
+    assert accuracy[False] < 0.3 and accuracy[True] >= accuracy[False] + 0.3, accuracy
+    assert metrics[True]["members"][0]["length_weight"] > 1.0 and "length_weight" not in metrics[False]["members"][0]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "True" / "model.safetensors"))
+    assert not any("length" in key for key in saved)  # dropped when scoring: the model alone scores

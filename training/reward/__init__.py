@@ -106,7 +106,7 @@ from training.reward.train import _member_examples as _member_examples
 from training.reward.train import _tail_average_callback as _tail_average_callback
 from training.reward.train import _train_member as _train_member
 from training.reward.train import _trainer_class as _trainer_class
-from training.reward.train import train_reward_model
+from training.reward.train import train_group_reward_models, train_reward_model
 
 # In training.losses, which imports torch: looked up there when first asked for (see __getattr__).
 _FROM_LOSSES = ("heads_preference_loss", "preference_loss")
@@ -141,6 +141,7 @@ __all__ = [
     "preference_loss",
     "preference_probabilities",
     "spread_heads",
+    "train_group_reward_models",
     "train_reward_model",
 ]
 

@@ -152,6 +152,21 @@ class RewardConfig:
             "up to 1.7 accuracy points). Ties and ranked lists are unchanged."
         },
     )
+    length_robust: bool = field(
+        default=False,
+        metadata={
+            "help": "Learn people, not length: while training, each score is the model's plus w·log(1 + words of "
+            "the answer), where w, a length expert, is fitted on the pairs first and then held fixed "
+            "(product-of-experts debiasing, Clark et al. 2019; ODIN's length head, Chen et al. 2024), so the "
+            "preference that length alone explains is not learned again; w is dropped when scoring. A penalty "
+            "on the squared correlation of the model's own scores with that length in each batch (ODIN) keeps "
+            "length out of them too."
+        },
+    )
+    length_decorrelation: float = field(
+        default=1.0,
+        metadata={"help": "With length_robust: the weight of the squared score-length correlation penalty (>= 0)."},
+    )
     calibrate: bool = field(
         default=False,
         metadata={
@@ -240,6 +255,15 @@ class RewardConfig:
             isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 0.5
         ):
             raise ValueError(f"label_smoothing={self.label_smoothing!r} must be a number in [0, 0.5)")
+        if not isinstance(self.length_robust, bool):
+            raise ValueError(f"length_robust={self.length_robust!r} must be True or False")
+        if not (
+            isinstance(self.length_decorrelation, (int, float))
+            and not isinstance(self.length_decorrelation, bool)
+            and math.isfinite(self.length_decorrelation)
+            and self.length_decorrelation >= 0
+        ):
+            raise ValueError(f"length_decorrelation={self.length_decorrelation!r} must be a finite number >= 0")
         if not isinstance(self.calibrate, bool):
             raise ValueError(f"calibrate={self.calibrate!r} must be True or False")
         if isinstance(self.ensemble_size, bool) or not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from training.reward.inputs import _ListCollator, _row_targets
+from training.reward.inputs import _ListCollator, _row_targets, answer_lengths
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -78,6 +78,7 @@ def fit_head_by_probe(
     label_smoothing: float = 0.0,
     batch_size: int = 16,
     seed: int = 0,
+    length_robust: bool = False,
 ) -> dict[str, float]:
     """Fit ``model``'s score head, in place, on its frozen features of ``rows`` (a linear probe).
 
@@ -88,6 +89,9 @@ def fit_head_by_probe(
     fitted output by output: the first on the rows, output k on a bootstrap resample of them drawn
     with ``seed + k``, all from the same forward pass. Returns ``probe_loss_start`` (the loss at
     zero), ``probe_loss`` and ``probe_accuracy`` (on the rows' pairs) of the first output's fit.
+    With ``length_robust`` the probe fits one more weight, on each answer's length feature
+    (:func:`training.reward.inputs.answer_length`), which the head does not keep: the length expert of
+    ``RewardConfig.length_robust``, returned as ``probe_length_weight``.
     """
     import torch
 
@@ -101,20 +105,42 @@ def fit_head_by_probe(
         if k > 0:
             rng = random.Random(seed + k)
             picks = [rng.randrange(len(rows)) for _ in rows]
+        features = torch.cat([per_row[i] for i in picks])  # (answers, hidden)
+        if length_robust:  # one more column: the length expert's weight is fitted beside the head's
+            features = torch.cat([features, answer_lengths([rows[i] for i in picks])[:, None]], dim=1)
         weight, bias, result = _fit_probe(
-            torch.cat([per_row[i] for i in picks]),
+            features,
             _row_targets([rows[i] for i in picks]),
             l2=l2,
             with_bias=head.bias is not None,
             center_rewards_coefficient=center_rewards_coefficient,
             label_smoothing=label_smoothing,
         )
+        if length_robust:
+            result["probe_length_weight"] = float(weight[-1])
+            weight = weight[:-1]
         with torch.no_grad():
             head.weight[k].copy_(weight.to(head.weight.dtype))
             if head.bias is not None:
                 head.bias[k] = float(bias)
         results.append(result)
     return results[0]  # head 0's fit, on the rows themselves
+
+
+def fit_length_expert(rows: list[dict[str, Any]], *, label_smoothing: float = 0.0) -> float:
+    """The length expert of ``RewardConfig.length_robust``: the one weight w for which scores ``w · length``
+    (:func:`training.reward.inputs.answer_length`) best explain the rows' preferences, by the same loss —
+    how much of them length alone explains. Fitted before training and then held fixed, as the bias-only
+    model of product-of-experts debiasing is (Clark et al. 2019), so the reward model learns what is left."""
+    weight, _, _ = _fit_probe(
+        answer_lengths(rows)[:, None],  # (answers, 1)
+        _row_targets(rows),
+        l2=0.0,
+        with_bias=False,
+        center_rewards_coefficient=None,
+        label_smoothing=label_smoothing,
+    )
+    return float(weight[0])
 
 
 def _fit_probe(

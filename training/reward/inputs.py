@@ -5,6 +5,7 @@ for each tokenizer, tokenisation with truncation (the context cut from the left,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,11 +176,25 @@ def _rows(
             "tie": tie,
             "weight": float(example.weight),
             "length": sum(len(i) for i in ids),  # for group_by_length
+            "answer_lengths": [answer_length(text) for text in texts],  # for RewardConfig.length_robust
         }
         if layout.type_ids is not None:
             row["completion_type_ids"] = types
         rows.append(row)
     return rows, n_truncated
+
+
+def answer_length(text: str) -> float:
+    """The length feature the length expert sees: log(1 + the answer's words), a scale on which one more
+    sentence matters less in a long answer than in a short one."""
+    return math.log1p(len(text.split()))
+
+
+def answer_lengths(rows: list[dict[str, Any]]) -> Tensor:
+    """``(answers,)`` the length feature of every answer of ``rows``, in the order they are scored."""
+    import torch
+
+    return torch.tensor([x for row in rows for x in row["answer_lengths"]], dtype=torch.float)
 
 
 def _row_targets(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -226,6 +241,8 @@ class _ListCollator:
             input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[i, : len(ids)] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **_row_targets(rows)}
+        if "answer_lengths" in rows[0]:
+            batch["answer_length"] = answer_lengths(rows)
         if "completion_type_ids" in rows[0]:
             token_type_ids = torch.zeros((len(sequences), length), dtype=torch.long)
             types = [t for row in rows for t in row["completion_type_ids"]]

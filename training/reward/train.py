@@ -19,7 +19,7 @@ from training.reward.backbone import _load_scoring_model, _resolve_pooling, free
 from training.reward.calibration import _calibrate_members
 from training.reward.config import REWARD_META_FILE, RewardConfig
 from training.reward.examples import Example, PreferenceExample, RankingExample
-from training.reward.heads import _score_head, fit_head_by_probe, spread_heads
+from training.reward.heads import _score_head, fit_head_by_probe, fit_length_expert, spread_heads
 from training.reward.inputs import _layout, _ListCollator, _quiet_transformers, _rows, _tokenizer_with_pad
 from training.reward.metrics import evaluate_pairs
 from training.reward.scoring import RewardEnsemble
@@ -28,7 +28,7 @@ from training.reward.scoring import RewardEnsemble
 def _trainer_class():  # -> type[RewardTrainer]
     from trl import RewardTrainer
 
-    from training.losses import heads_preference_loss
+    from training.losses import heads_preference_loss, score_length_correlation
 
     class PrefloopRewardTrainer(RewardTrainer):
         """TRL's RewardTrainer on rows already tokenised and truncated by :mod:`training.reward`.
@@ -41,6 +41,7 @@ def _trainer_class():  # -> type[RewardTrainer]
 
         center_coefficient: float | None = None
         label_smoothing: float = 0.0
+        length_decorrelation: float = 0.0
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "completion_ids" not in dataset.column_names:
@@ -57,14 +58,21 @@ def _trainer_class():  # -> type[RewardTrainer]
                     "tie",
                     "weight",
                     "length",
+                    "answer_lengths",
                 ]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             outputs = model(**_ListCollator.model_inputs(inputs))
             scores = outputs.logits.squeeze(-1).float()  # (answers,), or (answers, heads) for several heads
+            trained = scores  # what the preference loss sees: with a length expert, plus w·length
+            length_weight = getattr(self.accelerator.unwrap_model(model), LENGTH_WEIGHT, None)
+            if length_weight is not None:
+                length = inputs["answer_length"].to(scores.device)  # (answers,)
+                shift = length_weight.float() * length  # (answers,)
+                trained = scores + (shift[:, None] if scores.dim() == 2 else shift)
             loss, diagnostics = heads_preference_loss(
-                scores,
+                trained,
                 inputs["index"],
                 inputs["ranks"],
                 inputs["margin"],
@@ -73,6 +81,15 @@ def _trainer_class():  # -> type[RewardTrainer]
                 self.label_smoothing,
                 inputs.get("weight"),
             )
+            if length_weight is not None:
+                quality = scores if scores.dim() == 1 else scores.mean(dim=1)  # (answers,)
+                correlation = score_length_correlation(quality, length)
+                loss = loss + self.length_decorrelation * correlation**2
+                diagnostics = {
+                    **diagnostics,
+                    "length/weight": float(length_weight),
+                    "length/correlation": float(correlation.detach()),
+                }
             if mode == "train":
                 self._total_train_tokens += int(inputs["attention_mask"].sum())
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
@@ -81,6 +98,9 @@ def _trainer_class():  # -> type[RewardTrainer]
             return (loss, outputs) if return_outputs else loss
 
     return PrefloopRewardTrainer
+
+
+LENGTH_WEIGHT = "prefloop_length_weight"  # the length expert's weight, on the model while it trains only
 
 
 def _tail_average_callback(fraction: float):  # -> TrainerCallback
@@ -165,12 +185,20 @@ def _train_member(
             label_smoothing=config.label_smoothing,
             batch_size=config.scoring_batch_size,
             seed=seed,
+            length_robust=config.length_robust,
         )
         probe["probe_seconds"] = round(time.perf_counter() - started, 3)
         probe["probe_examples"] = len(probe_rows)
         if probe_cache is not None:
             head_state = {name: value.detach().clone() for name, value in _score_head(model).state_dict().items()}
             probe_cache.update(head=head_state, metrics=dict(probe))
+    if config.length_robust:  # the length expert, fitted first (beside the probe's head, if any), then held fixed
+        import torch
+
+        weight = probe.pop("probe_length_weight", None)
+        if weight is None:
+            weight = fit_length_expert(rows, label_smoothing=config.label_smoothing)
+        model.register_buffer(LENGTH_WEIGHT, torch.tensor(float(weight)), persistent=False)
     history: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefloop-reward-") as scratch:
         args = TRLRewardConfig(
@@ -216,6 +244,7 @@ def _train_member(
             model.config.num_labels = heads
         trainer.center_coefficient = config.center_rewards_coefficient
         trainer.label_smoothing = config.label_smoothing
+        trainer.length_decorrelation = config.length_decorrelation
         if config.average_last > 0:
             trainer.add_callback(_tail_average_callback(config.average_last))
         trainer.remove_callback(PrinterCallback)  # with tqdm disabled the Trainer would print every log line
@@ -225,6 +254,10 @@ def _train_member(
     if not history:
         raise RuntimeError("reward-model training logged no step; check max_steps and the data")
     trained = trainer.accelerator.unwrap_model(trainer.model)
+    length_expert: dict[str, float] = {}
+    if hasattr(trained, LENGTH_WEIGHT):  # dropped: the saved model scores people's preference, not length
+        length_expert["length_weight"] = round(float(getattr(trained, LENGTH_WEIGHT)), 4)
+        delattr(trained, LENGTH_WEIGHT)  # a buffer: never in the saved weights
     out.mkdir(parents=True, exist_ok=True)
     trained.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
@@ -246,6 +279,7 @@ def _train_member(
         "trainable_parameters": trainable,
         "heads": heads,
         **probe,
+        **length_expert,
     }
 
 
@@ -339,3 +373,62 @@ def train_reward_model(
         ensemble = RewardEnsemble.load(metrics["member_paths"], batch_size=config.scoring_batch_size)
         metrics["eval"] = evaluate_pairs(ensemble, eval_examples)
     return metrics
+
+
+def train_group_reward_models(
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    config: RewardConfig,
+    groups: Sequence[Sequence[str]],
+    progress: ProgressFn | None = None,
+    *,
+    eval_examples: Sequence[PreferenceExample] | None = None,
+) -> dict[str, Any]:
+    """One reward model per group of annotators (MaxMin-RLHF), saved as ``out_dir/member-<g>``: member g
+    trains on the examples whose ``group`` (their annotator) is in ``groups[g]``, and on those with no
+    annotator (ties), one model each (``config.ensemble_size`` is not used). Loaded with
+    :meth:`RewardEnsemble.load`, the members score as an ensemble whose members are the groups.
+
+    Returns the metrics of :func:`train_reward_model` for the whole (``members``, ``member_paths``,
+    ``eval`` of the members' mean on every ``eval_examples`` pair) and ``groups``: per group, its
+    ``annotators``, ``n_examples`` and its member's accuracy on that group's own held-out pairs
+    (``eval_accuracy``, None without any)."""
+    from dataclasses import replace
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"out_dir {out} is not empty")
+    member_config = replace(config, ensemble_size=1, ensemble_method="seeds")
+    members, per_group = [], []
+    for g, annotators in enumerate(groups):
+        names = set(annotators)
+        mine = [e for e in examples if e.group in names or e.group is None]
+        held = [e for e in eval_examples or [] if e.group in names]
+
+        def member_progress(entry: dict[str, Any], g: int = g) -> None:
+            if progress is not None:
+                progress({**entry, "member": g, "members": len(groups)})
+
+        metrics = train_reward_model(
+            mine, out / f"member-{g}", replace(member_config, calibrate=config.calibrate and bool(held)),
+            member_progress, eval_examples=held or None,
+        )  # fmt: skip
+        members += metrics["members"]
+        per_group.append({
+            "annotators": sorted(names),
+            "n_examples": len(mine),
+            "eval_accuracy": metrics["eval"]["accuracy"] if held else None,
+            "n_eval": len(held),
+        })  # fmt: skip
+    result: dict[str, Any] = {
+        "n_examples": len(examples),
+        "n_pairs": sum(isinstance(e, PreferenceExample) and not e.tie for e in examples),
+        "members": members,
+        "member_paths": [m["path"] for m in members],
+        "train_seconds": round(sum(m["train_seconds"] for m in members), 3),
+        "groups": per_group,
+    }
+    if eval_examples:
+        ensemble = RewardEnsemble.load(result["member_paths"], batch_size=config.scoring_batch_size)
+        result["eval"] = evaluate_pairs(ensemble, list(eval_examples))
+    return result

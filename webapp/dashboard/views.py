@@ -267,6 +267,7 @@ RECIPE_FIELDS = [
     ("followup_margin", "KTO: follow-up score margin (0: off)", "number", "any"),
     ("online_prompts", "Online DPO: prompts answered twice per run", "number", "1"),
     ("online_human_share", "Online DPO: share of people's pairs", "number", "any"),
+    ("reward_groups", "Reward runs: groups of annotators to look for (0: one population)", "number", "1"),
     ("auto_train_every", "Train after this many new labels (0: by hand)", "number", "1"),
     ("trust_floor", "Trust floor", "number", "any"),
     ("held_out_share", "Held-out share", "number", "any"),
@@ -274,6 +275,8 @@ RECIPE_FIELDS = [
     ("min_heldout_accuracy", "Gate: least held-out accuracy", "number", "any"),
     ("min_win_rate", "Gate: least win rate", "number", "any"),
     ("max_kl", "Gate: most KL (nats)", "number", "any"),
+    ("gate_confidence", "Gate: confidence of its tests", "number", "any"),
+    ("gate_margin", "Gate: a worse candidate it must catch, by this much", "number", "any"),
     ("gate_prompts", "Gate: held-out prompts", "number", "1"),
     ("arena_prompts", "Gate: arena prompts people compare (0: no arena)", "number", "1"),
 ]
@@ -286,7 +289,17 @@ def quality(request: AuthedHttpRequest) -> HttpResponse:
     projects = Project.objects.all()
     selected = projects.filter(pk=request.GET.get("project") or 0).first() or projects.first()
     report = project_quality(project=selected) if selected else None
-    return render(request, "dashboard/quality.html", {"projects": projects, "selected": selected, "report": report})
+    context: dict[str, Any] = {"projects": projects, "selected": selected, "report": report}
+    if selected is not None:  # groups of annotators, as the project's newest reward model found them
+        reward_model = reward_model_list().filter(project=selected).first()
+        context["reward_model"] = reward_model
+        context["groups"] = (reward_model.metrics or {}).get("groups") if reward_model else None
+        context["group_versions"] = [
+            v
+            for v in ModelVersion.objects.filter(project=selected).order_by("-number")[:20]
+            if (v.gate or {}).get("groups")
+        ]
+    return render(request, "dashboard/quality.html", context)
 
 
 @require_GET

@@ -24,7 +24,7 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     data_hash = models.CharField(max_length=64, blank=True)
     # The evaluation gate: each check's figure, the threshold it was held to, and the verdict
-    # ({"verdict": "passed" | "rejected" | "waiting", "against": "v3", "checks": [...], "reason": ...}).
+    # ({"verdict": "passed" | "rejected" | "waiting" | "unchecked", "against": "v3", "checks": [...], "reason": ...}).
     gate = models.JSONField(default=dict, blank=True)
     # The ids of the labels that trained this version (a snapshot: "which labels made v7").
     label_ids = models.JSONField(default=list, blank=True)

@@ -38,6 +38,11 @@ LABEL_MODES = ("raw", "weighted", "aggregated")
 # the labels the starting version's lineage has not trained on, or every label
 LABEL_SCOPES = ("new", "all")
 GATE_CHECKS = ("heldout_accuracy", "win_rate", "kl")
+# non_inferiority: reject on evidence of worse, pass on enough evidence of not worse (webapp.runs.gate);
+# threshold: each figure against its threshold, point for point
+GATE_RULES = ("non_inferiority", "threshold")
+# what a candidate no check could judge does: serve (shown as unchecked), wait for a person, or go to the arena
+GATE_UNCHECKED = ("serve", "wait", "arena")
 
 
 class RecipeError(ValueError):
@@ -87,6 +92,15 @@ class Recipe:
             "the reward ensemble (0: the ensemble's only; 1: people's only)."
         },
     )
+    reward_groups: int = field(
+        default=0,
+        metadata={
+            "help": "Reward runs: look for up to this many groups of annotators who prefer differently (a mixture "
+            "of Bradley-Terry models fitted by EM, the number chosen on held-out labels) and train one reward "
+            "member per group; GRPO's wco score over them is then the maxmin objective (MaxMin-RLHF). 0 or 1: "
+            "one population."
+        },
+    )
     auto_train_every: int = field(
         default=16, metadata={"help": "Queue a policy run after this many new labels of the project; 0: by hand."}
     )
@@ -98,7 +112,7 @@ class Recipe:
         },
     )
     label_scope: str = field(
-        default="new",
+        default="all",
         metadata={
             "help": "new: train on the labels the starting version and its ancestors have not trained on (each "
             "label trains the lineage once); all: every label, every run."
@@ -125,6 +139,32 @@ class Recipe:
         default=10, metadata={"help": "Held-out pairs needed before the accuracy check runs."}
     )
     gate_prompts: int = field(default=16, metadata={"help": "Held-out prompts answered for the win rate and KL."})
+    gate_rule: str = field(
+        default="non_inferiority",
+        metadata={
+            "help": "non_inferiority: a candidate is rejected when the evidence says it is worse than the serving "
+            "version at gate_confidence, and a check passes only with enough data to catch one worse by gate_margin; "
+            "threshold: each figure against its threshold, point for point."
+        },
+    )
+    gate_confidence: float = field(
+        default=0.95, metadata={"help": "Non-inferiority: the confidence of the one-sided tests (0.5 to 1)."}
+    )
+    gate_margin: float = field(
+        default=0.15,
+        metadata={
+            "help": "Non-inferiority: how much worse (in accuracy or win rate) a candidate must be for a passing "
+            "check to have caught it 80% of the time."
+        },
+    )
+    gate_unchecked: str = field(
+        default="serve",
+        metadata={
+            "help": "A candidate no check could judge (too few held-out labels, no reward model): serve it, shown "
+            "as unchecked; wait (it stays a candidate for a person to promote); or arena (people compare it blind "
+            "on arena_prompts prompts, 16 if 0)."
+        },
+    )
     arena_prompts: int = field(
         default=0,
         metadata={
@@ -222,6 +262,7 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(r.followup_margin >= 0, "followup_margin", "must be >= 0 (0: follow-ups do not train)")
     need(1 <= r.online_prompts <= 10_000, "online_prompts", "must be from 1 to 10000")
     need(0 <= r.online_human_share <= 1, "online_human_share", "must be from 0 to 1")
+    need(0 <= r.reward_groups <= 8, "reward_groups", "must be from 0 (one population) to 8")
     need(0 <= r.auto_train_every <= 1_000_000, "auto_train_every", "must be >= 0 (0: only by hand)")
     need(r.labels in LABEL_MODES, "labels", f"must be one of {', '.join(LABEL_MODES)}")
     need(
@@ -239,6 +280,10 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(not bad, "required_checks", f"unknown check {', '.join(bad)}: use {', '.join(GATE_CHECKS)}")
     need(1 <= r.min_heldout_pairs <= 10_000, "min_heldout_pairs", "must be from 1 to 10000")
     need(1 <= r.gate_prompts <= 1_000, "gate_prompts", "must be from 1 to 1000")
+    need(r.gate_rule in GATE_RULES, "gate_rule", f"must be one of {', '.join(GATE_RULES)}")
+    need(0.5 < r.gate_confidence < 1, "gate_confidence", "must be between 0.5 and 1 (for example 0.95)")
+    need(0 < r.gate_margin < 0.5, "gate_margin", "must be between 0 and 0.5 (for example 0.15)")
+    need(r.gate_unchecked in GATE_UNCHECKED, "gate_unchecked", f"must be one of {', '.join(GATE_UNCHECKED)}")
     need(0 <= r.arena_prompts <= 1_000, "arena_prompts", "must be from 0 (no arena gate) to 1000")
     return errors
 
@@ -257,4 +302,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "thumbs": {"method": "kto"},
     "reward-model": {"method": "grpo", "grpo_score": "uwo", "grpo_lambda": 1.0, "required_checks": ["win_rate"]},
     "online": {"method": "online_dpo", "online_prompts": 32, "online_human_share": 0.5},
+    # MaxMin-RLHF: one reward member per group of annotators; GRPO raises the worst-off group's reward
+    "maxmin": {"method": "grpo", "grpo_score": "wco", "reward_groups": 3, "required_checks": ["win_rate"]},
 }

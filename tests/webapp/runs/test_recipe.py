@@ -52,9 +52,22 @@ def test_every_preset_is_a_valid_recipe(name: str):
     assert Recipe.from_dict(PRESETS[name]).method == PRESETS[name]["method"]
 
 
-def test_the_gate_rejects_on_any_failed_check_and_names_it():
+def _accuracy(wins: int, losses: int, ties: int = 0) -> dict:
+    n = wins + losses + ties
+    return {"value": (wins + 0.5 * ties) / n, "n": n, "wins": wins, "losses": losses, "ties": ties}
+
+
+def _win_rate(wins: int, losses: int, undecided: int = 0) -> dict:
+    n = wins + losses + undecided
+    return {"value": (wins + 0.5 * undecided) / n, "n": n, "wins": wins, "losses": losses, "undecided": undecided}
+
+
+KL = {"value": 0.3, "n": 32, "sd": 0.2}
+
+
+def test_the_point_rule_rejects_on_any_failed_check_and_names_it():
     figures = {"heldout_accuracy": {"value": 0.2, "n": 10}, "kl": {"value": 0.3, "n": 8}}
-    gate = gate_judge(figures, Recipe(), against="v1", skipped={"win_rate": "no reward model"})
+    gate = gate_judge(figures, Recipe(gate_rule="threshold"), against="v1", skipped={"win_rate": "no reward model"})
     assert gate["verdict"] == "rejected" and gate["against"] == "v1"
     assert gate["reason"] == "held-out preference accuracy 0.200 < 0.5"
     by_name = {c["name"]: c for c in gate["checks"]}
@@ -62,11 +75,72 @@ def test_the_gate_rejects_on_any_failed_check_and_names_it():
     assert by_name["win_rate"]["skipped"] == "no reward model"
 
 
-def test_the_gate_passes_with_the_checks_it_could_run_unless_one_is_required():
+def test_the_point_rule_passes_with_the_checks_it_could_run_unless_one_is_required():
     figures = {"heldout_accuracy": {"value": 0.8, "n": 10}, "kl": {"value": 9.0, "n": 8}}
-    recipe = Recipe(max_kl=10.0)
+    recipe = Recipe(max_kl=10.0, gate_rule="threshold")
     assert gate_judge(figures, recipe, against="v1", skipped={"win_rate": "none"})["verdict"] == "passed"
-    waiting = gate_judge(figures, Recipe(max_kl=10.0, required_checks=("win_rate",)), against="v1", skipped={})
+    required = Recipe(max_kl=10.0, required_checks=("win_rate",), gate_rule="threshold")
+    waiting = gate_judge(figures, required, against="v1", skipped={})
     assert waiting["verdict"] == "waiting" and "reward-model win rate not checked" in waiting["reason"]
-    too_far = gate_judge(figures, Recipe(max_kl=5.0), against="v1", skipped={})
+    too_far = gate_judge(figures, Recipe(max_kl=5.0, gate_rule="threshold"), against="v1", skipped={})
     assert too_far["verdict"] == "rejected" and too_far["reason"] == "KL 9.000 > 5"
+
+
+@pytest.mark.parametrize(
+    ("wins", "losses", "verdict", "passed"),
+    [
+        pytest.param(50, 50, "passed", True, id="equal-on-100-pairs-is-not-worse"),
+        pytest.param(9, 1, "passed", True, id="better-on-10-pairs"),
+        pytest.param(1, 9, "rejected", False, id="worse-on-10-pairs"),
+        pytest.param(34, 66, "rejected", False, id="worse-on-100-pairs"),
+        pytest.param(4, 6, "unchecked", None, id="a-dip-on-10-pairs-is-not-evidence"),
+    ],
+)
+def test_non_inferiority_rejects_on_evidence_of_worse_not_on_a_dip(wins, losses, verdict, passed):
+    gate = gate_judge({"heldout_accuracy": _accuracy(wins, losses), "kl": KL}, Recipe(), against="v1", skipped={})
+    check = next(c for c in gate["checks"] if c["name"] == "heldout_accuracy")
+    assert (gate["verdict"], check["passed"]) == (verdict, passed), gate["reason"]
+    low, high = check["interval"]
+    assert low <= wins / (wins + losses) <= high and check["n"] == wins + losses
+    assert "interval" in check["summary"] and f"on {wins + losses} pairs" in check["summary"]
+
+
+def test_a_dip_under_half_that_the_point_rule_rejects_is_unchecked_under_non_inferiority():
+    figures = {"heldout_accuracy": _accuracy(3, 7), "kl": KL}  # the case: 0.30 on ten noisy pairs
+    assert gate_judge(figures, Recipe(gate_rule="threshold"), against="v1", skipped={})["verdict"] == "rejected"
+    gate = gate_judge(figures, Recipe(), against="v1", skipped={})
+    assert gate["verdict"] == "unchecked" and gate["unchecked"] == "serve"
+    assert "too few to tell a candidate worse by 0.15" in gate["reason"]
+
+
+def test_a_candidate_no_check_could_judge_is_unchecked_never_passed():
+    skipped = {"heldout_accuracy": "3 held-out pairs, fewer than 10", "win_rate": "no reward model"}
+    gate = gate_judge({"kl": KL}, Recipe(), against="v1", skipped=skipped)  # the KL check alone passed
+    assert gate["verdict"] == "unchecked" and gate["reason"].startswith("no check could judge its quality")
+    for rule in ("threshold", "non_inferiority"):
+        nothing = gate_judge({}, Recipe(gate_rule=rule), against="v1", skipped=skipped)
+        assert nothing["verdict"] == "unchecked"
+    waits = gate_judge({"kl": KL}, Recipe(gate_unchecked="wait"), against="v1", skipped=skipped)
+    assert waits["unchecked"] == "wait"
+
+
+def test_ties_and_undecided_prompts_carry_no_evidence():
+    equal = gate_judge({"heldout_accuracy": _accuracy(0, 0, ties=40)}, Recipe(), against="v1", skipped={})
+    assert equal["verdict"] == "unchecked"  # an identical candidate: 40 ties are no evidence either way
+    rm = {"win_rate": _win_rate(26, 4, undecided=30), "kl": KL}
+    gate = gate_judge(rm, Recipe(), against="v1", skipped={})
+    check = next(c for c in gate["checks"] if c["name"] == "win_rate")
+    assert gate["verdict"] == "passed" and check["evidence"]["n_decided"] == 30 and check["evidence"]["ties"] == 30
+
+
+def test_the_kl_check_fails_only_when_its_interval_lies_beyond_the_bound():
+    near = gate_judge({"kl": {"value": 5.5, "n": 8, "sd": 3.0}}, Recipe(max_kl=5.0), against="v1", skipped={})
+    assert near["verdict"] == "unchecked"  # 5.5 ± 1.7: not shown to be beyond 5
+    far = gate_judge({"kl": {"value": 9.0, "n": 32, "sd": 1.0}}, Recipe(max_kl=5.0), against="v1", skipped={})
+    assert far["verdict"] == "rejected" and "beyond 5" in far["reason"]
+
+
+def test_gate_settings_are_checked():
+    with pytest.raises(RecipeError) as caught:
+        Recipe.from_dict({"gate_rule": "vibes", "gate_confidence": 1.5, "gate_margin": 0, "gate_unchecked": "x"})
+    assert set(caught.value.errors) == {"gate_rule", "gate_confidence", "gate_margin", "gate_unchecked"}
