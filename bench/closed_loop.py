@@ -99,6 +99,7 @@ def gold_concise(text: str) -> float:
 
 
 GOLDS = {"nature": gold, "concise": gold_concise}
+POPULATIONS = (("nature", 7), ("concise", 3))  # the majority first
 
 
 def choose(gold_a: float, gold_b: float, rng: random.Random, *, temperature: float, flip: float) -> str:
@@ -155,6 +156,8 @@ class Arm:
     env: dict[str, str] = field(default_factory=dict)
     reward_model: bool = False  # a reward run before each policy run
     offline: bool = False  # every label first, one policy run at the end
+    # annotators of several populations, each judging by its own gold: ((gold name, annotators), ...)
+    populations: tuple[tuple[str, int], ...] = ()
 
 
 def arms(
@@ -175,6 +178,9 @@ def arms(
     online_project = {"queue_order": "uncertainty", "regenerate_share": 1.0}
     reward = {"REWARD_BACKBONE": reward_backbone, "REWARD_MAX_STEPS": str(reward_steps)}
     ensemble = {**reward, "REWARD_ENSEMBLE_SIZE": "3"}
+    grpo_env = {**reward, "REWARD_ENSEMBLE_SIZE": "1", "GRPO_PROMPTS": "16", "GRPO_MAX_STEPS": str(max(2, every // 2))}
+    two_tastes = {**base, **no_gate, "method": "grpo", "grpo_score": "wco", "learning_rate": 10 * learning_rate,
+                  "label_scope": "all"}  # fmt: skip
     return {
         "online": Arm("online", {**online, **gate}, online_project, ensemble, reward_model=True),
         "online_random": Arm(
@@ -193,6 +199,24 @@ def arms(
             reward_model=True,
         ),
         "plain": Arm("plain", {**base, **no_gate}, {"queue_order": "fifo", "regenerate_share": 0.0}),
+        # two populations (7 annotators judge by the nature gold, 3 by the concise one): GRPO on one reward
+        # model of every label, against GRPO on the worst-off group's reward (one member per group found)
+        "single_rm": Arm(
+            "single_rm",
+            two_tastes,
+            {"queue_order": "fifo", "regenerate_share": 1.0},
+            grpo_env,
+            reward_model=True,
+            populations=POPULATIONS,
+        ),
+        "maxmin": Arm(
+            "maxmin",
+            {**two_tastes, "reward_groups": 2},
+            {"queue_order": "fifo", "regenerate_share": 1.0},
+            grpo_env,
+            reward_model=True,
+            populations=POPULATIONS,
+        ),
         # the project's defaults, as a new user gets them: no recipe, no project setting, no reward model
         "defaults": Arm("defaults", {}, {}),
         # the same with the label scope the defaults had before (each label trains the lineage once)
@@ -249,6 +273,16 @@ class System:
         except BaseException:
             self.stop()
             raise
+
+    def add_annotators(self, names: list[str]) -> dict[str, dict[str, str]]:
+        """Annotator accounts made on the system's database (set-up only: the judging goes through the API),
+        and each one's token headers."""
+        code = "from webapp.accounts.models import User\nfrom webapp.accounts.services import user_ensure\n" + "".join(
+            f"user_ensure(username={n!r}, password='prefloop-annotator', role=User.Role.ANNOTATOR)\n" for n in names
+        )
+        subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env, check=True,
+                       capture_output=True)  # fmt: skip
+        return {n: self._token(n, "prefloop-annotator") for n in names}
 
     def _token(self, username: str, password: str) -> dict[str, str]:
         if self.process is not None and self.process.poll() is not None:
@@ -310,6 +344,7 @@ class Evaluator:
 
     def __init__(self, prompts: list[str], *, samples: int, max_tokens: int, seed: int, gold: Any = gold) -> None:
         self.prompts, self.samples, self.max_tokens, self.seed, self.gold = prompts, samples, max_tokens, seed, gold
+        self.populations: dict[str, Any] = {}  # other golds measured beside `gold` (an arm with populations)
         self._ensemble: tuple[str, Any] | None = None
 
     def __call__(self, system: System, previous: list[str] | None = None) -> dict[str, Any]:
@@ -330,6 +365,7 @@ class Evaluator:
             answers += texts
         golds = [self.gold(a) for a in answers]
         found: dict[str, Any] = {
+            "golds": {name: statistics.fmean(fn(a) for a in answers) for name, fn in self.populations.items()},
             "gold": statistics.fmean(golds),
             "proxy": None,
             "proxy_gain": None,
@@ -375,8 +411,17 @@ def run_arm(
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     try:
+        # who judges: the one demo annotator by the bench's gold, or each population's annotators by theirs
+        judges: list[tuple[dict[str, str], Any]] = [(system.annotator, evaluate.gold)]
+        members = ["annotator"]
+        evaluate.populations = {name: GOLDS[name] for name, _ in arm.populations}
+        if arm.populations:
+            members = [f"{name}{i}" for name, n in arm.populations for i in range(n)]
+            tokens = system.add_annotators(members)
+            judges = [(tokens[f"{name}{i}"], GOLDS[name]) for name, n in arm.populations for i in range(n)]
+            random.Random(seed + 7).shuffle(judges)  # a fixed, mixed order of turns
         project = system.call("POST", "/projects/", json={"name": f"Closed loop {arm.name}", "feedback_types":
-                              ["pairwise"], "members": ["annotator"]}, expect=201)["id"]  # fmt: skip
+                              ["pairwise"], "members": members}, expect=201)["id"]  # fmt: skip
         system.call("PATCH", f"/projects/{project}/", json={**arm.project, "answers_per_prompt": 2,
                     "max_tokens": max_tokens})  # fmt: skip
         if arm.recipe:
@@ -384,10 +429,11 @@ def run_arm(
         system.call("POST", "/prompts/", json=[{"text": p, "project": project} for p in train], expect=201)
         wait_until("the first version's answers", lambda: _generation_idle(system), timeout=1800, every=1.0)
 
-        def record(labels: int, verdict: str, reason: str = "") -> None:
+        def record(labels: int, verdict: str, reason: str = "", groups: dict[str, Any] | None = None) -> None:
             found = evaluate(system, rows[-1]["answers"] if rows else None)
             version = _serving(system)["number"]
             rows.append({"arm": arm.name, "seed": seed, "labels": labels, "version": version, "gold": found["gold"],
+                         "golds": found["golds"], "groups": groups and [g["annotators"] for g in groups["groups"]],
                          "proxy": found["proxy"], "proxy_gain": found["proxy_gain"], "agreement": found["agreement"],
                          "verdict": verdict, "reason": reason, "example": found["answers"][0],
                          "answers": found["answers"]})  # fmt: skip
@@ -397,35 +443,41 @@ def run_arm(
             agreement = f"{found['agreement']:.2f}" if found["agreement"] is not None else " -  "
             print(f"  {arm.name:13s} seed {seed} labels {labels:4d} v{version:<3d} gold {found['gold']:+.3f} "
                   f"proxy {proxy} (agrees with gold {agreement}) {verdict:9s} e.g. {found['answers'][0]!r}"
+                  + "".join(f"\n    {name} gold {value:+.3f}" for name, value in found["golds"].items())
+                  + (f"\n    groups found: {rows[-1]['groups']}" if groups else "")
                   + (f"\n    gate: {reason}" if verdict == "rejected" else ""), flush=True)  # fmt: skip
 
         record(0, "start")
         labels = 0
         while labels < budget:
             for _ in range(every):
-                served = system.api.post(f"/projects/{project}/next/", headers=system.annotator)
+                headers, judge = judges[labels % len(judges)]
+                served = system.api.post(f"/projects/{project}/next/", headers=headers)
                 if served.status_code == 204:  # every open item judged: wait for fresh answers
                     wait_until("open items", lambda: _generation_idle(system), timeout=600, every=0.5)
-                    served = system.api.post(f"/projects/{project}/next/", headers=system.annotator)
+                    served = system.api.post(f"/projects/{project}/next/", headers=headers)
                 if served.status_code != 200:
                     raise SystemExit(f"no item to judge after {labels} labels: {served.status_code} {served.text}")
                 assignment = served.json()
                 a, b = (c["text"] for c in assignment["task"]["candidates"][:2])
-                choice = choose(evaluate.gold(a), evaluate.gold(b), rng, temperature=temperature, flip=flip)
-                system.call("POST", f"/assignments/{assignment['id']}/submit/", json={"choice": choice},
-                            expect=201, as_admin=False)  # fmt: skip
+                choice = choose(judge(a), judge(b), rng, temperature=temperature, flip=flip)
+                submitted = system.api.post(f"/assignments/{assignment['id']}/submit/", json={"choice": choice},
+                                            headers=headers)  # fmt: skip
+                if submitted.status_code != 201:
+                    raise SystemExit(f"submit: {submitted.status_code} {submitted.text[:500]}")
                 labels += 1
             if arm.offline and labels < budget:
                 continue
+            groups = None
             if arm.reward_model:
-                _run(system, project, "reward")
+                groups = _run(system, project, "reward")["metrics"].get("groups")
             run = _run(system, project, "policy")
             gate = run["metrics"].get("gate", {})
             verdict = gate.get("verdict", "?")
             served = run["result_version"] is not None and _serving(system)["number"] == run["result_version"]
             if served and _refreshes(system, project):  # on-policy answers before judging on
                 wait_until("the new version's answers", lambda: _generation_idle(system), timeout=1200, every=0.5)
-            record(labels, verdict, gate.get("reason", ""))
+            record(labels, verdict, gate.get("reason", ""), groups)
     finally:
         system.stop()
     return rows
@@ -648,6 +700,14 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     if not args.rows:
         print(f"({time.monotonic() - started:.0f} s in all)")
+    for arm in dict.fromkeys(r["arm"] for r in rows):  # an arm with populations: each population's own gain
+        names = list(next(r for r in rows if r["arm"] == arm).get("golds") or {})
+        for name in names:
+            gains = []
+            for seed in sorted({r["seed"] for r in rows if r["arm"] == arm}):
+                curve = [r["golds"][name] for r in rows if r["arm"] == arm and r["seed"] == seed]
+                gains.append(curve[-1] - curve[0])
+            print(f"{arm}: the {name} population's gold gain {_spread(gains)}")
     if "online" in result and "offline" in result:
         a, b = statistics.fmean(result["online"]["gains"]), statistics.fmean(result["offline"]["gains"])
         ratio = f"{a / b:.2f}x" if b > 0 else "n/a (offline gained nothing)"
