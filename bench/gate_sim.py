@@ -71,7 +71,7 @@ def monte_carlo(n: int, clean: float, noise: float, rule, reps: int, rng: random
     return {k: v / reps for k, v in counts.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,30,100", help="held-out pairs")
     parser.add_argument("--noise", type=float, default=0.25, help="share of labels flipped")
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=0.95, help="the recipe's gate_confidence")
     parser.add_argument("--reps", type=int, default=4000, help="Monte Carlo repetitions per cell (0: none)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     clean_gap = args.margin / (1 - 2 * args.noise)  # the clean-accuracy gap the margin stands for
     candidates = {

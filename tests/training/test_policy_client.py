@@ -86,7 +86,7 @@ def nul_server() -> Iterator[str]:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:  # http.server calls it by this name
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if body.get("stream"):
                 chunks = [{"choices": [{"index": 0, "delta": {"content": piece}}]} for piece in ("a\x00", "b")]
