@@ -519,6 +519,42 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def budget_gains(runs: list[list[dict[str, Any]]], budgets: list[int]) -> dict[str, dict[int, dict[int, float]]]:
+    """Each arm's gold gain at each budget, per seed: from `runs` (the rows of one run each, as one
+    --json file holds them), the gold after n labels minus the same run's gold at the start. An offline
+    run gives its own budget only; an online run every budget its curve passes."""
+    out: dict[str, dict[int, dict[int, float]]] = {}
+    for rows in runs:
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            for seed in dict.fromkeys(r["seed"] for r in rows if r["arm"] == arm):
+                curve = {r["labels"]: r["gold"] for r in rows if r["arm"] == arm and r["seed"] == seed}
+                for n in budgets:
+                    if n in curve and 0 in curve:
+                        out.setdefault(arm, {}).setdefault(n, {})[seed] = curve[n] - curve[0]
+    return out
+
+
+def compare(online: dict[int, float], offline: dict[int, float], factor: float = 3.0) -> str:
+    """Online against offline on the seeds both ran: the means, their ratio, and the paired differences
+    online - offline and online - factor x offline with their standard errors."""
+    seeds = sorted(set(online) & set(offline))
+    if len(seeds) < 2:
+        return "fewer than 2 seeds in common"
+    a, b = [online[s] for s in seeds], [offline[s] for s in seeds]
+
+    def paired(diffs: list[float]) -> str:
+        mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+        return f"{mean:+.3f} ± {se:.3f} ({mean / se:+.1f} SE)" if se > 0 else f"{mean:+.3f}"
+
+    ratio = f"{statistics.fmean(a) / statistics.fmean(b):.2f}x" if statistics.fmean(b) > 0 else "n/a"
+    difference = paired([x - y for x, y in zip(a, b, strict=True)])
+    against_factor = paired([x - factor * y for x, y in zip(a, b, strict=True)])
+    return (
+        f"online {_spread(a)}, offline {_spread(b)}, ratio {ratio}; online - offline {difference}; "
+        f"online - {factor:g} x offline {against_factor} (n={len(seeds)} seeds)"
+    )
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     arms_seen = list(dict.fromkeys(r["arm"] for r in rows))
     steps = sorted({r["labels"] for r in rows})
@@ -626,6 +662,11 @@ def main(argv: list[str] | None = None) -> None:
         "--rows", type=Path, nargs="+", help="Run nothing: read the rows of earlier runs' --json files and report them."
     )
     parser.add_argument("--table", type=Path, help="Write the Markdown table here.")
+    parser.add_argument(
+        "--budgets",
+        help="With --rows (one file per run): each arm's gain per seed at these label counts, and the "
+        "defaults (or online) arm against offline at each.",
+    )
     parser.add_argument("--png", type=Path, help="Write the figure here.")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -658,6 +699,18 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
+    if args.rows and args.budgets:
+        budgets = [int(n) for n in args.budgets.split(",")]
+        gains = budget_gains([json.loads(path.read_text()) for path in args.rows], budgets)
+        for arm, by_budget in gains.items():
+            for n, per_seed in sorted(by_budget.items()):
+                seeds_text = ", ".join(f"{s}: {g:+.3f}" for s, g in sorted(per_seed.items()))
+                print(f"{arm} at {n} labels: {_spread(list(per_seed.values()))} (seeds {seeds_text})")
+        lead = "defaults" if "defaults" in gains else "online"
+        for n in budgets:
+            if n in gains.get(lead, {}) and n in gains.get("offline", {}):
+                print(f"{n} labels: {compare(gains[lead][n], gains['offline'][n])}")
+        return
     if args.rows:
         seeds = []
         rows = [row for path in args.rows for row in json.loads(path.read_text())]

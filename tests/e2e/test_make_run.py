@@ -100,6 +100,8 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
             # no held-out label and no reward model: no check could judge it, so it is "unchecked" (never a
             # green "passed"), and the recipe's default for that serves it
             assert versions[2]["gate"]["verdict"] == "unchecked" and versions[2]["status"] == "serving"
+            events = web.get("/api/version-events/", headers=admin).json()["results"]
+            assert events[0]["action"] == "promote" and events[0]["reason"].startswith("served unchecked")
             rollback = web.post(f"/api/versions/{versions[1]['id']}/promote/", json={"reason": "back"}, headers=admin)
             assert rollback.status_code == 200 and rollback.json()["status"] == "serving", rollback.text
             events = web.get("/api/version-events/", headers=admin).json()["results"]
