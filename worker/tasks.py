@@ -434,14 +434,17 @@ def _train_and_serve(*, run_id: int, parent: ModelVersion | None, guard: RunGuar
     store = artifact_store()
     name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
     with store.write_version(name) as folder, tempfile.TemporaryDirectory(prefix="resized-") as scratch:
-        start = version_local_path(parent)
+        origin = parent
+        while recipe.train_from == "first" and origin.parent is not None:  # the lineage's first version
+            origin = origin.parent
+        start = version_local_path(origin)
         if adapter_rank(start) != recipe.lora_rank:  # the recipe's rank: resize the parent's adapter, keeping ΔW
             start = str(resize_adapter(start, Path(scratch) / "adapter", recipe.lora_rank))
         metrics = update.train(start, folder, _progress_reporter(run_id, guard))
         lap("train_s")
         guard.check()  # a cancel during the last step: the folder is removed, nothing is registered
         digest = data_hash(update.records)
-        config = {"kind": run.kind, "method": recipe.method, **asdict(update.config)}
+        config = {"kind": run.kind, "method": recipe.method, "trained_from": origin.name, **asdict(update.config)}
         store.write_meta(
             folder,
             VersionMeta(

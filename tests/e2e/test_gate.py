@@ -212,3 +212,28 @@ def test_a_candidate_no_check_could_judge_is_unchecked_and_waits_if_the_recipe_s
     page = client.get(f"/dashboard/runs/{run.pk}/").content.decode()
     assert 'class="gate-unchecked" id="gate-verdict">unchecked<' in page and 'id="gate-unchecked"' in page
     assert "passed</span>" not in page
+
+
+def test_train_from_first_trains_each_candidate_afresh_from_the_first_version(gate_settings, loop_files):
+    """`train_from: first`: the candidate starts from v1 (its reference too) on every label, while its
+    parent, and what it is gated against, is the version serving."""
+    v1 = serve_version_one(files=loop_files)
+    project = make_project(name="afresh")
+    services.recipe_update(project=project, data={**RECIPE, "label_scope": "all", "held_out_share": 0.0})
+    ann = make_user(username="ann")
+    first = _judge(project, ann, [f"Question number {i}?" for i in range(4)], "a")
+    run = _run("policy", project)
+    tasks.train_policy(run.pk)
+    run.refresh_from_db()
+    v2 = run.result_version
+    assert v2.status == ModelVersion.Status.SERVING and v2.config["trained_from"] == "v1", v2.gate
+    services.recipe_update(project=project, data={"train_from": "first"})
+    more = _judge(project, ann, [f"Query {i}?" for i in range(4)], "a")
+    run = _run("policy", project)
+    tasks.train_policy(run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    v3 = run.result_version
+    assert v3.parent == v2 and v3.config["trained_from"] == "v1" and v3.gate["against"] == "v2"
+    assert sorted(v3.label_ids) == sorted(label.pk for label in [*first, *more])  # every label, afresh
+    assert v1.pk != v3.pk

@@ -38,6 +38,7 @@ LABEL_MODES = ("raw", "weighted", "aggregated")
 # the labels the starting version's lineage has not trained on, or every label
 LABEL_SCOPES = ("new", "all")
 GATE_CHECKS = ("heldout_accuracy", "win_rate", "kl")
+TRAIN_FROM = ("serving", "first")  # where a policy run starts: the serving version, or the lineage's first
 # non_inferiority: reject on evidence of worse, pass on enough evidence of not worse (webapp.runs.gate);
 # threshold: each figure against its threshold, point for point
 GATE_RULES = ("non_inferiority", "threshold")
@@ -116,6 +117,14 @@ class Recipe:
         metadata={
             "help": "new: train on the labels the starting version and its ancestors have not trained on (each "
             "label trains the lineage once); all: every label, every run."
+        },
+    )
+    train_from: str = field(
+        default="serving",
+        metadata={
+            "help": "Where a policy run starts: serving (the version serving now, its reference too) or first (the "
+            "lineage's first version: each candidate is trained afresh on its labels, and serving versions only "
+            "decide which answers people judge)."
         },
     )
     trust_floor: float = field(
@@ -271,6 +280,12 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
         "KTO has no per-label weight here (its loss estimates a KL over each batch): use raw or aggregated",
     )
     need(r.label_scope in LABEL_SCOPES, "label_scope", f"must be one of {', '.join(LABEL_SCOPES)}")
+    need(r.train_from in TRAIN_FROM, "train_from", f"must be one of {', '.join(TRAIN_FROM)}")
+    need(
+        r.train_from != "first" or r.label_scope == "all",
+        "train_from",
+        "first trains each candidate afresh from the first version, so it needs label_scope all",
+    )
     need(0 <= r.trust_floor <= 1, "trust_floor", "must be from 0 to 1")
     need(0 <= r.held_out_share <= 0.5, "held_out_share", "must be from 0 to 0.5")
     need(0 <= r.min_heldout_accuracy <= 1, "min_heldout_accuracy", "must be from 0 to 1")

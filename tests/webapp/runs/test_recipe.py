@@ -144,3 +144,11 @@ def test_gate_settings_are_checked():
     with pytest.raises(RecipeError) as caught:
         Recipe.from_dict({"gate_rule": "vibes", "gate_confidence": 1.5, "gate_margin": 0, "gate_unchecked": "x"})
     assert set(caught.value.errors) == {"gate_rule", "gate_confidence", "gate_margin", "gate_unchecked"}
+
+
+def test_train_from_first_needs_every_label():
+    assert Recipe.from_dict({"train_from": "first"}).train_from == "first"  # label_scope all is the default
+    with pytest.raises(RecipeError, match="needs label_scope all"):
+        Recipe.from_dict({"train_from": "first", "label_scope": "new"})
+    with pytest.raises(RecipeError, match="train_from: must be one of serving, first"):
+        Recipe.from_dict({"train_from": "scratch"})
