@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trl", action="store_true", help="also the fair TRL arm")
+    parser.add_argument("--arms", default="plain,robust,fair_trl", help="arms to run (fair_trl only with --trl)")
     parser.add_argument("--trl-lr", type=float, default=5e-5, help="its rate (chosen on HH dev pairs)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for set_name in args.sets.split(","):
             train = sets[set_name]
             share = sum(len(e.chosen) > len(e.rejected) for e in train) / len(train)
-            for arm in ("plain", "robust", *(("fair_trl",) if args.trl else ())):
+            for arm in [a for a in args.arms.split(",") if a != "fair_trl" or args.trl]:
                 if arm == "fair_trl":
                     chosen, rejected, seconds = fair_trl(train, test, args=args)
                 else:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gap = row["length misleads"]["accuracy"] - row["rule"]["length misleads"]
         print(f"{key}: {100 * gap:+.1f} points over 'longer wins' where length misleads")
     for key, row in results.items():
-        if row["arm"] == "robust":
+        if row["arm"] == "robust" and key.rsplit("/", 1)[0] + "/plain" in results:
             plain = results[key.rsplit("/", 1)[0] + "/plain"]
             delta = row["all"]["accuracy"] - plain["all"]["accuracy"]
             print(f"{key}: robust - plain on the whole test split {100 * delta:+.1f} points")
