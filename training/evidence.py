@@ -71,11 +71,16 @@ def lower_bound(wins: int, n: int, confidence: float) -> float:
 
 
 def worst_wins_rejected(n: int, threshold: float, confidence: float) -> int:
-    """The most wins out of `n` at which the upper bound is still below `threshold` (-1: none)."""
-    k = -1
-    while k + 1 <= n and upper_bound(k + 1, n, confidence) < threshold:
-        k += 1
-    return k
+    """The most wins out of `n` at which the upper bound is still below `threshold` (-1: none). The
+    bound rises with the wins, so a bisection finds it in O(log n) bounds."""
+    lo, hi = -1, n  # upper_bound(lo) < threshold holds (vacuously at -1); find the last such k
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if upper_bound(mid, n, confidence) < threshold:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def power(n: int, *, threshold: float, margin: float, confidence: float) -> float:

@@ -7,7 +7,7 @@ sample was large enough to have caught a candidate worse by the recipe's margin.
 sample was too small says so. The KL check is a trust region: it fails when its lower bound is
 above `max_kl`.
 
-Verdicts: "rejected" (a check failed), "waiting" (a required check could not run), "passed" (a
+Verdicts: "rejected" (a check failed), "waiting" (a required check could not run or decide), "passed" (a
 check of the candidate's quality — held-out accuracy or reward-model win rate — passed), else
 "unchecked": no check could judge the candidate's quality, and the recipe's `gate_unchecked` decides
 whether it serves. An unchecked candidate is never shown as passed.
@@ -61,12 +61,13 @@ def gate_judge(
             entry.update(value=None, passed=None, skipped=why, summary=f"{label} not checked: {why}")
         checks.append(entry)
     failed = [c["summary"] for c in checks if c["passed"] is False]
-    waiting = [c["summary"] for c in checks if c["passed"] is None and c["required"] and "skipped" in c]
+    # a required check that could not run, or ran on too little evidence to decide, holds the candidate
+    waiting = [c["summary"] for c in checks if c["passed"] is None and c["required"]]
     judged = [c for c in checks if c["name"] in QUALITY_CHECKS and c["passed"]]
     if failed:
         verdict, reason = "rejected", "; ".join(failed)
     elif waiting:
-        verdict, reason = "waiting", "a required check could not run: " + "; ".join(waiting)
+        verdict, reason = "waiting", "a required check could not decide: " + "; ".join(waiting)
     elif judged:
         verdict, reason = "passed", "; ".join(c["summary"] for c in checks if c["passed"])
     else:

@@ -82,6 +82,9 @@ def test_the_point_rule_passes_with_the_checks_it_could_run_unless_one_is_requir
     required = Recipe(max_kl=10.0, required_checks=("win_rate",), gate_rule="threshold")
     waiting = gate_judge(figures, required, against="v1", skipped={})
     assert waiting["verdict"] == "waiting" and "reward-model win rate not checked" in waiting["reason"]
+    thin = {"win_rate": _win_rate(5, 4), "kl": KL}  # it ran, on too few prompts to decide
+    held = gate_judge(thin, Recipe(required_checks=("win_rate",)), against="v1", skipped={})
+    assert held["verdict"] == "waiting" and "too few to tell" in held["reason"]
     too_far = gate_judge(figures, Recipe(max_kl=5.0, gate_rule="threshold"), against="v1", skipped={})
     assert too_far["verdict"] == "rejected" and too_far["reason"] == "KL 9.000 > 5"
 
