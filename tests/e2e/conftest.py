@@ -220,6 +220,21 @@ def gate_settings(loop_settings, loop_files, builtin_policy_server):
         yield loop_settings
 
 
+def run_trained(kind, project):
+    """Queue a run of `kind` ("policy" lets the recipe choose) for `project` as the API does, carry it
+    out in this process as its worker task would, and return it once it succeeded."""
+    from webapp.runs import services
+    from webapp.runs.models import TrainingRun
+    from worker import tasks
+
+    run, created = services.run_create(trigger=TrainingRun.Trigger.API, kind=kind, project=project)
+    assert created
+    tasks.train_reward(run.pk) if run.kind == TrainingRun.Kind.REWARD else tasks.train_policy(run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    return run
+
+
 def serve_version_one(*, files: LoopFiles):
     """Register and serve version 1, and make sure the policy server has its adapter loaded."""
     from tests.factories import make_serving_version

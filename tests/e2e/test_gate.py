@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from tests.e2e.conftest import serve_version_one
+from tests.e2e.conftest import run_trained, serve_version_one
 from tests.factories import make_project, make_task, make_user
 from training.adapters import adapter_rank
 from webapp.core import policy
@@ -66,16 +66,10 @@ def test_bad_labels_are_rejected_by_the_gate_and_sound_ones_promoted(gate_settin
     held = [label.pk for label in sound if is_held_out(label.pk, 0.3)]
     assert len(held) == 10
 
-    reward_run = _run(TrainingRun.Kind.REWARD, project)
-    tasks.train_reward(reward_run.pk)
-    reward_run.refresh_from_db()
-    assert reward_run.status == TrainingRun.Status.SUCCEEDED, reward_run.error
+    run_trained(TrainingRun.Kind.REWARD, project)
     assert RewardModel.objects.get().project == project
 
-    first = _run("policy", project)
-    tasks.train_policy(first.pk)
-    first.refresh_from_db()
-    assert first.status == TrainingRun.Status.SUCCEEDED, first.error
+    first = run_trained("policy", project)
     v2 = first.result_version
     assert v2.status == ModelVersion.Status.SERVING and v2.gate["verdict"] == "passed", v2.gate
     checks = {c["name"]: c for c in v2.gate["checks"]}
@@ -87,10 +81,7 @@ def test_bad_labels_are_rejected_by_the_gate_and_sound_ones_promoted(gate_settin
 
     # A batch of bad labels: the answer the held-out labels and the reward model call worse.
     bad = _judge(project, ann, [f"Query {i}?" for i in range(10)], "b")
-    second = _run("policy", project)
-    tasks.train_policy(second.pk)
-    second.refresh_from_db()
-    assert second.status == TrainingRun.Status.SUCCEEDED, second.error
+    second = run_trained("policy", project)
     v3 = second.result_version
     assert v3.status == ModelVersion.Status.REJECTED, v3.gate
     assert v3.gate["verdict"] == "rejected" and "held-out preference accuracy" in v3.gate["reason"]
@@ -154,10 +145,7 @@ def test_a_recipe_with_an_arena_gate_serves_the_candidate_only_once_people_prefe
     ann = make_user(username="ann")
     _judge(project, ann, [f"Question number {i}?" for i in range(30)], "a")
 
-    run = _run("policy", project)
-    tasks.train_policy(run.pk)
-    run.refresh_from_db()
-    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    run = run_trained("policy", project)
     v2 = run.result_version
     assert v2.status == ModelVersion.Status.CANDIDATE and v2.gate["verdict"] == "waiting", v2.gate
     assert "waiting for the arena against v1" in v2.gate["reason"]
@@ -196,10 +184,7 @@ def test_a_candidate_no_check_could_judge_is_unchecked_and_waits_if_the_recipe_s
     recipe = {**RECIPE, "min_heldout_pairs": 50, "gate_unchecked": unchecked}
     services.recipe_update(project=project, data=recipe)
     _judge(project, make_user(username="ann"), [f"Question number {i}?" for i in range(10)], "a")
-    run = _run("policy", project)
-    tasks.train_policy(run.pk)
-    run.refresh_from_db()
-    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    run = run_trained("policy", project)
     v2 = run.result_version
     assert v2.gate["verdict"] == "unchecked" and v2.gate["unchecked"] == unchecked, v2.gate
     assert "no check could judge its quality" in v2.gate["reason"] and "KL" in v2.gate["reason"]
@@ -222,17 +207,12 @@ def test_train_from_first_trains_each_candidate_afresh_from_the_first_version(ga
     services.recipe_update(project=project, data={**RECIPE, "label_scope": "all", "held_out_share": 0.0})
     ann = make_user(username="ann")
     first = _judge(project, ann, [f"Question number {i}?" for i in range(4)], "a")
-    run = _run("policy", project)
-    tasks.train_policy(run.pk)
-    run.refresh_from_db()
+    run = run_trained("policy", project)
     v2 = run.result_version
     assert v2.status == ModelVersion.Status.SERVING and v2.config["trained_from"] == "v1", v2.gate
     services.recipe_update(project=project, data={"train_from": "first"})
     more = _judge(project, ann, [f"Query {i}?" for i in range(4)], "a")
-    run = _run("policy", project)
-    tasks.train_policy(run.pk)
-    run.refresh_from_db()
-    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    run = run_trained("policy", project)
     v3 = run.result_version
     assert v3.parent == v2 and v3.config["trained_from"] == "v1" and v3.gate["against"] == "v2"
     assert sorted(v3.label_ids) == sorted(label.pk for label in [*first, *more])  # every label, afresh

@@ -8,13 +8,12 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from tests.e2e.conftest import serve_version_one
+from tests.e2e.conftest import run_trained, serve_version_one
 from tests.factories import make_project, make_task, make_user
 from webapp.feedback.assignments import label_create
 from webapp.runs import services
 from webapp.runs.artifacts import reward_model_local_path
 from webapp.runs.models import RewardModel, TrainingRun
-from worker import tasks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, reset_sequences=True)]
 
@@ -29,15 +28,6 @@ def _judge(project, annotator, n, prefers_yes):
             data={"choice": "a" if prefers_yes else "b", "strength": 2},
             source="api",
         )
-
-
-def _run(kind, project):
-    run, created = services.run_create(trigger=TrainingRun.Trigger.API, kind=kind, project=project)
-    assert created
-    tasks.train_reward(run.pk) if kind == TrainingRun.Kind.REWARD else tasks.train_policy(run.pk)
-    run.refresh_from_db()
-    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
-    return run
 
 
 def test_two_groups_of_annotators_get_a_reward_member_each_and_the_gate_reports_both(gate_settings, loop_files):
@@ -56,7 +46,7 @@ def test_two_groups_of_annotators_get_a_reward_member_each_and_the_gate_reports_
     for person in minority:
         _judge(project, person, 10, prefers_yes=False)
 
-    run = _run(TrainingRun.Kind.REWARD, project)
+    run = run_trained(TrainingRun.Kind.REWARD, project)
     reward_model = RewardModel.objects.get(run=run)
     found = reward_model.metrics["groups"]
     assert found["k"] == 2, found  # up to 3 were looked for; the labels show 2
@@ -68,7 +58,7 @@ def test_two_groups_of_annotators_get_a_reward_member_each_and_the_gate_reports_
     scores = members.score([prompt, prompt], [YES, NO])["members"]
     assert scores[0][0] > scores[0][1] and scores[1][0] < scores[1][1]  # each group's member learned its taste
 
-    policy = _run("policy", project)
+    policy = run_trained("policy", project)
     gate = policy.result_version.gate
     assert [g["annotators"] for g in gate["groups"]] == [["yes0", "yes1", "yes2"], ["no0", "no1"]], gate
     assert all(0.0 <= g["win_rate"] <= 1.0 for g in gate["groups"])
@@ -87,7 +77,7 @@ def test_one_population_trains_one_model_and_says_why(gate_settings, loop_files)
     services.recipe_update(project=project, data={"reward_groups": 2, "auto_train_every": 0})
     for person in [make_user(username=f"p{i}") for i in range(3)]:
         _judge(project, person, 6, prefers_yes=True)
-    run = _run(TrainingRun.Kind.REWARD, project)
+    run = run_trained(TrainingRun.Kind.REWARD, project)
     reward_model = RewardModel.objects.get(run=run)
     assert reward_model.metrics["groups"]["k"] == 1 and "one population" in reward_model.metrics["groups"]["why"]
     assert len(reward_model.member_paths) == 1
