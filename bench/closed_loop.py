@@ -221,6 +221,8 @@ def arms(
         "defaults": Arm("defaults", {}, {}),
         # the same with the label scope the defaults had before (each label trains the lineage once)
         "defaults_new": Arm("defaults_new", {"label_scope": "new"}, {}),
+        # the defaults with the queue served at random rather than oldest first (the random-queue arm)
+        "defaults_random": Arm("defaults_random", {}, {"queue_order": "random"}),
     }
 
 
