@@ -7,9 +7,9 @@ import itertools
 from webapp.accounts.models import User
 from webapp.accounts.services import user_ensure
 from webapp.feedback.models import Candidate, Project, ProjectMember, Prompt, Task, TaskCandidate
-from webapp.feedback.services import project_default
+from webapp.feedback.projects import project_default
 from webapp.runs.models import ModelVersion, RewardModel
-from webapp.runs.services import reward_model_register, version_promote, version_register
+from webapp.runs.services import reward_model_register, reward_model_serve, version_promote, version_register
 
 _seq = itertools.count(1)
 
@@ -61,11 +61,16 @@ def make_pairwise_task(*, created_by: User, **fields) -> Task:
 
 
 def make_heads_reward_model(heads: int, path: str = "/nonexistent/rm") -> RewardModel:
-    """A registered reward model with ``heads`` score heads in one folder, as a 'heads' run leaves it."""
-    return reward_model_register(
+    """A serving reward model with ``heads`` score heads in one folder, as a 'heads' run leaves it."""
+    return make_serving_reward_model(
         artifact_path=path,
         backbone="tiny",
         member_paths=[""],
         config={"ensemble_method": "heads"},
         metrics={"members": [{"path": path, "heads": heads}]},
     )
+
+
+def make_serving_reward_model(**fields) -> RewardModel:
+    """A registered reward model that serves its project (`fields` as `reward_model_register` takes them)."""
+    return reward_model_serve(reward_model=reward_model_register(**fields), reason="made by a test")

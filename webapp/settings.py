@@ -241,8 +241,9 @@ SPECTACULAR_SETTINGS = {
         "TaskKindEnum": ["pairwise", "ranking", "critique", "rating"],
         "RunKindEnum": "webapp.runs.models.TrainingRun.Kind",
         "RunRequestKindEnum": "webapp.api.serializers.RUN_REQUEST_KINDS",
-        # imports and generation jobs share their states
-        "JobStatusEnum": "webapp.feedback.models.JobStatus",
+        # every background job shares its states (webapp.core.jobs); policy versions and reward models theirs
+        "JobStatusEnum": "webapp.core.jobs.JobStatus",
+        "ServingStatusEnum": "webapp.runs.models.ModelVersion.Status",
     },
 }
 
@@ -279,7 +280,7 @@ REWARD_CALIBRATE = env_bool("REWARD_CALIBRATE", True)
 REWARD_LENGTH_ROBUST = env_bool("REWARD_LENGTH_ROBUST", False)
 # Where the worker trains: "auto" (a CUDA GPU when one is visible, in bf16 where supported), "cpu" or "cuda".
 TRAIN_DEVICE = env_choice("TRAIN_DEVICE", "auto", ("auto", "cpu", "cuda"))
-# GRPO runs: the newest GRPO_PROMPTS prompts, the newest reward model's mean - λ·variance score.
+# GRPO runs: the newest GRPO_PROMPTS prompts, the serving reward model's mean - λ·variance score.
 GRPO_PROMPTS = env_int("GRPO_PROMPTS", 64, minimum=1)
 GRPO_MAX_STEPS = env_int("GRPO_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the prompts
 GRPO_UWO_LAMBDA = env_float("GRPO_UWO_LAMBDA", 1.0, minimum=0.0)
@@ -289,14 +290,22 @@ FOLLOWUP_MODEL = env_str("FOLLOWUP_MODEL", "") or POLICY_BASE_MODEL
 # Score the chat's answers by the user's next message (webapp.feedback.followups) with FOLLOWUP_MODEL.
 FOLLOWUP_SCORE = env_bool("FOLLOWUP_SCORE", True)
 TRAIN_EVERY_N_LABELS = env_int("TRAIN_EVERY_N_LABELS", 16, minimum=0)  # 0 turns automatic runs off
-# Runs that never get stuck: a running run's worker records a heartbeat every RUN_HEARTBEAT_S; the
-# reaper (every RUN_REAP_EVERY_S) fails a run whose heartbeat is older than RUN_STALE_S; a run is
-# tried at most RUN_MAX_ATTEMPTS times; a queued run is sent again after RUN_RESEND_S.
+# Background jobs (training and reward runs, generation, imports: webapp.core.jobs) never get stuck:
+# a running job's worker records a heartbeat every RUN_HEARTBEAT_S; the reaper (every
+# RUN_REAP_EVERY_S) judges a job whose heartbeat is older than RUN_STALE_S lost (failed, or queued
+# again where its kind resumes, at most RUN_MAX_ATTEMPTS times); a queued job is sent again after
+# RUN_RESEND_S; a job running longer than its kind's limit (JOB_TIME_LIMIT_<KIND>_S, 0 = none) fails.
 RUN_HEARTBEAT_S = env_int("RUN_HEARTBEAT_S", 5, minimum=1)
 RUN_STALE_S = env_int("RUN_STALE_S", 60, minimum=2 * RUN_HEARTBEAT_S)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3, minimum=1)
 RUN_REAP_EVERY_S = env_int("RUN_REAP_EVERY_S", 15, minimum=1)
 RUN_RESEND_S = env_int("RUN_RESEND_S", 900, minimum=1)
+JOB_TIME_LIMITS = {
+    kind: env_int(f"JOB_TIME_LIMIT_{kind.upper()}_S", default, minimum=0)
+    for kind, default in (("policy", 6 * 3600), ("reward", 4 * 3600), ("generation", 2 * 3600), ("import", 2 * 3600))
+}
+# Workers beat every WORKER_HEARTBEAT_S; a queue none has beaten on for 3 beats has no worker.
+WORKER_HEARTBEAT_S = env_int("WORKER_HEARTBEAT_S", 10, minimum=1)
 # Above the longest run: Redis hands an unacknowledged message to another worker after this long.
 RUN_VISIBILITY_TIMEOUT_S = env_int("RUN_VISIBILITY_TIMEOUT_S", 12 * 3600, minimum=60)
 

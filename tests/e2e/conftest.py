@@ -238,7 +238,7 @@ def run_trained(kind, project):
 def serve_version_one(*, files: LoopFiles):
     """Register and serve version 1, and make sure the policy server has its adapter loaded."""
     from tests.factories import make_serving_version
-    from webapp.core.policy import adapter_load
+    from webapp.runs.policy import adapter_load
 
     version = make_serving_version(str(files.v1_adapter))
     adapter_load(version)  # the live server and this test share the process's settings

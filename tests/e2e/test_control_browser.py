@@ -12,7 +12,7 @@ from tests.e2e.test_annotate_browser import login
 from tests.e2e.test_loop_browser import send
 from tests.factories import make_project, make_task, make_user
 from webapp.feedback.assignments import label_create
-from webapp.feedback.services import project_default
+from webapp.feedback.projects import project_default
 from webapp.runs import services
 from webapp.runs.artifacts import artifact_store
 from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent

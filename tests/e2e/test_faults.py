@@ -21,7 +21,7 @@ from tests.e2e.conftest import serve_version_one
 from tests.factories import make_task, make_user
 from tests.processes import celery_broker, free_port
 from webapp.feedback.models import Label
-from webapp.feedback.services import project_default
+from webapp.feedback.projects import project_default
 from webapp.runs import services
 from webapp.runs.models import ModelVersion, TrainingRun
 
@@ -148,3 +148,59 @@ def test_a_label_is_accepted_while_the_broker_is_down_and_its_run_starts_when_it
             _wait_for(lambda: not _status(run).is_active, 240, "the queued run to run once the broker is back")
             assert run.status == TrainingRun.Status.SUCCEEDED, run.error
             assert run.enqueued_at is not None and run.trigger == TrainingRun.Trigger.THRESHOLD
+
+
+def test_a_long_generation_job_is_never_sent_twice_while_alive_and_a_killed_one_resumes(
+    loop_settings, loop_files, builtin_policy_server, start_worker
+):
+    """The reaper runs every second and judges a job lost after RUN_STALE_S (4 s) without a heartbeat.
+    A generation job that runs longer than that stays one job on one worker (judged by its last
+    update, as it was before the one lifecycle, it would have been queued and sent again while it
+    ran); a job whose worker is killed is queued again and a new worker answers only what is left."""
+    from tests.factories import make_project
+    from webapp.core.models import WorkerBeat
+    from webapp.feedback.generation import generation_job_create
+    from webapp.feedback.models import GenerationJob, Prompt, Task
+
+    loop_settings.POLICY_SERVER_URL = builtin_policy_server
+    serve_version_one(files=loop_files)
+    project = make_project(name="Long", feedback_types=["pairwise"], max_tokens=32, temperature=1.0)
+    fast = {**FAST, "WORKER_HEARTBEAT_S": "1"}
+    start_worker(policy_url=builtin_policy_server, files=loop_files, env=fast, beat=True, queues="cpu")  # the reaper
+    doomed = start_worker(policy_url=builtin_policy_server, files=loop_files, env=fast, queues="generate", clear=False)
+
+    def job_for(n: int, prefix: str) -> GenerationJob:
+        ids = [Prompt.objects.create(project=project, messages=[{"role": "user", "content": f"{prefix} {i}?"}],
+                                     source="api").pk for i in range(n)]  # fmt: skip
+        return generation_job_create(project=project, prompt_ids=ids)
+
+    def refreshed(job: GenerationJob) -> GenerationJob:
+        job.refresh_from_db()
+        return job
+
+    long_job = job_for(120, "Tell me a long story about the number")
+    ran = False
+    while refreshed(long_job).is_active:
+        ran = ran or long_job.status == "running"
+        assert not (ran and long_job.status == "queued"), "the job was queued again while it ran"
+        assert long_job.attempts <= 1, "the job was started twice"
+        time.sleep(0.2)
+    took = (long_job.finished_at - long_job.started_at).total_seconds()
+    assert long_job.status == "succeeded", long_job.error
+    assert took > 2 * int(FAST["RUN_STALE_S"]), f"the job took {took:.1f} s: too short to prove anything"
+    assert long_job.attempts == 1
+    assert (long_job.prompts_done, long_job.tasks_created) == (120, 120)
+    assert Task.objects.filter(project=project).count() == 120  # each prompt answered once
+    assert "prompts answered" in long_job.log_tail  # the worker's log for this job, kept on it
+    assert WorkerBeat.objects.filter(queues__contains=["generate"]).exists()
+
+    resumed = job_for(120, "Tell me another long story about")
+    _wait_for(lambda: refreshed(resumed).prompts_done > 0 and resumed.status == "running", 120, "it to start")
+    os.killpg(doomed.popen.pid, signal.SIGKILL)  # the only worker on the generate queue
+    doomed.popen.wait(timeout=30)
+    _wait_for(lambda: refreshed(resumed).status == "queued", 60, "the reaper to queue it again")
+    assert "the worker was lost" in resumed.error and resumed.prompts_done < 120
+    start_worker(policy_url=builtin_policy_server, files=loop_files, env=fast, queues="generate", clear=False)
+    _wait_for(lambda: not refreshed(resumed).is_active, 300, "the job to finish")
+    assert resumed.status == "succeeded" and resumed.attempts == 2, resumed.error
+    assert Task.objects.filter(project=project).count() == 240  # nothing answered twice, nothing left out

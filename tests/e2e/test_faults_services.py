@@ -246,7 +246,7 @@ def test_redis_stopped_and_started_while_annotators_submit_loses_no_label(live_s
 TRAINING_SEED = """
 from tests.factories import make_serving_version, make_task, make_user
 from webapp.feedback.assignments import label_create
-from webapp.feedback.services import project_default
+from webapp.feedback.projects import project_default
 from webapp.runs import services
 from webapp.runs.models import TrainingRun
 make_serving_version({adapter!r})

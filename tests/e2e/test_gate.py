@@ -11,9 +11,9 @@ from django.test import Client
 from tests.e2e.conftest import run_trained, serve_version_one
 from tests.factories import make_project, make_task, make_user
 from training.adapters import adapter_rank
-from webapp.core import policy
 from webapp.feedback.assignments import label_create
-from webapp.runs import services
+from webapp.runs import guard as guard_mod
+from webapp.runs import pipeline, policy, services
 from webapp.runs.data import is_held_out
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
 from worker import tasks
@@ -120,7 +120,7 @@ def test_a_run_that_started_from_an_older_version_is_evaluated_against_the_newer
     run_a.refresh_from_db()
     v2 = run_a.result_version
     assert v2.status == ModelVersion.Status.SERVING, (run_a.error, v2 and v2.gate)
-    tasks._guarded(run_b.pk, lambda guard: tasks._train_and_serve(run_id=run_b.pk, parent=v1, guard=guard))
+    guard_mod.guarded(run_b.pk, lambda guard: pipeline.policy_run(run_id=run_b.pk, parent=v1, guard=guard))
     run_b.refresh_from_db()
     assert run_b.status == TrainingRun.Status.SUCCEEDED, run_b.error
     v3 = run_b.result_version
@@ -217,3 +217,45 @@ def test_train_from_first_trains_each_candidate_afresh_from_the_first_version(ga
     assert v3.parent == v2 and v3.config["trained_from"] == "v1" and v3.gate["against"] == "v2"
     assert sorted(v3.label_ids) == sorted(label.pk for label in [*first, *more])  # every label, afresh
     assert v1.pk != v3.pk
+
+
+def test_a_reward_model_worse_than_the_serving_one_is_rejected_and_changes_nothing(gate_settings, loop_files):
+    from webapp.runs.models import RewardModelEvent
+    from webapp.runs.selectors import reward_model_serving
+
+    gate_settings.REWARD_MAX_STEPS = 30
+    project = make_project(name="rewarded")
+    services.recipe_update(project=project, data=RECIPE)
+    ann = make_user(username="ann")
+    _judge(project, ann, [f"Question number {i}?" for i in range(30)], "a")  # ids 1-30, 10 held out
+    rm1 = run_trained(TrainingRun.Kind.REWARD, project).result_reward_model
+    assert rm1.status == RewardModel.Status.SERVING and rm1.gate["reason"] == "the project's first reward model"
+    assert reward_model_serving(project) == rm1
+
+    # Labels that say the opposite where they train, and agree with the first ones where held out.
+    for i in range(60):
+        label_id = 31 + i
+        (label,) = _judge(project, ann, [f"Another question {i}?"], "a" if is_held_out(label_id, 0.3) else "b")
+        assert label.pk == label_id
+    rm2 = run_trained(TrainingRun.Kind.REWARD, project).result_reward_model
+    assert rm2.status == RewardModel.Status.REJECTED, rm2.gate
+    assert rm2.gate["verdict"] == "rejected" and rm2.gate["against"] == "rm1", rm2.gate
+    assert rm2.gate["accuracy"] < rm2.gate["serving_accuracy"] and rm2.gate["length_rule_accuracy"] is not None
+    rm1.refresh_from_db()
+    assert rm1.status == RewardModel.Status.SERVING and reward_model_serving(project) == rm1  # nothing changed
+    assert RewardModelEvent.objects.filter(reward_model=rm2, action="reject").exists()
+
+    # An admin can still serve it, knowingly, and roll back; each step is on the audit trail.
+    client = Client()
+    client.force_login(make_user("admin", username="boss"))
+    refused = client.post(f"/api/reward-models/{rm2.pk}/promote/", {}, content_type="application/json")
+    assert refused.status_code == 409 and "rejected" in refused.json()["error"]["message"]
+    served = client.post(f"/api/reward-models/{rm2.pk}/promote/", {"confirm": True, "reason": "trying it"},
+                         content_type="application/json")  # fmt: skip
+    assert served.status_code == 200 and served.json()["status"] == "serving"
+    back = client.post(f"/api/reward-models/{rm1.pk}/promote/", {"reason": "worse"}, content_type="application/json")
+    assert back.status_code == 200 and reward_model_serving(project) == rm1
+    actions = list(RewardModelEvent.objects.order_by("id").values_list("action", flat=True))
+    assert actions == ["promote", "reject", "promote", "rollback"]
+    row = client.get("/dashboard/runs/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'id="reward-model-2" class="reward-model-retired"' in row and 'class="rm-status">serving' in row

@@ -16,10 +16,10 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.e2e.conftest import item_for_prompt, serve_version_one
-from tests.factories import make_pairwise_task, make_user
+from tests.factories import make_pairwise_task, make_serving_reward_model, make_user
 from training.reward import PreferenceExample, RewardConfig, train_reward_model
 from webapp.feedback.assignments import label_create
-from webapp.feedback.services import project_default
+from webapp.feedback.projects import project_default
 from webapp.runs import services
 from webapp.runs.models import ModelVersion
 
@@ -60,7 +60,7 @@ def test_kto_then_grpo_runs_each_serve_a_new_version(
         folder,
         RewardConfig(backbone=str(loop_files.base_model), max_length=64, max_steps=1, ensemble_size=2),
     )
-    services.reward_model_register(
+    make_serving_reward_model(
         artifact_path=str(folder),
         backbone=str(loop_files.base_model),
         member_paths=[Path(p).name for p in trained["member_paths"]],  # member-0, member-1

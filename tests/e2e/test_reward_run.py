@@ -16,7 +16,7 @@ from tests.factories import make_pairwise_task, make_user
 from training.reward import RewardEnsemble
 from webapp.feedback.assignments import label_create
 from webapp.feedback.models import Label
-from webapp.feedback.services import project_default
+from webapp.feedback.projects import project_default
 from webapp.runs import services
 from webapp.runs.data import is_held_out
 from webapp.runs.models import RewardModel, TrainingRun
@@ -52,11 +52,12 @@ def test_admin_trains_a_reward_model_from_the_dashboard(
     page.goto(f"{live_server.url}/dashboard/")
     page.click("#train-reward")
     page.locator("#runs td", has_text="Reward model").first.wait_for()
-    row = page.locator("#reward-model-1")
-    row.wait_for(timeout=300_000)  # the runs panel polls every 2 s
+    row = page.locator("#reward-model-1.reward-model-serving")
+    row.wait_for(timeout=300_000)  # the runs panel polls every 2 s; the first reward model serves its project
 
     run = TrainingRun.objects.get(kind=TrainingRun.Kind.REWARD)
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.metrics["gate"]["verdict"] == "passed" and "first" in row.locator(".rm-gate").inner_text()
     expected_held_out = sum(is_held_out(label.pk, 0.25) for label in Label.objects.all())
     assert expected_held_out >= 20
     assert run.trigger == TrainingRun.Trigger.ADMIN and run.n_pairs == 100 - expected_held_out

@@ -25,6 +25,7 @@ from webapp.feedback import services
 from webapp.feedback.assignments import assignment_next
 from webapp.feedback.models import GenerationJob, ImportJob
 from webapp.runs.models import TrainingRun
+from webapp.runs.services import reward_model_register
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +57,7 @@ def world() -> World:
     token, _ = token_create(user=member)
     job = ImportJob.objects.create(project=project, format="jsonl", file_name="x.jsonl", path="/nonexistent/x")
     generation = GenerationJob.objects.create(project=project, created_by=member, prompt_ids=[prompt.pk])
+    reward_model = reward_model_register(artifact_path="/nonexistent/rm", backbone="tiny", member_paths=[""])
     return World(
         member=member,
         outsider=outsider,
@@ -74,6 +76,8 @@ def world() -> World:
             "username": member.username,
             "job_id": job.pk,
             "generation_id": generation.pk,
+            "kind": "import",
+            "reward_model_id": reward_model.pk,
         },
     )
 
@@ -109,6 +113,9 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "dashboard:run": ("get", ("run_id",), {}, ADMIN_ONLY),
     "dashboard:run_cancel": ("post", ("run_id",), {}, ADMIN_ONLY),
     "dashboard:version_promote": ("post", ("version_id",), {"reason": "x"}, ADMIN_ONLY),
+    "dashboard:reward_model_promote": ("post", ("reward_model_id",), {"reason": "x"}, ADMIN_ONLY),
+    "dashboard:jobs": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:job_cancel": ("post", ("kind", "job_id"), {}, ADMIN_ONLY),
     "dashboard:recipe": ("get", ("project_id",), {}, ADMIN_ONLY),
     "dashboard:arena": ("get", ("project_id",), {}, ADMIN_ONLY),
     "dashboard:quality": ("get", (), {}, ADMIN_ONLY),
@@ -129,6 +136,9 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-run-cancel": ("post", ("run_id",), {}, ADMIN_ONLY),
     "api-versions": ("get", (), {}, ADMIN_ONLY),
     "api-version-promote": ("post", ("version_id",), {"reason": "x"}, ADMIN_ONLY),
+    "api-reward-model-promote": ("post", ("reward_model_id",), {"reason": "x"}, ADMIN_ONLY),
+    "api-jobs": ("get", (), {}, ADMIN_ONLY),
+    "api-job-cancel": ("post", ("kind", "job_id"), {}, ADMIN_ONLY),
     "api-version-labels": ("get", ("version_id",), {}, ADMIN_ONLY),
     "api-version-events": ("get", (), {}, ADMIN_ONLY),
     "api-reward-models": ("get", (), {}, ADMIN_ONLY),

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.factories import make_serving_version, make_user
-from webapp.runs import services
+from tests.factories import make_serving_reward_model, make_serving_version, make_user
+from webapp.runs import services, updates
 from webapp.runs.models import TrainingRun
 from worker import tasks
 
@@ -17,19 +17,19 @@ pytestmark = pytest.mark.django_db
 
 def _grpo_update():
     """The GRPO update of the chat project under its recipe, as a run would build it."""
-    from webapp.feedback.services import project_default
+    from webapp.feedback.projects import project_default
     from webapp.runs.data import training_data
 
     project = project_default()
     recipe = services.recipe_for(project)
-    return tasks._grpo_update(training_data(project=project, recipe=recipe), recipe, project)
+    return updates._grpo_update(training_data(project=project, recipe=recipe), recipe, project)
 
 
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
         ("dpo", "no decisive pairwise labels yet"),
-        ("kto", "no thumbs or decisive choices yet for KTO"),
+        ("kto", "no thumbs, decisive choices, rankings or rewrites yet for KTO"),
         ("grpo", "GRPO needs a reward model: train one first"),
     ],
 )
@@ -44,9 +44,9 @@ def test_a_policy_run_without_its_data_fails_with_a_clear_error(kind: str, messa
 
 def test_grpo_with_a_reward_model_but_no_prompt_fails_with_a_clear_error() -> None:
     make_serving_version()
-    from webapp.feedback.services import project_default
+    from webapp.feedback.projects import project_default
 
-    services.reward_model_register(
+    make_serving_reward_model(
         artifact_path="/nonexistent/rm", backbone="tiny", member_paths=[""], project=project_default()
     )
     run, _ = services.run_create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.GRPO)
@@ -75,7 +75,7 @@ def test_a_finished_run_redelivered_is_left_alone() -> None:
 def test_grpo_can_be_rewarded_by_follow_up_likelihood_without_any_label(settings, tiny_policy_path, tmp_path) -> None:
     from training.dpo import DPOTrainConfig, create_initial_adapter
     from webapp.feedback.models import Prompt
-    from webapp.feedback.services import project_default
+    from webapp.feedback.projects import project_default
 
     settings.POLICY_BASE_MODEL = settings.FOLLOWUP_MODEL = str(tiny_policy_path)
     settings.GRPO_REWARD, settings.GRPO_MAX_STEPS, settings.POLICY_MAX_TOKENS = "followup", 1, 8
@@ -95,13 +95,13 @@ def test_the_training_device_follows_train_device(settings) -> None:
     import torch
 
     settings.TRAIN_DEVICE = "cpu"
-    assert tasks.device_options() == {"use_cpu": True, "bf16": False}
+    assert updates.device_options() == {"use_cpu": True, "bf16": False}
     settings.TRAIN_DEVICE = "auto"
-    assert tasks.device_options()["use_cpu"] is (not torch.cuda.is_available())
+    assert updates.device_options()["use_cpu"] is (not torch.cuda.is_available())
     if not torch.cuda.is_available():
         settings.TRAIN_DEVICE = "cuda"
         with pytest.raises(RuntimeError, match="TRAIN_DEVICE=cuda but no CUDA device is visible"):
-            tasks.device_options()
+            updates.device_options()
 
 
 def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(settings, tiny_policy_path, tmp_path):
@@ -109,7 +109,7 @@ def test_a_heads_ensemble_is_trained_once_and_rewards_grpo_through_its_heads(set
     from training.reward import RewardEnsemble
     from webapp.feedback.assignments import label_create
     from webapp.feedback.models import Prompt
-    from webapp.feedback.services import project_default
+    from webapp.feedback.projects import project_default
     from webapp.runs.artifacts import local_path
     from webapp.runs.models import RewardModel
 
@@ -204,7 +204,7 @@ def test_chat_answers_are_scored_by_the_users_next_message_and_reach_exports_api
     from training.followup import FollowupScorer
     from webapp.feedback import services as feedback
     from webapp.feedback.models import Message
-    from webapp.feedback.services import project_default
+    from webapp.feedback.projects import project_default
     from webapp.feedback.transfer import export_rows
     from webapp.runs.data import training_data
 

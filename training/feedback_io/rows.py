@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from training.examples import label_examples
+
 from .records import ImportedItem
 
 Messages = list[dict[str, str]]
@@ -51,6 +53,7 @@ def pairs_from_ranking(groups: Sequence[Sequence[int]]) -> list[tuple[int, int]]
     """All (winner, loser) index pairs between different groups of a ranking (best group first).
 
     Candidates in one group are tied and give no pair: ``[[2], [0, 1]]`` -> ``[(2, 0), (2, 1)]``.
+    (Index pairs only; the texts' examples come from :func:`training.examples.label_examples`.)
     """
     return [
         (winner, loser)
@@ -77,32 +80,34 @@ def preference_rows_from_pairwise(
     prompt: Sequence[dict[str, str]], candidates: Sequence[str], choice: str, strength: int | None = None
 ) -> list[dict[str, Any]]:
     """The preference row of a pairwise choice over ``candidates`` = (A, B): one row for "a" or "b",
-    none for "tie" or "both_bad" (they say nothing about which is better)."""
+    none for "tie" or "both_bad" (they say nothing about which is better) or for two equal texts."""
+    _check_pairwise(candidates, choice)
+    found = label_examples(kind="pairwise", answers=candidates, choice=choice, strength=strength)
+    return [preference_row(prompt, c, r, s) for c, r, s in found.pairs]
+
+
+def _check_pairwise(candidates: Sequence[str], choice: str) -> None:
     if len(candidates) != 2:
         raise ValueError(f"a pairwise choice needs 2 candidates, got {len(candidates)}")
-    if choice == "a":
-        return [preference_row(prompt, candidates[0], candidates[1], strength)]
-    if choice == "b":
-        return [preference_row(prompt, candidates[1], candidates[0], strength)]
-    if choice in ("tie", "both_bad"):
-        return []
-    raise ValueError(f"unknown pairwise choice {choice!r}")
+    if choice not in ("a", "b", "tie", "both_bad"):
+        raise ValueError(f"unknown pairwise choice {choice!r}")
 
 
 def preference_rows_from_ranking(
     prompt: Sequence[dict[str, str]], candidates: Sequence[str], groups: Sequence[Sequence[int]]
 ) -> list[dict[str, Any]]:
-    """One preference row (margin 0) per pair of :func:`pairs_from_ranking`."""
-    return [preference_row(prompt, candidates[w], candidates[lo]) for w, lo in pairs_from_ranking(groups)]
+    """One preference row (margin 0) per pair of a ranking's answers in different groups (a partial
+    ranking's unranked answers form a last group; equal texts give none)."""
+    found = label_examples(kind="ranking", answers=candidates, ranking=groups)
+    return [preference_row(prompt, c, r) for c, r, _ in found.pairs]
 
 
 def preference_rows_from_rewrite(
     prompt: Sequence[dict[str, str]], completion: str, rewrite: str | None
 ) -> list[dict[str, Any]]:
     """A human-corrected rewrite is preferred over the answer it corrects (margin 0); none without one."""
-    if rewrite is None or rewrite == completion:
-        return []
-    return [preference_row(prompt, rewrite, completion)]
+    found = label_examples(kind="critique", answers=[completion], rewrite=rewrite)
+    return [preference_row(prompt, c, r) for c, r, _ in found.pairs]
 
 
 def kto_row(prompt: Sequence[dict[str, str]], completion: str, label: bool) -> dict[str, Any]:
@@ -115,16 +120,9 @@ def kto_rows_from_pairwise(
 ) -> list[dict[str, Any]]:
     """Unpaired rows from a pairwise choice: "a"/"b" -> the winner desirable and the loser not;
     "both_bad" -> both undesirable; "tie" -> none (a tie says nothing about absolute quality)."""
-    if len(candidates) != 2:
-        raise ValueError(f"a pairwise choice needs 2 candidates, got {len(candidates)}")
-    if choice in ("a", "b"):
-        win = 0 if choice == "a" else 1
-        return [kto_row(prompt, candidates[win], True), kto_row(prompt, candidates[1 - win], False)]
-    if choice == "both_bad":
-        return [kto_row(prompt, text, False) for text in candidates]
-    if choice == "tie":
-        return []
-    raise ValueError(f"unknown pairwise choice {choice!r}")
+    _check_pairwise(candidates, choice)
+    found = label_examples(kind="pairwise", answers=candidates, choice=choice)
+    return [kto_row(prompt, text, liked) for text, liked in found.kto]
 
 
 def kto_rows_from_ranking(
@@ -132,11 +130,8 @@ def kto_rows_from_ranking(
 ) -> list[dict[str, Any]]:
     """Unpaired rows from a ranking: the best group desirable, the worst group not, the middle
     left out; a ranking with a single group (all tied) gives none."""
-    if len(groups) < 2:
-        return []
-    return [kto_row(prompt, candidates[i], True) for i in groups[0]] + [
-        kto_row(prompt, candidates[i], False) for i in groups[-1]
-    ]
+    found = label_examples(kind="ranking", answers=candidates, ranking=groups)
+    return [kto_row(prompt, text, liked) for text, liked in found.kto]
 
 
 def prompt_row(prompt: Sequence[dict[str, str]]) -> dict[str, Any]:
@@ -168,9 +163,9 @@ def rows_from_item(item: ImportedItem, kind: str) -> list[dict[str, Any]]:
     """Export rows of ``kind`` from one item, one label at a time (several annotators of one item
     give several rows; aggregate labels first for one row per item).
 
-    ``preference``: pairwise labels, rankings (all pairs) and critique rewrites; ``kto``: pairwise
-    labels, rankings and critique rewrites (rewrite desirable, original not); ``listwise``: ranking
-    labels; ``critique``: critique labels; ``prompt``: one row per item; ``raw``: the item as a dict.
+    ``preference``, ``kto`` and ``listwise`` are what :func:`training.examples.label_examples` makes of
+    each label (the one converter every run kind uses too); ``critique``: critique labels;
+    ``prompt``: one row per item; ``raw``: the item as a dict.
     """
     if kind not in EXPORT_KINDS:
         raise ValueError(f"unknown export kind {kind!r}; expected one of {EXPORT_KINDS}")
@@ -182,26 +177,22 @@ def rows_from_item(item: ImportedItem, kind: str) -> list[dict[str, Any]]:
         return [asdict(item)]
     rows: list[dict[str, Any]] = []
     for label in item.labels:
-        if kind == "preference":
-            if label.kind == "pairwise" and label.choice is not None:
-                rows += preference_rows_from_pairwise(prompt, texts, label.choice, label.strength)
-            elif label.kind == "ranking" and label.ranking is not None:
-                rows += preference_rows_from_ranking(prompt, texts, label.ranking)
-            elif label.kind == "critique" and texts:
-                rows += preference_rows_from_rewrite(prompt, texts[0], label.rewrite)
-        elif kind == "kto":
-            if label.kind == "pairwise" and label.choice is not None:
-                rows += kto_rows_from_pairwise(prompt, texts, label.choice)
-            elif label.kind == "ranking" and label.ranking is not None:
-                rows += kto_rows_from_ranking(prompt, texts, label.ranking)
-            elif label.kind == "critique" and texts and label.rewrite is not None and label.rewrite != texts[0]:
-                rows += [kto_row(prompt, label.rewrite, True), kto_row(prompt, texts[0], False)]
-        elif kind == "listwise":
-            if label.kind == "ranking" and label.ranking is not None:
-                rows.append(listwise_row(prompt, texts, label.ranking))
-        elif kind == "critique":
+        if kind == "critique":
             if label.kind == "critique" and texts and label.critique is not None:
                 rows.append(critique_row(prompt, texts[0], label.critique, label.rewrite))
+            continue
+        found = label_examples(
+            kind=label.kind, answers=texts, choice=label.choice, strength=label.strength, ranking=label.ranking,
+            rewrite=label.rewrite,
+        )  # fmt: skip
+        if kind == "preference":
+            rows += [preference_row(prompt, c, r, s) for c, r, s in found.pairs]
+        elif kind == "kto":
+            rows += [kto_row(prompt, text, liked) for text, liked in found.kto]
+        elif kind == "listwise" and found.ranking is not None:
+            completions, ranks = found.ranking
+            rows.append({"prompt": _copy(prompt), "completions": [assistant_turn(c) for c in completions],
+                         "ranks": ranks})  # fmt: skip
     return rows
 
 

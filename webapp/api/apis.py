@@ -31,6 +31,7 @@ from webapp.api.serializers import (
     CandidateSerializer,
     GenerationJobSerializer,
     ImportJobSerializer,
+    JobSerializer,
     JudgmentSerializer,
     LabelInputSerializer,
     LabelSerializer,
@@ -51,6 +52,7 @@ from webapp.api.serializers import (
     paginated,
 )
 from webapp.core.http import api_user, streaming_response
+from webapp.core.jobs import JOB_KINDS, JobStatus, job_cancel, job_model_for, job_row, jobs_list, queue_listeners
 from webapp.core.parsing import parse_id
 from webapp.feedback import assignments
 from webapp.feedback import services as feedback_services
@@ -73,7 +75,7 @@ from webapp.feedback.transfer import export_rows, import_items, import_job_creat
 from webapp.runs import services as run_services
 from webapp.runs.arena import arena_board
 from webapp.runs.data import training_preview
-from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
 from webapp.runs.recipe import PRESETS, RecipeError
 from webapp.runs.selectors import reward_model_list, run_list, version_list
 
@@ -613,18 +615,39 @@ class VersionPromoteApi(APIView):
     )
     def post(self, request: Request, version_id: int) -> Response:
         version = get_object_or_404(ModelVersion, pk=version_id)
-        body = VersionPromoteSerializer(data=_object_body(request))
-        body.is_valid(raise_exception=True)
-        try:
-            version = run_services.version_promote_by_admin(
-                version=version,
-                actor=api_user(request),
-                reason=body.validated_data["reason"],
-                confirm=body.validated_data["confirm"],
-            )
-        except (run_services.NeedsConfirmation, ValueError) as exc:
-            raise ApiConflict(str(exc)) from None
-        return Response(ModelVersionSerializer(version).data)
+        return _promoted(request, lambda **how: run_services.version_promote_by_admin(version=version, **how),
+                         ModelVersionSerializer)  # fmt: skip
+
+
+def _promoted(request: Request, promote: Any, serializer: Any) -> Response:
+    """An admin's promotion or rollback (`promote(actor=, reason=, confirm=)`), answered with what now
+    serves; 409 in words when it cannot be done or needs `confirm`."""
+    body = VersionPromoteSerializer(data=_object_body(request))
+    body.is_valid(raise_exception=True)
+    try:
+        done = promote(actor=api_user(request), reason=body.validated_data["reason"],
+                       confirm=body.validated_data["confirm"])  # fmt: skip
+    except (run_services.NeedsConfirmation, ValueError) as exc:
+        raise ApiConflict(str(exc)) from None
+    return Response(serializer(done).data)
+
+
+class RewardModelPromoteApi(APIView):
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        request=VersionPromoteSerializer,
+        responses={200: RewardModelSerializer},
+        summary="Make a reward model its project's serving one, or roll back to an earlier one; recorded with "
+        "who and why. A rejected one needs `confirm: true` (409 without, naming why it was rejected)",
+    )
+    def post(self, request: Request, reward_model_id: int) -> Response:
+        reward_model = get_object_or_404(RewardModel, pk=reward_model_id)
+        return _promoted(
+            request,
+            lambda **how: run_services.reward_model_promote_by_admin(reward_model=reward_model, **how),
+            RewardModelSerializer,
+        )
 
 
 class VersionLabelsApi(APIView):
@@ -804,3 +827,58 @@ class ProjectExportApi(APIView):
         )
         response["Content-Disposition"] = f'attachment; filename="{slugify(project.name)}-{kind}.jsonl"'
         return response
+
+
+class JobListApi(APIView):
+    """Every background job of every kind in one list (admins)."""
+
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("kind", OpenApiTypes.STR, enum=list(JOB_KINDS), description="Only jobs of this kind."),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=list(JobStatus.values), description="Only this status."),
+            OpenApiParameter("project", OpenApiTypes.INT, description="Only this project's jobs."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="At most this many, newest first (1-500)."),
+        ],
+        responses={200: JobSerializer(many=True)},
+        summary="Every job (training and reward runs, generation, imports): status, progress, heartbeat, "
+        "time limit, log tail, and why a queued one waits",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        kind, state = params.get("kind"), params.get("status")
+        if kind is not None and kind not in JOB_KINDS:
+            raise ValidationError({"kind": f"must be one of {', '.join(JOB_KINDS)}, got {kind!r}"})
+        if state is not None and state not in JobStatus.values:
+            raise ValidationError({"status": f"must be one of {', '.join(JobStatus.values)}, got {state!r}"})
+        project = params.get("project")
+        if project is not None and parse_id(project) is None:
+            raise ValidationError({"project": f"must be a number, got {project!r}"})
+        limit = parse_id(params.get("limit", "100"))
+        if limit is None or not 1 <= limit <= 500:
+            raise ValidationError({"limit": "must be a number from 1 to 500"})
+        rows = jobs_list(kind=kind or "", status=state or "", project=parse_id(project) if project else None,
+                         limit=limit)  # fmt: skip
+        return Response(JobSerializer(rows, many=True).data)
+
+
+class JobCancelApi(APIView):
+    """Cancel any job: a queued one ends at once, a running one at its next step; 409 once it ended."""
+
+    permission_classes = [IsPrefloopAdmin]
+
+    @extend_schema(request=None, responses={200: JobSerializer}, summary="Cancel a job of any kind")
+    def post(self, request: Request, kind: str, job_id: int) -> Response:
+        try:
+            model = job_model_for(kind)
+        except ValueError as exc:
+            raise NotFound(str(exc)) from None
+        job = get_object_or_404(model, pk=job_id)
+        if job.job_type() != kind:
+            raise NotFound(f"job {job_id} is a {job.job_type()} job, not {kind}")
+        try:
+            job = job_cancel(model, job_id)
+        except ValueError as exc:
+            raise ApiConflict(str(exc)) from None
+        return Response(JobSerializer(job_row(job, queue_listeners())).data)

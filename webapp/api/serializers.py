@@ -8,6 +8,7 @@ from django.db import transaction
 from rest_framework import serializers
 
 from webapp.accounts.models import User
+from webapp.core.jobs import JOB_KINDS, JobStatus
 from webapp.feedback.models import (
     Assignment,
     Candidate,
@@ -368,6 +369,10 @@ class RewardModelSerializer(serializers.ModelSerializer):
             "artifact_path",
             "member_paths",
             "n_members",
+            "project",
+            "status",
+            "gate",
+            "promoted_at",
             "config",
             "metrics",
             "data_hash",
@@ -390,6 +395,7 @@ class RunCreateSerializer(RefuseUnknownFields, serializers.Serializer):
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
+    time_limit_s = serializers.IntegerField(read_only=True, help_text="Seconds it may run (JOB_TIME_LIMITS; 0: none).")
     parent_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="number", read_only=True, allow_null=True
     )
@@ -412,7 +418,9 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "recipe",
             "attempts",
             "heartbeat_at",
+            "time_limit_s",
             "cancel_requested",
+            "log_tail",
             "progress",
             "n_labels",
             "n_pairs",
@@ -452,6 +460,7 @@ class ArenaRequestSerializer(RefuseUnknownFields, serializers.Serializer):
 
 
 class GenerationJobSerializer(serializers.ModelSerializer):
+    time_limit_s = serializers.IntegerField(read_only=True, help_text="Seconds it may run (JOB_TIME_LIMITS; 0: none).")
     policy_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="number", read_only=True, allow_null=True
     )
@@ -470,6 +479,11 @@ class GenerationJobSerializer(serializers.ModelSerializer):
             "tasks_created",
             "failed",
             "error",
+            "attempts",
+            "heartbeat_at",
+            "time_limit_s",
+            "cancel_requested",
+            "log_tail",
             "created_at",
             "started_at",
             "finished_at",
@@ -477,6 +491,8 @@ class GenerationJobSerializer(serializers.ModelSerializer):
 
 
 class ImportJobSerializer(serializers.ModelSerializer):
+    time_limit_s = serializers.IntegerField(read_only=True, help_text="Seconds it may run (JOB_TIME_LIMITS; 0: none).")
+
     class Meta:
         model = ImportJob
         fields = [
@@ -494,7 +510,33 @@ class ImportJobSerializer(serializers.ModelSerializer):
             "bad_lines",
             "bad",
             "error",
+            "attempts",
+            "heartbeat_at",
+            "time_limit_s",
+            "cancel_requested",
+            "log_tail",
             "created_at",
             "started_at",
             "finished_at",
         ]
+
+
+class JobSerializer(serializers.Serializer):
+    """A background job of any kind, as `GET /api/jobs/` lists it (webapp.core.jobs.job_row)."""
+
+    kind = serializers.ChoiceField(choices=JOB_KINDS)
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    project = serializers.IntegerField(allow_null=True)
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    progress = serializers.FloatField(allow_null=True, help_text="0 to 1; null where the kind cannot tell.")
+    attempts = serializers.IntegerField()
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
+    time_limit_s = serializers.IntegerField(help_text="Seconds it may run (JOB_TIME_LIMITS; 0: none).")
+    cancel_requested = serializers.BooleanField()
+    waiting_on = serializers.CharField(help_text="Why a queued job is not moving (no worker on its queue), or empty.")
+    error = serializers.CharField()
+    log_tail = serializers.CharField(help_text="The last lines its worker logged for it.")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)

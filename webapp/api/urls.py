@@ -23,6 +23,11 @@ urlpatterns = [
     path("versions/<int:version_id>/labels/", apis.VersionLabelsApi.as_view(), name="api-version-labels"),
     path("version-events/", apis.VersionEventListApi.as_view(), name="api-version-events"),
     path("reward-models/", apis.RewardModelListApi.as_view(), name="api-reward-models"),
+    path(
+        "reward-models/<int:reward_model_id>/promote/",
+        apis.RewardModelPromoteApi.as_view(),
+        name="api-reward-model-promote",
+    ),
     path("projects/", apis.ProjectListCreateApi.as_view(), name="api-projects"),
     path("projects/<int:project_id>/", apis.ProjectDetailApi.as_view(), name="api-project"),
     path("projects/<int:project_id>/members/", apis.ProjectMembersApi.as_view(), name="api-project-members"),
@@ -45,6 +50,8 @@ urlpatterns = [
     path("assignments/<int:assignment_id>/skip/", apis.AssignmentSkipApi.as_view(), name="api-assignment-skip"),
     path("tasks/bulk/", apis.TaskBulkCreateApi.as_view(), name="api-tasks-bulk"),
     path("messages/<int:message_id>/thumbs/", apis.MessageThumbsApi.as_view(), name="api-message-thumbs"),
+    path("jobs/", apis.JobListApi.as_view(), name="api-jobs"),
+    path("jobs/<str:kind>/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api-job-cancel"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

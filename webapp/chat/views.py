@@ -12,11 +12,11 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from webapp.core import policy
 from webapp.core.http import AuthedHttpRequest, streaming_response
 from webapp.feedback import services
 from webapp.feedback.models import Conversation, Message, MessageFeedback, Task
 from webapp.feedback.selectors import context_before, conversation_list, conversation_messages, task_with_candidates
+from webapp.runs import policy
 from webapp.runs.selectors import run_active, version_serving
 
 logger = logging.getLogger(__name__)

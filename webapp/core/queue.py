@@ -15,7 +15,7 @@ def broker_send(name: str, *, args: list[Any], queue: str) -> bool:
     Never raises, and gives up after one quick retry: a broker that is down must not hold a
     request. The caller's record stays queued, and a beat task sends it again later.
     """
-    from worker.celery import app
+    from webapp.core.celery_app import app
 
     try:
         app.send_task(

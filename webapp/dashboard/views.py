@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from training.policy_client import PolicyServerError
 from webapp.core.http import AuthedHttpRequest
+from webapp.core.jobs import JOB_KINDS, job_cancel, job_model_for, job_waiting_on, jobs_list, queue_listeners
 from webapp.core.parsing import parse_id
 from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
@@ -22,9 +23,9 @@ from webapp.feedback.quality import project_quality
 from webapp.runs import services
 from webapp.runs.arena import arena_board
 from webapp.runs.data import training_preview
-from webapp.runs.models import ModelVersion, TrainingRun, VersionEvent
+from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
 from webapp.runs.recipe import GATE_CHECKS, METHOD_LABELS, PRESETS, Recipe, RecipeError
-from webapp.runs.selectors import reward_model_list, run_list, version_list, version_serving
+from webapp.runs.selectors import reward_model_list, reward_model_serving, run_list, version_list, version_serving
 
 
 def admin_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -173,13 +174,27 @@ def run_cancel(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
 def version_promote(request: AuthedHttpRequest, version_id: int) -> HttpResponse:
     """Promote a version or roll back to it; a rejected one needs the confirmation its button asks for."""
     version = get_object_or_404(ModelVersion, pk=version_id)
+    return _promoted(request, lambda **how: services.version_promote_by_admin(version=version, **how))
+
+
+def _promoted(request: AuthedHttpRequest, promote: Callable[..., Any]) -> HttpResponse:
+    """An admin's promotion or rollback from a button: the reason from its prompt, `confirm` from its
+    confirmation; the runs card again, with the error in words when it could not be done."""
     reason = (request.headers.get("HX-Prompt") or request.POST.get("reason") or "").strip()
     confirm = request.POST.get("confirm") in ("1", "true", "on")
     try:
-        services.version_promote_by_admin(version=version, actor=request.user, reason=reason, confirm=confirm)
+        promote(actor=request.user, reason=reason, confirm=confirm)
     except (services.NeedsConfirmation, ValueError, PolicyServerError) as exc:
         return _runs_response(request, error=str(exc)) if request.htmx else HttpResponse(str(exc), status=409)
     return _runs_response(request)
+
+
+@require_POST
+@admin_required
+def reward_model_promote(request: AuthedHttpRequest, reward_model_id: int) -> HttpResponse:
+    """Serve a reward model for its project, or roll back to one; a rejected one needs confirming."""
+    reward_model = get_object_or_404(RewardModel, pk=reward_model_id)
+    return _promoted(request, lambda **how: services.reward_model_promote_by_admin(reward_model=reward_model, **how))
 
 
 @require_http_methods(["GET", "POST"])
@@ -290,8 +305,8 @@ def quality(request: AuthedHttpRequest) -> HttpResponse:
     selected = projects.filter(pk=request.GET.get("project") or 0).first() or projects.first()
     report = project_quality(project=selected) if selected else None
     context: dict[str, Any] = {"projects": projects, "selected": selected, "report": report}
-    if selected is not None:  # groups of annotators, as the project's newest reward model found them
-        reward_model = reward_model_list().filter(project=selected).first()
+    if selected is not None:  # groups of annotators, as the project's serving reward model found them
+        reward_model = reward_model_serving(selected)
         context["reward_model"] = reward_model
         context["groups"] = (reward_model.metrics or {}).get("groups") if reward_model else None
         context["group_versions"] = [
@@ -309,7 +324,9 @@ def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(run_list(), pk=run_id)
     template = "dashboard/_run_detail.html" if request.htmx else "dashboard/run.html"
     gate = run.result_version.gate if run.result_version is not None else {}
-    return render(request, template, {"run": run, "chart": _chart_data(run.history), "gate": gate})
+    waiting_on = job_waiting_on(run, queue_listeners())
+    context = {"run": run, "chart": _chart_data(run.history), "gate": gate, "waiting_on": waiting_on}
+    return render(request, template, context)
 
 
 CHART_SERIES = ("loss", "rewards/margins", "rewards/accuracies", "kl")
@@ -320,3 +337,45 @@ def _chart_data(history: list[dict]) -> dict:
     steps = [entry.get("step") for entry in history]
     series = {key: [entry.get(key) for entry in history] for key in CHART_SERIES if any(key in e for e in history)}
     return {"steps": steps, "series": series}
+
+
+def _jobs_page(request: AuthedHttpRequest, *, error: str = "", status_code: int = 200) -> HttpResponse:
+    kind, status = request.GET.get("kind", ""), request.GET.get("status", "")
+    try:
+        rows = jobs_list(kind=kind, status=status, limit=200)
+    except ValueError as exc:
+        rows, error = [], str(exc)
+        status_code = 400
+    context = {
+        "jobs": rows,
+        "active": any(r["status"] in (JobStatus.QUEUED, JobStatus.RUNNING) for r in rows),
+        "kinds": JOB_KINDS,
+        "statuses": JobStatus.values,
+        "kind": kind,
+        "status": status,
+        "error": error,
+    }
+    return render(request, "dashboard/jobs.html", context, status=status_code)
+
+
+@require_GET
+@admin_required
+def jobs(request: AuthedHttpRequest) -> HttpResponse:
+    """Every background job of every kind in one place, filtered by kind and status."""
+    return _jobs_page(request)
+
+
+@require_POST
+@admin_required
+def job_cancel_view(request: AuthedHttpRequest, kind: str, job_id: int) -> HttpResponse:
+    """Cancel a job of any kind: a queued one at once, a running one at its next step."""
+    try:
+        model = job_model_for(kind)
+    except ValueError as exc:
+        return HttpResponse(str(exc), status=404)
+    get_object_or_404(model, pk=job_id)
+    try:
+        job_cancel(model, job_id)
+    except ValueError as exc:
+        return _jobs_page(request, error=str(exc), status_code=409)
+    return redirect("dashboard:jobs")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -107,3 +108,29 @@ def followup_rows(kind: str) -> Iterator[dict[str, Any]]:
                 "label": row["followup_score"] > 0,
                 "followup_score": row["followup_score"],
             }
+
+
+@lru_cache(maxsize=1)
+def _scorer(model: str) -> Any:
+    from training.followup import FollowupScorer  # the model is loaded on the worker only
+
+    return FollowupScorer.from_pretrained(model)
+
+
+def followups_score_all() -> int:
+    """Score every answer the user replied to and that has no score yet, with FOLLOWUP_MODEL, 64 at
+    a time until none is left (nothing when FOLLOWUP_SCORE is off); return how many were scored."""
+    if not settings.FOLLOWUP_SCORE:
+        return 0
+    done = 0
+    after: int | None = 0
+    while after is not None:
+        pending, after = followups_unscored(after=after, limit=64)
+        if not pending:
+            continue
+        scores = _scorer(settings.FOLLOWUP_MODEL).score_replies(
+            [(context, answer.content, reply) for answer, context, reply in pending]
+        )
+        followup_scores_store({answer.pk: score for (answer, _, _), score in zip(pending, scores, strict=True)})
+        done += len(pending)
+    return done

@@ -7,8 +7,8 @@ items of the project's queue. Nothing generates inside a web request but the cha
   `arena_job_create` has two versions answer the same prompts for blind comparisons
   (webapp.runs.arena);
 - `generation_job_run` (the worker's task) does it batch by batch, recording counts as it goes;
-- `generation_jobs_resend` (beat) sends again the jobs the broker never took and restarts jobs whose
-  worker was lost: a job's work is idempotent, so a restart redoes nothing already stored.
+- the one reaper (webapp.core.jobs.jobs_reap) sends again the jobs the broker never took and queues
+  again jobs whose worker was lost: a job's work is idempotent, so a restart redoes nothing stored.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
-from django.utils import timezone
 
 from webapp.accounts.models import User
-from webapp.core import policy
-from webapp.core.queue import broker_send
+from webapp.core.jobs import JobGuard, JobStatus, job_enqueue, job_finish, job_guarded, job_start
 from webapp.feedback.models import (
     Assignment,
     Candidate,
@@ -39,12 +36,12 @@ from webapp.feedback.models import (
     TaskCandidate,
 )
 from webapp.feedback.selectors import slots_prefetch
+from webapp.runs import policy
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
 
 logger = logging.getLogger(__name__)
 
-GENERATE_TASK_NAME = "prefloop.generate"
 BATCH_PROMPTS = 8  # prompts sent to the policy server at once (it batches concurrent requests)
 RESAMPLE_TEMPERATURES = (1.0, 1.3)
 NO_VERSION = "no policy version is serving yet"
@@ -138,7 +135,10 @@ def arena_job_create(
 
 
 def _enqueue(job_id: int) -> None:
-    broker_send(GENERATE_TASK_NAME, args=[job_id], queue="generate")
+    """Send the job to a worker; with the broker down it waits, and the reaper sends it later."""
+    job = GenerationJob.objects.filter(pk=job_id).first()
+    if job is not None:
+        job_enqueue(job)
 
 
 def refresh_after_promotion(*, version: ModelVersion) -> list[GenerationJob]:
@@ -205,18 +205,23 @@ def answers_for(
 
 
 def generation_job_run(*, job_id: int, score: Scorer | None = None) -> GenerationJob | None:
-    """Do a queued job: answers for each prompt, in batches, each batch stored in one transaction
-    with the job's counts. A message delivered twice runs it once (only a queued job starts)."""
-    started = GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.QUEUED).update(
-        status=GenerationJob.Status.RUNNING, started_at=timezone.now()
-    )
-    if not started:
+    """Do a queued job under the job lifecycle (webapp.core.jobs): answers for each prompt, in
+    batches, each batch stored in one transaction with the job's counts. A message delivered twice
+    runs it once (only a queued job starts); a cancel stops it between batches, keeping the items
+    made; a job whose worker was lost is queued again by the reaper and answers what is left."""
+    if job_start(GenerationJob, job_id) is None:
         return None
+    job_guarded(GenerationJob, job_id, lambda guard: _generate(job_id, score, guard),
+                cancelled="cancelled while it ran; the items it made stay")  # fmt: skip
+    return GenerationJob.objects.get(pk=job_id)
+
+
+def _generate(job_id: int, score: Scorer | None, guard: JobGuard) -> None:
     job = GenerationJob.objects.select_related("project").get(pk=job_id)
     writers, problem = _writers(job)
     if problem:
-        _finish(job, failed=True, error=problem)
-        return job
+        job_finish(GenerationJob, job_id, JobStatus.FAILED, error=problem)
+        return
     work = _work_for(job, writers[0])
     # a job run again (its worker was lost) counts what is left; the items it made before stay counted
     GenerationJob.objects.filter(pk=job.pk).update(
@@ -224,11 +229,11 @@ def generation_job_run(*, job_id: int, score: Scorer | None = None) -> Generatio
         prompts_total=len(work),
         prompts_done=0,
         failed=0,
-        error="",
     )
     job.refresh_from_db()
     errors: list[str] = []
     for start in range(0, len(work), BATCH_PROMPTS):
+        guard.check()
         batch = work[start : start + BATCH_PROMPTS]
         with ThreadPoolExecutor(max_workers=len(batch)) as pool:
             results = list(pool.map(lambda w: _answer(w, job.project, writers), batch))
@@ -246,8 +251,10 @@ def generation_job_run(*, job_id: int, score: Scorer | None = None) -> Generatio
                 failed=job.failed + len(batch) - len(done),
             )
         job.refresh_from_db()
-    _finish(job, failed=bool(work) and job.failed == len(work), error="; ".join(dict.fromkeys(errors))[:2000])
-    return job
+        logger.info("generation %s: %d of %d prompts answered", job.pk, job.prompts_done, len(work))
+    failed = bool(work) and job.failed == len(work)
+    status = JobStatus.FAILED if failed else JobStatus.SUCCEEDED
+    job_finish(GenerationJob, job_id, status, error="; ".join(dict.fromkeys(errors))[:2000])
 
 
 def _writers(job: GenerationJob) -> tuple[list[ModelVersion], str]:
@@ -354,31 +361,6 @@ def items_for_people(*, pairs: list[tuple[Prompt, list[str], float]], version: M
     return len(pairs)
 
 
-def _finish(job: GenerationJob, *, failed: bool, error: str = "") -> None:
-    status = GenerationJob.Status.FAILED if failed else GenerationJob.Status.SUCCEEDED
-    GenerationJob.objects.filter(pk=job.pk).update(status=status, error=error, finished_at=timezone.now())
-    job.refresh_from_db()
-
-
-def generation_jobs_resend(*, older_than_s: int, lost_after_s: int = 600) -> int:
-    """Send again the jobs still queued after `older_than_s` (the broker never took them), and queue
-    again running jobs not heard of for `lost_after_s` (their worker was lost); return how many."""
-    now = timezone.now()
-    lost = GenerationJob.objects.filter(
-        status=GenerationJob.Status.RUNNING, updated_at__lt=now - timedelta(seconds=lost_after_s)
-    ).update(status=GenerationJob.Status.QUEUED)
-    ids = list(
-        GenerationJob.objects.filter(
-            status=GenerationJob.Status.QUEUED, updated_at__lt=now - timedelta(seconds=older_than_s)
-        ).values_list("pk", flat=True)
-    )
-    if lost:
-        logger.warning("%d generation jobs lost their worker; queued again", lost)
-    for job_id in ids:
-        _enqueue(job_id)
-    return len(ids)
-
-
 def queue_rescore(*, project: Project, score: Scorer, batch: int = 64) -> int:
     """Write the priority of every open item of `project` again (after a new reward model); return how many."""
     open_tasks = Task.objects.filter(project=project, is_gold=False, taken__lt=F("required_labels"))
@@ -400,3 +382,28 @@ def queue_rescore(*, project: Project, score: Scorer, batch: int = 64) -> int:
         Task.objects.bulk_update(tasks, ["priority"])
         done += len(tasks)
         last = tasks[-1].pk
+
+
+def generation_job_run_scored(
+    *, job_id: int, scorer_for: Callable[[Project | None], Scorer | None]
+) -> GenerationJob | None:
+    """Run the job, each item ranked by `scorer_for(project)` where the project's queue is ordered by
+    uncertainty (the worker passes the serving reward model's disagreement)."""
+    project = Project.objects.filter(generation_jobs=job_id).first()
+    needs_score = project is not None and project.queue_order == Project.QueueOrder.UNCERTAINTY
+    job = generation_job_run(job_id=job_id, score=scorer_for(project) if needs_score else None)
+    if job is not None:
+        logger.info("generation %s: %s, %d items from %d prompts", job_id, job.status, job.tasks_created,
+                    job.prompts_total)  # fmt: skip
+    return job
+
+
+def queue_rescore_project(*, project_id: int, scorer_for: Callable[[Project | None], Scorer | None]) -> int:
+    """Rank the project's open items again by `scorer_for(project)` (nothing without a scorer)."""
+    project = Project.objects.filter(pk=project_id).first()
+    score = scorer_for(project)
+    if project is None or score is None:
+        return 0
+    done = queue_rescore(project=project, score=score)
+    logger.info("queue of %s ranked again: %d items", project, done)
+    return done

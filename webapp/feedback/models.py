@@ -5,6 +5,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
+from webapp.core.jobs import Job, JobStatus
+
 
 class Role(models.TextChoices):
     SYSTEM = "system", "System"
@@ -18,15 +20,6 @@ class FeedbackKind(models.TextChoices):
     CRITIQUE = "critique", "Critique"
     RATING = "rating", "Rating"
     THUMBS = "thumbs", "Thumbs in chat"
-
-
-class JobStatus(models.TextChoices):
-    """The states of work done on a worker for the admin to watch (imports, generation)."""
-
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
 
 
 class Project(models.Model):
@@ -410,7 +403,7 @@ class MessageFeedback(models.Model):
         return f"{self.value} on message {self.message_id}"
 
 
-class ImportJob(models.Model):
+class ImportJob(Job):
     """A feedback file too large to import inside a request: stored, then read by a worker, with
     counts the admin can watch as it goes (`GET /api/imports/<id>/`, the dashboard)."""
 
@@ -422,7 +415,6 @@ class ImportJob(models.Model):
     file_name = models.CharField(max_length=255, help_text="The name the file was uploaded under.")
     path = models.CharField(max_length=500, help_text="Where the upload waits for the worker (removed after).")
     size_bytes = models.BigIntegerField(default=0)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     items = models.PositiveIntegerField(default=0)
     created_tasks = models.PositiveIntegerField(default=0)
     created_prompts = models.PositiveIntegerField(default=0)
@@ -430,10 +422,8 @@ class ImportJob(models.Model):
     labels = models.PositiveIntegerField(default=0)
     bad_lines = models.PositiveIntegerField(default=0)
     bad = models.JSONField(default=list, blank=True, help_text="The first 100 bad lines: line and message.")
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+
+    job_kind = "import"
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -441,8 +431,18 @@ class ImportJob(models.Model):
     def __str__(self) -> str:
         return f"import {self.pk} of {self.file_name} ({self.status})"
 
+    def job_task(self) -> tuple[str, str]:
+        return "prefloop.import_feedback", "cpu"
 
-class GenerationJob(models.Model):
+    def job_ended(self) -> None:
+        """However it ended, its upload is removed."""
+        from pathlib import Path
+
+        if self.path:
+            Path(self.path).unlink(missing_ok=True)
+
+
+class GenerationJob(Job):
     """The policy writing answers for a project's prompts on a worker (the `generate` queue), with
     counts the admin can watch (`GET /api/generation-jobs/<id>/`, the dashboard).
 
@@ -470,20 +470,23 @@ class GenerationJob(models.Model):
         "runs.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="generation_jobs",
         help_text="The version that wrote the answers (the serving one when the job started).",
     )  # fmt: skip
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     prompts_total = models.PositiveIntegerField(default=0)
     prompts_done = models.PositiveIntegerField(default=0)
     tasks_created = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0, help_text="Prompts the policy server could not answer.")
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+
+    job_kind = "generation"
+    on_lost = "retry"  # it resumes: the items it made stay, the prompts left are answered
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "updated_at"])]
 
     def __str__(self) -> str:
         return f"generation {self.pk} for {self.project_id} ({self.status})"
+
+    def job_task(self) -> tuple[str, str]:
+        return "prefloop.generate", "generate"
+
+    @property
+    def job_progress(self) -> float | None:
+        return self.prompts_done / self.prompts_total if self.prompts_total else None

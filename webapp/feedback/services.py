@@ -28,16 +28,11 @@ from webapp.feedback.models import (
     Task,
     TaskCandidate,
 )
+from webapp.feedback.projects import project_default
 from webapp.feedback.validation import clean_label, clean_messages, clean_user_text
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
 from webapp.runs.services import run_maybe_trigger
-
-DEFAULT_PROJECT_NAME = "Chat"
-DEFAULT_GUIDELINES = (
-    "Judge which answer is more helpful, honest and harmless for the conversation so far. "
-    "Choose *tie* when both are equally good and *both bad* when neither is acceptable."
-)
 
 logger = logging.getLogger(__name__)
 
@@ -208,15 +203,6 @@ def label_submit(
         data={"choice": choice, "strength": strength, "rationale": rationale},
         source=Label.Source.UI,
     )
-
-
-def project_default() -> Project:
-    """The project that chat comparisons and prompts without a project belong to."""
-    project, _ = Project.objects.get_or_create(
-        name=DEFAULT_PROJECT_NAME,
-        defaults={"feedback_types": ["pairwise", "thumbs"], "guidelines": DEFAULT_GUIDELINES},
-    )
-    return project
 
 
 def message_feedback_set(*, message: Message, user: User, value: str, reason: str = "") -> MessageFeedback:

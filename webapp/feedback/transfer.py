@@ -6,6 +6,7 @@ maps its records to rows of the database and back, in atomic batches.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -15,7 +16,6 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Prefetch
-from django.utils import timezone
 
 from training.feedback_io import (
     BadRecord,
@@ -26,15 +26,16 @@ from training.feedback_io import (
     rows_from_item,
 )
 from webapp.accounts.models import User
-from webapp.core.queue import broker_send
+from webapp.core.jobs import JobGuard, JobStatus, job_enqueue, job_finish, job_guarded, job_start
 from webapp.feedback.followups import followup_rows
 from webapp.feedback.generation import generation_job_create
 from webapp.feedback.models import ImportJob, Label, MessageFeedback, Project, Prompt, Task
+from webapp.feedback.projects import DEFAULT_PROJECT_NAME
 from webapp.feedback.selectors import context_before, slots_prefetch
-from webapp.feedback.services import DEFAULT_PROJECT_NAME, labels_bulk_create, tasks_bulk_create
+from webapp.feedback.services import labels_bulk_create, tasks_bulk_create
 
 IMPORTED_USER_PREFIX = "import-"
-IMPORT_TASK_NAME = "prefloop.import_feedback"  # worker.tasks.import_feedback
+logger = logging.getLogger(__name__)
 EXPORT_CHUNK = 500
 
 
@@ -306,36 +307,36 @@ def import_job_create(*, project: Project, created_by: User | None, fmt: str, up
 
 
 def _enqueue_import(job_id: int) -> None:
-    """Send the job to a worker; with the broker down it waits, and `import_jobs_resend` sends it later."""
-    broker_send(IMPORT_TASK_NAME, args=[job_id], queue="cpu")
+    """Send the job to a worker; with the broker down it waits, and the reaper sends it later."""
+    job = ImportJob.objects.filter(pk=job_id).first()
+    if job is not None:
+        job_enqueue(job)
 
 
 def import_job_run(*, job_id: int) -> ImportJob | None:
-    """Import a queued job's file, recording counts after every batch; a message delivered twice
-    runs it once (only a queued job starts)."""
-    updated = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
-        status=ImportJob.Status.RUNNING, started_at=timezone.now()
-    )
-    if not updated:
+    """Import a queued job's file under the job lifecycle (webapp.core.jobs), recording counts after
+    every batch. A message delivered twice runs it once (only a queued job starts); a cancel stops
+    it between batches, keeping what was imported; however it ends, its upload is removed
+    (`ImportJob.job_ended`)."""
+    job = job_start(ImportJob, job_id)
+    if job is None:
         return None
-    job = ImportJob.objects.select_related("project").get(pk=job_id)
 
-    def record(report: ImportReport) -> None:
-        ImportJob.objects.filter(pk=job_id).update(**report_counts(report))
+    def body(guard: JobGuard) -> None:
+        def record(report: ImportReport) -> None:
+            ImportJob.objects.filter(pk=job_id).update(**report_counts(report))
+            logger.info("import %s: %d items, %d bad lines so far", job_id, report.items, len(report.bad))
+            guard.check()
 
-    try:
-        report = import_items(project=job.project, records=read_feedback(job.path, job.format), progress=record)
-    except (OSError, ValueError) as exc:
-        ImportJob.objects.filter(pk=job_id).update(
-            status=ImportJob.Status.FAILED, error=f"cannot read it as {job.format}: {exc}", finished_at=timezone.now()
-        )
-    else:
-        ImportJob.objects.filter(pk=job_id).update(
-            status=ImportJob.Status.SUCCEEDED, finished_at=timezone.now(), **report_counts(report)
-        )
-    Path(job.path).unlink(missing_ok=True)
-    job.refresh_from_db()
-    return job
+        try:
+            report = import_items(project=job.project, records=read_feedback(job.path, job.format), progress=record)
+        except (OSError, ValueError) as exc:
+            job_finish(ImportJob, job_id, JobStatus.FAILED, error=f"cannot read it as {job.format}: {exc}")
+            return
+        job_finish(ImportJob, job_id, JobStatus.SUCCEEDED, **report_counts(report))
+
+    job_guarded(ImportJob, job_id, body, cancelled="cancelled while it ran; the items imported before stay")
+    return ImportJob.objects.get(pk=job_id)
 
 
 def report_counts(report: ImportReport) -> dict[str, Any]:
@@ -349,17 +350,3 @@ def report_counts(report: ImportReport) -> dict[str, Any]:
         "bad_lines": len(report.bad),
         "bad": [{"line": b.line, "message": b.message} for b in report.bad[:100]],
     }
-
-
-def import_jobs_resend(*, older_than_s: int) -> int:
-    """Send again the jobs still queued after `older_than_s` seconds (their message was lost, e.g.
-    the broker was down when they were made); return how many."""
-    from datetime import timedelta
-
-    cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    ids = list(
-        ImportJob.objects.filter(status=ImportJob.Status.QUEUED, created_at__lt=cutoff).values_list("pk", flat=True)
-    )
-    for job_id in ids:
-        _enqueue_import(job_id)
-    return len(ids)

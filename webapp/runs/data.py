@@ -24,6 +24,7 @@ from typing import Any
 
 from django.db.models import Q
 
+from training.examples import Examples, label_examples
 from webapp.feedback.followups import followups_scored
 from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
 from webapp.feedback.selectors import context_before, slots_prefetch
@@ -58,6 +59,7 @@ class TrainingData:
     pairs: list[dict[str, Any]] = field(default_factory=list)  # label_id, annotator, prompt, chosen, rejected, strength
     ties: list[dict[str, Any]] = field(default_factory=list)  # label_id, annotator, prompt, chosen, rejected
     rankings: list[dict[str, Any]] = field(default_factory=list)  # label_id, annotator, prompt, completions, ranks
+    kto: list[dict[str, Any]] = field(default_factory=list)  # label_id, annotator, prompt, completion, desirable
     thumbs: list[dict[str, Any]] = field(default_factory=list)  # prompt, completion, desirable
     held_out_pairs: list[dict[str, Any]] = field(default_factory=list)
     held_out_prompts: list[list[dict[str, str]]] = field(default_factory=list)
@@ -77,6 +79,7 @@ class TrainingData:
             "pairs": len(self.pairs),
             "ties": len(self.ties),
             "lists": len(self.rankings),
+            "liked_or_disliked": len(self.kto),
             "thumbs": len(self.thumbs),
             "held_out_pairs": len(self.held_out_pairs),
             "held_out_prompts": len(self.held_out_prompts),
@@ -140,9 +143,9 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
         excluded[EXCLUDED_AGGREGATED] += merged
     for label in kept:
         texts, order = _slots(label)
-        before = len(data.pairs) + len(data.ties) + len(data.rankings)
+        before = len(data.pairs) + len(data.ties) + len(data.rankings) + len(data.kto)
         _add_label(data, label, texts, order)
-        if len(data.pairs) + len(data.ties) + len(data.rankings) > before:
+        if len(data.pairs) + len(data.ties) + len(data.rankings) + len(data.kto) > before:
             data.label_ids.append(label.pk)
             data.trained_prompts.add(_key(label.task.prompt.messages))
         else:
@@ -152,7 +155,7 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
     for label in lineage:  # what trained the starting version is not a gate prompt either
         scratch = TrainingData()
         _add_label(scratch, label, *_slots(label))
-        if scratch.pairs or scratch.ties or scratch.rankings:
+        if scratch.pairs or scratch.ties or scratch.rankings or scratch.kto:
             data.trained_prompts.add(_key(label.task.prompt.messages))
     for label in held_out:
         texts, order = _slots(label)
@@ -177,7 +180,7 @@ def _annotator_weights(trust: dict[str, float | None]) -> dict[str, float]:
 def _apply_weights(data: TrainingData, weights: dict[str, float]) -> None:
     """Put each row's weight on it, scaled so that the training labels' mean weight is 1 (the
     recipe's learning rate keeps its meaning), and record each annotator's."""
-    rows = [*data.pairs, *data.ties, *data.rankings]
+    rows = [*data.pairs, *data.ties, *data.rankings, *data.kto]
     by_label = {r["label_id"]: weights.get(r["annotator"], 1.0) for r in rows}  # a label's rows share one
     if not by_label:
         return
@@ -188,7 +191,7 @@ def _apply_weights(data: TrainingData, weights: dict[str, float]) -> None:
 
 
 def _default_project_name() -> str:
-    from webapp.feedback.services import DEFAULT_PROJECT_NAME
+    from webapp.feedback.projects import DEFAULT_PROJECT_NAME
 
     return DEFAULT_PROJECT_NAME
 
@@ -202,38 +205,30 @@ def _row(label: Label, **fields: Any) -> dict[str, Any]:
     return {"label_id": label.pk, "annotator": label.annotator.username, "prompt": label.task.prompt.messages, **fields}
 
 
+def _examples(label: Label, texts: dict[int, str], order: list[int]) -> Examples:
+    """What the label teaches, through the one converter every export uses too (training.examples)."""
+    index = {candidate_id: i for i, candidate_id in enumerate(order)}
+    ranking = [[index[c] for c in group if c in index] for group in label.ranking] if label.ranking else None
+    return label_examples(
+        kind=label.kind, answers=[texts[c] for c in order], choice=label.choice or None, strength=label.strength,
+        ranking=ranking, rewrite=label.rewrite or None,
+    )  # fmt: skip
+
+
 def _pairs(label: Label, texts: dict[int, str], order: list[int]) -> list[dict[str, Any]]:
     """The label's strict preferences as (chosen, rejected) pairs of different texts."""
-    out = []
-    if label.kind == Task.Kind.PAIRWISE and label.choice in (Label.Choice.A, Label.Choice.B):
-        a, b = texts[order[0]], texts[order[1]]
-        chosen, rejected = (a, b) if label.choice == Label.Choice.A else (b, a)
-        out.append((chosen, rejected, label.strength or 1))
-    elif label.kind == Task.Kind.RANKING and label.ranking:
-        groups = label.ranking
-        out += [
-            (texts[w], texts[lo], 1) for i, upper in enumerate(groups) for lower in groups[i + 1 :] for w in upper
-            for lo in lower
-        ]  # fmt: skip
-    elif label.kind == Task.Kind.CRITIQUE and label.rewrite:
-        out.append((label.rewrite, texts[order[0]], 1))
-    return [_row(label, chosen=c, rejected=r, strength=s) for c, r, s in out if c.strip() != r.strip()]
+    found = _examples(label, texts, order)
+    return [_row(label, chosen=c, rejected=r, strength=s or 1) for c, r, s in found.pairs]
 
 
 def _add_label(data: TrainingData, label: Label, texts: dict[int, str], order: list[int]) -> None:
-    data.pairs += _pairs(label, texts, order)
-    if label.kind == Task.Kind.PAIRWISE and label.choice in (Label.Choice.TIE, Label.Choice.BOTH_BAD):
-        a, b = texts[order[0]], texts[order[1]]
-        if a.strip() != b.strip():
-            data.ties.append(_row(label, chosen=a, rejected=b))
-    if label.kind == Task.Kind.RANKING and label.ranking:
-        completions, ranks = [], []
-        for rank, group in enumerate(label.ranking):
-            for candidate_id in group:
-                completions.append(texts[candidate_id])
-                ranks.append(rank)
-        if len(set(ranks)) >= 2 and len({c.strip() for c in completions}) == len(completions):
-            data.rankings.append(_row(label, completions=completions, ranks=ranks))
+    found = _examples(label, texts, order)
+    data.pairs += [_row(label, chosen=c, rejected=r, strength=s or 1) for c, r, s in found.pairs]
+    data.ties += [_row(label, chosen=a, rejected=b) for a, b in found.ties]
+    if found.ranking is not None:
+        completions, ranks = found.ranking
+        data.rankings.append(_row(label, completions=completions, ranks=ranks))
+    data.kto += [_row(label, completion=text, desirable=liked) for text, liked in found.kto]
 
 
 def _aggregate(labels: list[Label]) -> tuple[list[Label], int]:

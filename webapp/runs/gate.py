@@ -124,3 +124,79 @@ def _evidence(
 
 def against_word(threshold: float) -> str:
     return "the serving version" if threshold == 0.5 else f"the threshold {threshold:g}"
+
+
+def reward_gate_judge(
+    *, candidate: list[float], serving: list[float] | None, longer_chosen: list[bool | None], recipe: Recipe,
+    against: str,
+) -> dict[str, Any]:  # fmt: skip
+    """A candidate reward model against the serving one on the project's held-out pairs: each list
+    holds, per pair, s(chosen) - s(rejected) under that model (a positive margin is right);
+    `longer_chosen` whether the chosen answer is the longer one (None: same length).
+
+    - Accuracy: a paired test on the pairs the two models order differently (training.evidence,
+      non-inferiority at the recipe's confidence and margin): rejected when the candidate is worse
+      on evidence; "unchecked" when too few pairs tell them apart.
+    - Calibration: the mean log loss, -log sigmoid(margin), of each; rejected when the candidate's
+      is higher by more than two standard errors of the paired difference.
+    - The length rule ("the longer answer wins") on the same pairs, beside them, for reading.
+
+    With no serving reward model the candidate serves ("first")."""
+    n = len(candidate)
+    right = [m > 0 for m in candidate]
+    accuracy = sum(0.5 if m == 0 else float(m > 0) for m in candidate) / n if n else None
+    decided = [c for c in longer_chosen if c is not None]
+    length_rule = sum(decided) / len(decided) if decided else None
+    loss = [_log_loss(m) for m in candidate]
+    gate: dict[str, Any] = {
+        "against": against,
+        "n": n,
+        "accuracy": _round(accuracy),
+        "log_loss": _round(sum(loss) / n if n else None),
+        "length_rule_accuracy": _round(length_rule),
+        "checks": [],
+    }
+    if serving is None:
+        return {**gate, "verdict": "passed", "reason": "the project's first reward model"}
+    serving_loss = [_log_loss(m) for m in serving]
+    gate.update(
+        serving_accuracy=_round(sum(0.5 if m == 0 else float(m > 0) for m in serving) / n if n else None),
+        serving_log_loss=_round(sum(serving_loss) / n if n else None),
+    )
+    if n < recipe.min_heldout_pairs:
+        why = f"{n} held-out pairs, fewer than {recipe.min_heldout_pairs}: no check could judge it"
+        return {**gate, "verdict": "unchecked", "reason": why}
+    wins = sum(1 for c, s in zip(right, serving, strict=True) if c and not s > 0)
+    losses = sum(1 for c, s in zip(right, serving, strict=True) if s > 0 and not c)
+    evidence = decide(wins=wins, losses=losses, ties=n - wins - losses, threshold=0.5, margin=recipe.gate_margin,
+                      confidence=recipe.gate_confidence)  # fmt: skip
+    accuracy_check = {
+        "name": "heldout_accuracy",
+        "summary": f"ordered right {wins} held-out pairs the serving model got wrong, and wrong {losses} it got right",
+        "passed": {WORSE: False, NOT_WORSE: True, TOO_THIN: None}[evidence.verdict],
+        **evidence.as_dict(),
+    }
+    diffs = [c - s for c, s in zip(loss, serving_loss, strict=True)]
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else 0.0
+    worse_calibrated = mean > 2 * se and mean > 0
+    calibration_check = {
+        "name": "calibration",
+        "summary": f"log loss {mean:+.3f} ± {se:.3f} against the serving model's",
+        "passed": not worse_calibrated,
+    }
+    gate["checks"] = [accuracy_check, calibration_check]
+    if accuracy_check["passed"] is False or worse_calibrated:
+        failed = [c["summary"] for c in gate["checks"] if c["passed"] is False]
+        return {**gate, "verdict": "rejected", "reason": f"worse than {against}: " + "; ".join(failed)}
+    if accuracy_check["passed"] is None:
+        return {**gate, "verdict": "unchecked", "reason": f"too few held-out pairs tell it from {against}"}
+    return {**gate, "verdict": "passed", "reason": f"not worse than {against} on {n} held-out pairs"}
+
+
+def _log_loss(margin: float) -> float:
+    return math.log1p(math.exp(-margin)) if margin > -30 else -margin
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from webapp.core.jobs import Job, JobStatus
 
 
 class ModelVersion(models.Model):
@@ -65,16 +69,14 @@ class ModelVersion(models.Model):
         return [str(c.get("summary", c.get("name"))) for c in checks if c.get("passed") is False]
 
 
-class VersionEvent(models.Model):
-    """The audit trail of the serving version: every promotion, rollback and rejection, by whom and why."""
+class ServingEvent(models.Model):
+    """An entry of an audit trail of what serves: a promotion, rollback or rejection, by whom and why."""
 
     class Action(models.TextChoices):
         PROMOTE = "promote", "Promoted"
         ROLLBACK = "rollback", "Rolled back"
         REJECT = "reject", "Rejected by the gate"
 
-    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="events")
-    previous = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     action = models.CharField(max_length=16, choices=Action.choices)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -83,20 +85,57 @@ class VersionEvent(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at", "-id"]
-
-    def __str__(self) -> str:
-        return f"{self.action} {self.version}"
 
     @property
     def actor_name(self) -> str:
         return self.actor.username if self.actor is not None else "the gate"
 
 
+class VersionEvent(ServingEvent):
+    """The audit trail of the serving policy version."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="events")
+    previous = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta(ServingEvent.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.version}"
+
+
+class RewardModelEvent(ServingEvent):
+    """The audit trail of each project's serving reward model."""
+
+    reward_model = models.ForeignKey("RewardModel", on_delete=models.CASCADE, related_name="events")
+    previous = models.ForeignKey("RewardModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta(ServingEvent.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.reward_model}"
+
+
 class RewardModel(models.Model):
-    """A trained reward model (one model or an ensemble) in the artifact store, with its held-out metrics."""
+    """A trained reward model (one model or an ensemble) in the artifact store, with its held-out
+    metrics. Versioned like policies: a reward run makes a candidate, which serves its project (the
+    gate, GRPO, online DPO and the queue use the serving one) only if it is not worse than the one
+    serving on the project's held-out labels; promote and roll back as for policies."""
+
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate", "Candidate"
+        SERVING = "serving", "Serving"
+        RETIRED = "retired", "Retired"
+        REJECTED = "rejected", "Rejected"
 
     number = models.PositiveIntegerField(unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CANDIDATE)
+    # the reward gate ({"verdict", "reason", "against", "accuracy", "log_loss", "length_rule_accuracy", "checks"})
+    gate = models.JSONField(default=dict, blank=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
     backbone = models.CharField(max_length=500)
     project = models.ForeignKey(
         "feedback.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="reward_models"
@@ -110,6 +149,11 @@ class RewardModel(models.Model):
 
     class Meta:
         ordering = ["-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(status="serving"), name="runs_one_serving_reward_model_per_project"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -126,15 +170,10 @@ class RewardModel(models.Model):
         return heads or len(self.member_paths)
 
 
-class TrainingRun(models.Model):
+class TrainingRun(Job):
     """One training job: queued by an admin, the API or the label threshold; run by a worker."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+    Status = JobStatus
 
     class Stage(models.TextChoices):
         WAITING = "", "Waiting"
@@ -159,7 +198,6 @@ class TrainingRun(models.Model):
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
 
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DPO)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.WAITING, blank=True)
     project = models.ForeignKey(
         "feedback.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="runs"
@@ -182,14 +220,6 @@ class TrainingRun(models.Model):
     history = models.JSONField(default=list, blank=True)
     n_labels = models.PositiveIntegerField(default=0)
     n_pairs = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When the broker took its message.")
-    cancel_requested = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -208,6 +238,15 @@ class TrainingRun(models.Model):
     def __str__(self) -> str:
         return f"run {self.pk} ({self.kind}, {self.status})"
 
+    def job_end_fields(self) -> dict[str, Any]:
+        return {"stage": self.Stage.DONE}
+
+    def job_type(self) -> str:
+        return "reward" if self.kind == self.Kind.REWARD else "policy"
+
+    def job_task(self) -> tuple[str, str]:
+        return ("prefloop.train_reward" if self.kind == self.Kind.REWARD else "prefloop.train_policy"), "gpu"
+
     @property
-    def is_active(self) -> bool:
-        return self.status in self.ACTIVE_STATUSES
+    def job_progress(self) -> float | None:
+        return self.progress

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
+from webapp.feedback.models import Project
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
 
 
@@ -27,3 +28,8 @@ def run_active(*, kind: str = TrainingRun.Kind.DPO) -> TrainingRun | None:
 
 def run_get(*, run_id: int) -> TrainingRun:
     return run_list().get(pk=run_id)
+
+
+def reward_model_serving(project: Project | None) -> RewardModel | None:
+    """The reward model `project`'s gate, GRPO, online DPO and queue use: its serving one."""
+    return RewardModel.objects.filter(project=project, status=RewardModel.Status.SERVING).first()

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import Max
 from django.utils import timezone
 
 from webapp.accounts.models import User
-from webapp.core.queue import broker_send
+from webapp.core.jobs import JobStatus, job_beat, job_cancel, job_enqueue, job_finish, job_start
 from webapp.feedback.models import Project
-from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
+from webapp.runs.models import ModelVersion, RewardModel, RewardModelEvent, TrainingRun, VersionEvent
 from webapp.runs.recipe import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -115,8 +114,8 @@ def version_serve(
     With `expected_serving`, the flip happens only if that version still serves (ServingChanged
     otherwise): a candidate evaluated against one version is never promoted over a newer one.
     """
-    from webapp.core import policy
     from webapp.feedback.generation import refresh_after_promotion
+    from webapp.runs import policy
 
     policy.adapter_load(version)
     version, previous = _promote(version=version, actor=actor, reason=reason, expected_serving=expected_serving)
@@ -164,21 +163,28 @@ def _promote(
                 )
         if version.status == ModelVersion.Status.SERVING:
             return version, None
-        if previous is not None:
-            previous.status = ModelVersion.Status.RETIRED
-            previous.save(update_fields=["status"])
-        version.status = ModelVersion.Status.SERVING
-        version.promoted_at = timezone.now()
-        version.save(update_fields=["status", "promoted_at"])
-        rollback = previous is not None and version.number < previous.number
-        VersionEvent.objects.create(
-            version=version,
-            previous=previous,
-            action=VersionEvent.Action.ROLLBACK if rollback else VersionEvent.Action.PROMOTE,
-            actor=actor,
-            reason=reason[:2000],
-        )
+        _make_serving(version, previous, actor=actor, reason=reason)
     return version, previous
+
+
+def _make_serving(
+    chosen: ModelVersion | RewardModel, previous: ModelVersion | RewardModel | None, *, actor: User | None, reason: str
+) -> None:
+    """Inside the caller's transaction, with both rows locked: retire `previous`, serve `chosen`, and
+    put it on its audit trail (a rollback when it is older than the one it replaces)."""
+    if previous is not None:
+        previous.status = "retired"
+        previous.save(update_fields=["status"])
+    chosen.status = "serving"
+    chosen.promoted_at = timezone.now()
+    chosen.save(update_fields=["status", "promoted_at"])
+    rollback = previous is not None and chosen.number < previous.number
+    action = VersionEvent.Action.ROLLBACK if rollback else VersionEvent.Action.PROMOTE
+    event = {"previous": previous, "action": action, "actor": actor, "reason": reason[:2000]}
+    if isinstance(chosen, RewardModel):
+        RewardModelEvent.objects.create(reward_model=chosen, **event)
+    else:
+        VersionEvent.objects.create(version=chosen, **event)
 
 
 def version_promote_by_admin(
@@ -213,6 +219,54 @@ def version_gate_record(*, version: ModelVersion, gate: dict[str, Any]) -> Model
     return version
 
 
+# --- reward models as versions -------------------------------------------------------------------
+
+
+def reward_model_gate_record(*, reward_model: RewardModel, gate: dict[str, Any]) -> RewardModel:
+    """Store the reward gate's verdict; serve a candidate that passed (or was unchecked and the recipe
+    serves those), reject one the gate rejected, leave an unchecked one a candidate otherwise."""
+    with transaction.atomic():
+        reward_model = RewardModel.objects.select_for_update().get(pk=reward_model.pk)
+        reward_model.gate = gate
+        reward_model.save(update_fields=["gate"])
+        if gate.get("verdict") == "rejected" and reward_model.status == RewardModel.Status.CANDIDATE:
+            reward_model.status = RewardModel.Status.REJECTED
+            reward_model.save(update_fields=["status"])
+            RewardModelEvent.objects.create(
+                reward_model=reward_model, action=RewardModelEvent.Action.REJECT, reason=str(gate.get("reason"))[:2000]
+            )
+    return reward_model
+
+
+def reward_model_serve(*, reward_model: RewardModel, actor: User | None = None, reason: str = "") -> RewardModel:
+    """Make `reward_model` its project's serving one and retire the one it replaces; record who, when
+    and why. Promoting one older than the serving one is a rollback."""
+    with transaction.atomic():
+        reward_model = RewardModel.objects.select_for_update().get(pk=reward_model.pk)
+        if reward_model.status == RewardModel.Status.SERVING:
+            return reward_model
+        previous = (
+            RewardModel.objects.select_for_update()
+            .filter(project=reward_model.project, status=RewardModel.Status.SERVING)
+            .first()
+        )
+        _make_serving(reward_model, previous, actor=actor, reason=reason)
+    return reward_model
+
+
+def reward_model_promote_by_admin(
+    *, reward_model: RewardModel, actor: User, reason: str = "", confirm: bool = False
+) -> RewardModel:
+    """An admin's promotion or rollback of a reward model; a rejected one needs `confirm`."""
+    reward_model.refresh_from_db()
+    if reward_model.status == RewardModel.Status.SERVING:
+        raise ValueError(f"{reward_model} is already serving")
+    if reward_model.status == RewardModel.Status.REJECTED and not confirm:
+        why = (reward_model.gate or {}).get("reason", "the reward gate")
+        raise NeedsConfirmation(f"{reward_model} was rejected ({why}); confirm to promote it anyway")
+    return reward_model_serve(reward_model=reward_model, actor=actor, reason=reason or "promoted by an admin")
+
+
 # --- recipes ------------------------------------------------------------------------------------
 
 
@@ -240,7 +294,7 @@ def recipe_update(*, project: Project, data: dict[str, Any], replace: bool = Fal
 
 
 def _project_or_default(project: Project | None) -> Project:
-    from webapp.feedback.services import project_default
+    from webapp.feedback.projects import project_default
 
     return project if project is not None else project_default()
 
@@ -285,75 +339,21 @@ def run_create(
 
 
 def run_enqueue(*, run_id: int, kind: str = TrainingRun.Kind.DPO) -> bool:
-    """Send the run's worker task to the broker by name; return whether the broker took it.
-
-    Never raises: with the broker down the run stays queued with no `enqueued_at`, and
-    `runs_reap` sends it once the broker answers again.
-    """
-    if not broker_send(TRAIN_TASK_NAMES[kind], args=[run_id], queue="gpu"):
-        return False  # it waits for the reaper
-    TrainingRun.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
-    return True
-
-
-def _heartbeat_is_fresh(run: TrainingRun) -> bool:
-    if run.heartbeat_at is None:
-        return False
-    return (timezone.now() - run.heartbeat_at).total_seconds() < settings.RUN_STALE_S
+    """Send the run's worker task to the broker; return whether the broker took it. Never raises:
+    with the broker down the run stays queued, and the reaper sends it once the broker answers."""
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    return run is not None and job_enqueue(run)
 
 
 def run_start(*, run_id: int, parent_version: ModelVersion | None) -> TrainingRun | None:
-    """Move a queued run to running; return None when there is nothing to do.
-
-    - a finished or cancelled run is left alone (a redelivered message does no harm);
-    - a running run with a fresh heartbeat belongs to a live worker: a redelivered message is a
-      no-op, not a restart;
-    - a running run with a stale heartbeat was left by a worker that died: it starts again,
-      unless it has been tried RUN_MAX_ATTEMPTS times, when it fails.
-    """
-    with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
-        if run is None or run.status not in TrainingRun.ACTIVE_STATUSES:
-            return None
-        if run.cancel_requested:
-            _finish(run, TrainingRun.Status.CANCELLED, error="cancelled before it started")
-            return None
-        if run.status == TrainingRun.Status.RUNNING and _heartbeat_is_fresh(run):
-            logger.info("run %s is running with a fresh heartbeat; this delivery does nothing", run_id)
-            return None
-        if run.attempts >= settings.RUN_MAX_ATTEMPTS:
-            _finish(run, TrainingRun.Status.FAILED, error=f"tried {run.attempts} times (RUN_MAX_ATTEMPTS); giving up")
-            return None
-        run.status = TrainingRun.Status.RUNNING
-        run.stage = TrainingRun.Stage.TRAINING
-        run.attempts += 1
-        run.started_at = run.heartbeat_at = timezone.now()
-        run.parent_version = parent_version
-        run.progress = 0.0
-        run.error = ""
-        run.save(
-            update_fields=[
-                "status", "stage", "attempts", "started_at", "heartbeat_at", "parent_version", "progress", "error"
-            ]
-        )  # fmt: skip
-        return run
-
-
-def _finish(run: TrainingRun, status: str, *, error: str = "") -> None:
-    run.status = status
-    run.error = error[:10_000]
-    run.finished_at = timezone.now()
-    run.stage = TrainingRun.Stage.DONE
-    run.save(update_fields=["status", "error", "finished_at", "stage"])
+    """Move a queued run to running (webapp.core.jobs.job_start); None when there is nothing to do:
+    it ended, a worker holds it already, or its cancel was asked while it waited."""
+    return job_start(TrainingRun, run_id, stage=TrainingRun.Stage.TRAINING, parent_version=parent_version, progress=0.0)
 
 
 def run_heartbeat(*, run_id: int, stage: str | None = None) -> bool:
-    """Record that the run's worker is alive (and its stage); return whether a cancel was asked."""
-    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
-    if stage is not None:
-        fields["stage"] = stage
-    TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.RUNNING).update(**fields)
-    return TrainingRun.objects.filter(pk=run_id, cancel_requested=True).exists()
+    """Record that the run's worker is alive (and its stage); return whether it should stop."""
+    return job_beat(TrainingRun, run_id, **({"stage": stage} if stage is not None else {}))
 
 
 def run_record_data(*, run: TrainingRun, n_labels: int, n_pairs: int, data: dict[str, Any] | None = None) -> None:
@@ -411,67 +411,21 @@ def run_succeed(
     return run
 
 
-@transaction.atomic
 def run_fail(*, run_id: int, error: str) -> TrainingRun | None:
-    run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
-    if run is None or not run.is_active:
-        return run
-    _finish(run, TrainingRun.Status.FAILED, error=error)
-    return run
+    return job_finish(TrainingRun, run_id, JobStatus.FAILED, error=error)
 
 
-@transaction.atomic
 def run_cancel(*, run_id: int) -> TrainingRun:
     """Cancel a queued run at once, or ask a running one to stop at its next step (its worker then
     ends it cancelled and keeps nothing it half wrote). ValueError for a finished run."""
-    run = TrainingRun.objects.select_for_update().get(pk=run_id)
-    if not run.is_active:
-        raise ValueError(f"run {run_id} is already {run.status}")
-    if run.status == TrainingRun.Status.QUEUED:
-        _finish(run, TrainingRun.Status.CANCELLED, error="cancelled before it started")
-    else:
-        run.cancel_requested = True
-        run.save(update_fields=["cancel_requested"])
-    return run
+    return job_cancel(TrainingRun, run_id)
 
 
-@transaction.atomic
 def run_cancelled(*, run_id: int) -> TrainingRun | None:
     """The worker stopped a run whose cancel was asked: end it cancelled."""
-    run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
-    if run is None or not run.is_active:
-        return run
-    _finish(run, TrainingRun.Status.CANCELLED, error="cancelled while it ran; nothing it wrote was kept")
-    return run
-
-
-def runs_reap() -> dict[str, list[int]]:
-    """The reaper, run by beat: fail running runs whose heartbeat is older than RUN_STALE_S (their
-    worker was lost; their kind is free again), and send queued runs the broker never took."""
-    stale_before = timezone.now() - timedelta(seconds=settings.RUN_STALE_S)
-    lost = []
-    for run_id in TrainingRun.objects.filter(
-        status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale_before
-    ).values_list("pk", flat=True):
-        with transaction.atomic():
-            run = TrainingRun.objects.select_for_update().get(pk=run_id)
-            if run.status == TrainingRun.Status.RUNNING and not _heartbeat_is_fresh(run):
-                lost_worker = f"the worker was lost (no heartbeat for {settings.RUN_STALE_S} s)"
-                if run.cancel_requested:  # it was being cancelled anyway
-                    _finish(run, TrainingRun.Status.CANCELLED, error=f"cancelled; {lost_worker}")
-                else:
-                    _finish(run, TrainingRun.Status.FAILED, error=lost_worker)
-                lost.append(run.pk)
-    # Queued runs the broker never took, and (rarely) ones whose message it may have lost, such as
-    # a Redis that restarted without persistence: a second message for a run is harmless.
-    resend_before = timezone.now() - timedelta(seconds=settings.RUN_RESEND_S)
-    waiting = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED).filter(
-        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=resend_before)
+    return job_finish(
+        TrainingRun, run_id, JobStatus.CANCELLED, error="cancelled while it ran; nothing it wrote was kept"
     )
-    sent = [run.pk for run in waiting if run_enqueue(run_id=run.pk, kind=run.kind)]
-    if lost or sent:
-        logger.info("reaper: failed lost runs %s, sent queued runs %s", lost, sent)
-    return {"lost": lost, "sent": sent}
 
 
 def run_maybe_trigger() -> list[TrainingRun]:

@@ -17,11 +17,11 @@ from django.utils import timezone
 from tests.factories import make_project, make_serving_version, make_task, make_user
 from tests.processes import free_port
 from tests.webapp.api.test_api import client_for
+from webapp.core.jobs import job_label, jobs_reap
 from webapp.feedback import assignments
 from webapp.feedback.generation import (
     generation_job_create,
     generation_job_run,
-    generation_jobs_resend,
     prompts_open,
     refresh_after_promotion,
     tasks_stale,
@@ -164,18 +164,21 @@ def test_a_job_without_a_serving_version_fails_with_the_reason():
     assert job.status == "failed" and "no policy version is serving" in job.error
 
 
-def test_jobs_the_broker_lost_are_sent_again_and_jobs_whose_worker_died_run_again():
+def test_jobs_the_broker_lost_are_sent_again_and_jobs_whose_worker_died_run_again(settings):
+    settings.RUN_STALE_S, settings.RUN_RESEND_S = 60, 60
     project = make_project(feedback_types=["pairwise"])
     waiting = generation_job_create(project=project)
-    lost = GenerationJob.objects.create(project=project, kind="refresh", status="running")
-    long_ago = timezone.now() - timedelta(hours=1)
-    GenerationJob.objects.filter(pk__in=[waiting.pk, lost.pk]).update(updated_at=long_ago)
-    recent = generation_job_create(project=project, prompt_ids=[1])
-    assert generation_jobs_resend(older_than_s=60, lost_after_s=600) == 2
+    GenerationJob.objects.filter(pk=waiting.pk).update(enqueued_at=None)  # the broker never took it
+    now = timezone.now()
+    running = {"project": project, "kind": "refresh", "status": "running", "attempts": 1}
+    lost = GenerationJob.objects.create(**running, started_at=now, heartbeat_at=now - timedelta(hours=1))
+    alive = GenerationJob.objects.create(**running, started_at=now - timedelta(minutes=30), heartbeat_at=now)
+    report = jobs_reap()
+    assert report["requeued"] == [job_label(lost)] and job_label(waiting) in report["sent"]
     lost.refresh_from_db()
-    assert lost.status == "queued"  # its finished batches stay; the rest is done again
-    recent.refresh_from_db()
-    assert recent.status == "queued"
+    assert lost.status == "queued" and "the worker was lost" in lost.error  # its batches stay; the rest is redone
+    alive.refresh_from_db()
+    assert alive.status == "running"  # 30 minutes in, but its heartbeat is fresh: never sent again
 
 
 def test_the_dashboard_shows_generation_and_queues_it_for_a_project():

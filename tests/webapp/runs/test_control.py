@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factories import make_project, make_serving_version, make_task, make_user
+from webapp.core.jobs import job_label, jobs_reap
 from webapp.feedback.assignments import label_create
 from webapp.runs import services
 from webapp.runs.data import (
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _run(**fields) -> TrainingRun:
-    from webapp.feedback.services import project_default
+    from webapp.feedback.projects import project_default
 
     fields.setdefault("trigger", TrainingRun.Trigger.API)
     fields.setdefault("project", project_default())
@@ -42,17 +43,17 @@ def test_a_redelivered_message_for_a_run_with_a_fresh_heartbeat_is_a_no_op(setti
     assert (run.status, run.attempts) == (TrainingRun.Status.RUNNING, 1)
 
 
-def test_a_run_left_by_a_dead_worker_restarts_until_its_attempts_run_out(settings):
-    settings.RUN_STALE_S, settings.RUN_MAX_ATTEMPTS = 60, 2
+def test_a_redelivered_message_never_restarts_a_run_left_by_a_dead_worker_the_reaper_fails_it(settings):
+    settings.RUN_STALE_S = 60
     run = _run()
-    for attempt in (1, 2):
-        assert services.run_start(run_id=run.pk, parent_version=None) is not None
-        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=120))
-        run.refresh_from_db()
-        assert run.attempts == attempt
-    assert services.run_start(run_id=run.pk, parent_version=None) is None
+    assert services.run_start(run_id=run.pk, parent_version=None) is not None
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=120))
+    assert services.run_start(run_id=run.pk, parent_version=None) is None  # the reaper's to judge
     run.refresh_from_db()
-    assert run.status == TrainingRun.Status.FAILED and "tried 2 times" in run.error
+    assert (run.status, run.attempts) == (TrainingRun.Status.RUNNING, 1)
+    jobs_reap()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "the worker was lost" in run.error
 
 
 def test_the_reaper_fails_a_run_whose_heartbeat_is_stale_and_frees_its_kind(settings):
@@ -61,10 +62,10 @@ def test_the_reaper_fails_a_run_whose_heartbeat_is_stale_and_frees_its_kind(sett
     for run in (stale, fresh):
         services.run_start(run_id=run.pk, parent_version=None)
     TrainingRun.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=31))
-    result = services.runs_reap()
+    result = jobs_reap()
     stale.refresh_from_db()
     fresh.refresh_from_db()
-    assert result["lost"] == [stale.pk]
+    assert result["lost"] == [job_label(stale)]
     assert stale.status == TrainingRun.Status.FAILED and "the worker was lost" in stale.error
     assert fresh.status == TrainingRun.Status.RUNNING
     again, created = services.run_create(trigger=TrainingRun.Trigger.API, kind=TrainingRun.Kind.DPO)
@@ -73,7 +74,7 @@ def test_the_reaper_fails_a_run_whose_heartbeat_is_stale_and_frees_its_kind(sett
     services.run_start(run_id=again.pk, parent_version=None)
     services.run_cancel(run_id=again.pk)
     TrainingRun.objects.filter(pk=again.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=31))
-    services.runs_reap()
+    jobs_reap()
     again.refresh_from_db()
     assert again.status == TrainingRun.Status.CANCELLED and "the worker was lost" in again.error
 
@@ -186,7 +187,8 @@ def test_a_run_reads_only_its_projects_labels_and_never_gold_or_untrusted_ones()
 
 
 def test_weighted_labels_count_by_their_annotators_trust_and_reach_every_trainer():
-    from worker.tasks import _dpo_update, _lipo_update, _reward_examples
+    from webapp.runs.pipeline import reward_examples as _reward_examples
+    from webapp.runs.updates import _dpo_update, _lipo_update
 
     project = make_project(name="W")
     people = {"sure": 5, "fair": 4, "coin": 2}  # right on 5, 4 and 2 of 5 gold items: trust 1.0, 0.8, 0.4

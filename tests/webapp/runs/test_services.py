@@ -69,10 +69,14 @@ def test_run_fail_records_error_and_frees_the_slot_for_a_new_run():
     assert created and again.pk != run.pk
 
 
-def test_a_running_run_found_again_is_restarted_not_left_stuck():
+def test_a_running_run_with_no_heartbeat_is_not_restarted_by_a_redelivery_but_reaped_not_left_stuck():
+    from webapp.core.jobs import jobs_reap
+
     run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, status=TrainingRun.Status.RUNNING)
-    restarted = services.run_start(run_id=run.pk, parent_version=None)
-    assert restarted is not None and restarted.status == TrainingRun.Status.RUNNING
+    assert services.run_start(run_id=run.pk, parent_version=None) is None  # one rule: only a queued job starts
+    jobs_reap()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "the worker was lost" in run.error
 
 
 def test_runs_of_each_kind_queue_independently_and_once(django_capture_on_commit_callbacks):

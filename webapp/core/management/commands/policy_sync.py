@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.core.policy import PolicyServerError, adapter_load, policy_client
+from webapp.runs.policy import PolicyServerError, adapter_load, policy_client
 from webapp.runs.selectors import version_serving
 
 

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.core.policy import policy_client
 from webapp.runs.artifacts import version_local_path
 from webapp.runs.models import ModelVersion
+from webapp.runs.policy import policy_client
 from webapp.runs.selectors import version_serving
 
 
