@@ -187,11 +187,18 @@ def _end(job: Job, status: str, *, error: str = "", **fields: Any) -> None:
         logger.exception("%s: cleaning up after its end failed", job)
 
 
-def job_finish(model: type[JobT], pk: int, status: str, *, error: str = "", **fields: Any) -> JobT | None:
-    """End an active job as `status`; a job that ended already (reaped, cancelled) stays as it is."""
+def job_finish(
+    model: type[JobT], pk: int, status: str, *, error: str = "", attempt: int | None = None, **fields: Any
+) -> JobT | None:
+    """End an active job as `status`; a job that ended already (reaped, cancelled) stays as it is.
+    With `attempt` (what a worker's guard passes), only that attempt, still running, is ended: a job
+    the reaper queued again after this worker went quiet belongs to its next attempt."""
     with transaction.atomic():
         job = model.objects.select_for_update().filter(pk=pk).first()
         if job is None or not job.is_active:
+            return job
+        if attempt is not None and (job.status != JobStatus.RUNNING or job.attempts != attempt):
+            logger.info("%s: attempt %s no longer holds it; it is left as it is", job, attempt)
             return job
         _end(job, status, error=error, **fields)
     return job
@@ -297,8 +304,10 @@ class JobGuard:
         self._fields: dict[str, Any] = {}
         self._tail = _TailHandler(threading.get_ident())
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{model.__name__}-{pk}", daemon=True)
+        self.attempt = 0  # the attempt this worker holds, read when it enters
 
     def __enter__(self) -> JobGuard:
+        self.attempt = self.model.objects.filter(pk=self.pk).values_list("attempts", flat=True).first() or 0
         logging.getLogger().addHandler(self._tail)
         self._thread.start()
         return self
@@ -343,15 +352,17 @@ def job_guarded(
 ) -> None:
     """Run `body` under a JobGuard: a stop ends the job cancelled (with `cancelled` as its reason),
     any error ends it failed with its text; a job never stays running because its body raised."""
+    held = guard(pk) if guard is not None else JobGuard(model, pk)
     try:
-        with guard(pk) if guard is not None else JobGuard(model, pk) as held:
+        with held:
             body(held)
     except JobStopped:
         logger.info("%s %s stopped", model.__name__, pk)
-        job_finish(model, pk, JobStatus.CANCELLED, error=cancelled)
+        job_finish(model, pk, JobStatus.CANCELLED, error=cancelled, attempt=held.attempt)
     except Exception as exc:
         logger.exception("%s %s failed", model.__name__, pk)
-        job_finish(model, pk, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        error = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+        job_finish(model, pk, JobStatus.FAILED, error=error, attempt=held.attempt)
 
 
 # -- workers and the one list of jobs ----------------------------------------------------------------

@@ -220,7 +220,7 @@ def _generate(job_id: int, score: Scorer | None, guard: JobGuard) -> None:
     job = GenerationJob.objects.select_related("project").get(pk=job_id)
     writers, problem = _writers(job)
     if problem:
-        job_finish(GenerationJob, job_id, JobStatus.FAILED, error=problem)
+        job_finish(GenerationJob, job_id, JobStatus.FAILED, error=problem, attempt=guard.attempt)
         return
     work = _work_for(job, writers[0])
     # a job run again (its worker was lost) counts what is left; the items it made before stay counted
@@ -254,7 +254,7 @@ def _generate(job_id: int, score: Scorer | None, guard: JobGuard) -> None:
         logger.info("generation %s: %d of %d prompts answered", job.pk, job.prompts_done, len(work))
     failed = bool(work) and job.failed == len(work)
     status = JobStatus.FAILED if failed else JobStatus.SUCCEEDED
-    job_finish(GenerationJob, job_id, status, error="; ".join(dict.fromkeys(errors))[:2000])
+    job_finish(GenerationJob, job_id, status, error="; ".join(dict.fromkeys(errors))[:2000], attempt=guard.attempt)
 
 
 def _writers(job: GenerationJob) -> tuple[list[ModelVersion], str]:

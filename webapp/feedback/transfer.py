@@ -331,9 +331,10 @@ def import_job_run(*, job_id: int) -> ImportJob | None:
         try:
             report = import_items(project=job.project, records=read_feedback(job.path, job.format), progress=record)
         except (OSError, ValueError) as exc:
-            job_finish(ImportJob, job_id, JobStatus.FAILED, error=f"cannot read it as {job.format}: {exc}")
+            error = f"cannot read it as {job.format}: {exc}"
+            job_finish(ImportJob, job_id, JobStatus.FAILED, error=error, attempt=guard.attempt)
             return
-        job_finish(ImportJob, job_id, JobStatus.SUCCEEDED, **report_counts(report))
+        job_finish(ImportJob, job_id, JobStatus.SUCCEEDED, attempt=guard.attempt, **report_counts(report))
 
     job_guarded(ImportJob, job_id, body, cancelled="cancelled while it ran; the items imported before stay")
     return ImportJob.objects.get(pk=job_id)

@@ -192,3 +192,21 @@ def test_the_api_and_the_dashboard_list_every_job_of_every_kind_and_cancel_any(t
     assert TrainingRun.objects.get(pk=jobs["reward"].pk).status == JobStatus.CANCELLED
     again = client.post(f"/dashboard/jobs/reward/{jobs['reward'].pk}/cancel/")
     assert again.status_code == 409 and "is already cancelled" in again.content.decode()
+
+
+@pytest.mark.parametrize("meanwhile", [{"status": "queued"}, {"status": "running", "attempts": 2}])
+def test_a_worker_that_went_quiet_stops_and_leaves_the_job_to_its_next_attempt(meanwhile):
+    from webapp.core.jobs import job_guarded
+
+    job = GenerationJob.objects.create(project=make_project())
+    job_start(GenerationJob, job.pk)
+
+    def body(guard: JobGuard) -> None:
+        # while this worker was quiet the reaper queued the job again (and maybe another worker took it)
+        GenerationJob.objects.filter(pk=job.pk).update(**meanwhile)
+        guard.beat()
+        guard.check()  # this worker stops here
+
+    job_guarded(GenerationJob, job.pk, body, cancelled="stopped")
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.error) == (meanwhile["status"], meanwhile.get("attempts", 1), "")
