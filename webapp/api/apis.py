@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils.text import slugify
@@ -68,6 +68,7 @@ from webapp.feedback.models import (
     Message,
     Project,
     Prompt,
+    TaskCandidate,
 )
 from webapp.feedback.quality import project_quality
 from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
@@ -181,6 +182,9 @@ class CandidateListApi(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Candidate]:
         candidates = Candidate.objects.filter(prompt__in=_prompts_for(self.request)).select_related("policy_version")
+        if not api_user(self.request).is_prefloop_admin:  # an arena stays blind to the prompt's author too
+            in_arena = TaskCandidate.objects.filter(candidate=OuterRef("pk"), task__arena=True)
+            candidates = candidates.annotate(in_arena=Exists(in_arena))
         prompt = self.request.query_params.get("prompt")
         if prompt is not None:
             prompt_id = parse_id(prompt)

@@ -180,8 +180,35 @@ class TaskBulkItemSerializer(PromptInputSerializer):
             )
         if attrs["is_gold"] and not attrs.get("gold"):
             raise serializers.ValidationError("a gold item needs its answer in 'gold'")
+        if attrs.get("gold"):
+            _check_gold(kind, attrs["gold"], len(candidates))
         base = super().validate(attrs)
         return {**attrs, "messages": base["messages"]}
+
+
+def _check_gold(kind: str, gold: Any, n_candidates: int) -> None:
+    """A gold answer in the shape its kind scores: {"choice": "a"|"b"|"tie"|"both_bad"} (pairwise),
+    {"ranking": groups of answer positions, best first, 0 = the first answer given} (ranking),
+    {"rating": 1-7} (rating); critiques have no gold answer to score."""
+    from training.feedback_io import validate_ranking
+
+    if not isinstance(gold, dict):
+        raise serializers.ValidationError({"gold": f"must be an object, got {type(gold).__name__}"})
+    if kind == "pairwise" and gold.get("choice") not in ("a", "b", "tie", "both_bad"):
+        raise serializers.ValidationError(
+            {"gold": 'a pairwise gold answer is {"choice": "a", "b", "tie" or "both_bad"}'}
+        )
+    if kind == "ranking":
+        try:
+            validate_ranking(gold.get("ranking"), n_candidates)
+        except ValueError as exc:
+            raise serializers.ValidationError(
+                {"gold": f'a ranking gold answer is {{"ranking": groups of answer positions from 0}}: {exc}'}
+            ) from None
+    if kind == "rating" and not (isinstance(gold.get("rating"), int) and 1 <= gold["rating"] <= 7):
+        raise serializers.ValidationError({"gold": 'a rating gold answer is {"rating": 1 to 7}'})
+    if kind == "critique":
+        raise serializers.ValidationError({"gold": "a critique item has no gold answer to score"})
 
 
 class TaskBulkSerializer(RefuseUnknownFields, serializers.Serializer):
@@ -244,6 +271,12 @@ class CandidateSerializer(serializers.ModelSerializer):
     class Meta:
         model = Candidate
         fields = ["id", "prompt", "text", "origin", "policy_version", "created_at"]
+
+    def to_representation(self, instance: Candidate) -> dict[str, Any]:
+        data = dict(super().to_representation(instance))
+        if getattr(instance, "in_arena", False):  # a blind comparison's answer: which version wrote it stays hidden
+            data["policy_version"] = None
+        return data
 
 
 class TaskSerializer(AdminOnlyFields, serializers.ModelSerializer):

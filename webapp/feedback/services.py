@@ -118,9 +118,11 @@ def _gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
         return None
     if task.kind == Task.Kind.PAIRWISE:
         return fields.get("choice") == task.gold.get("choice")
-    if task.kind == Task.Kind.RANKING:
+    if task.kind == Task.Kind.RANKING:  # the gold ranks positions (the order the answers were given in)
         expected = task.gold.get("ranking") or []
-        return bool(expected) and set(fields["ranking"][0]) == set(expected[0])
+        position = {slot.candidate_id: slot.position for slot in task.slots.all()}
+        top = {position.get(candidate_id) for candidate_id in fields["ranking"][0]}
+        return bool(expected) and top == set(expected[0])
     if task.kind == Task.Kind.RATING:
         return abs(int(fields["rating"]) - int(task.gold.get("rating", 0))) <= 1
     return None

@@ -259,3 +259,32 @@ def test_a_large_import_runs_on_a_worker_with_counts_the_admin_can_watch(tmp_pat
     card = client.get("/dashboard/imports/").content.decode()
     assert "succeeded" in card and "every 2s" not in card  # nothing left to watch
     assert client_for(make_user()).get(f"/api/imports/{job['id']}/").status_code == 403
+
+
+def test_a_ranking_gold_item_scores_the_annotators_top_answer_by_its_position():
+    from webapp.feedback.models import Label
+
+    project = make_project(feedback_types=["ranking"], gold_rate=1.0)
+    admin = client_for(make_user("admin"))
+    gold = {"text": "Best?", "kind": "ranking", "candidates": ["x", "y", "z"], "is_gold": True,
+            "gold": {"ranking": [[2], [0, 1]]}}  # fmt: skip
+    created = admin.post("/api/tasks/bulk/", {"project": project.pk, "items": [gold]}, format="json")
+    assert created.status_code == 201, created.json()
+    task = Task.objects.get(is_gold=True)
+    ids = {s.candidate.text: s.candidate_id for s in task.slots.select_related("candidate")}
+    scored = {}
+    for name, top in (("right", "z"), ("wrong", "x")):
+        person = make_user(username=name)
+        project.members.add(person)
+        client = client_for(person)
+        served = client.post(f"/api/projects/{project.pk}/next/").json()
+        assert served["task"]["id"] == task.pk
+        rest = [ids[t] for t in ("x", "y", "z") if t != top]
+        sent = client.post(f"/api/assignments/{served['id']}/submit/", {"ranking": [[ids[top]], rest]}, format="json")
+        assert sent.status_code == 201, sent.json()
+        scored[name] = Label.objects.get(annotator=person).gold_correct
+    assert scored == {"right": True, "wrong": False}
+    for bad in ({"ranking": [[0], [1]]}, {"ranking": [[0, 1, 2, 3]]}, {"choice": "a"}, ["z"]):
+        item = {**gold, "text": "Again?", "gold": bad}
+        answer = admin.post("/api/tasks/bulk/", {"project": project.pk, "items": [item]}, format="json")
+        assert answer.status_code == 400 and "gold" in answer.content.decode(), bad

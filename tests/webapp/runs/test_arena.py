@@ -143,3 +143,21 @@ def test_the_arena_gate_waits_while_intervals_overlap_and_rejects_a_clear_loser(
     v2.refresh_from_db()
     assert v2.status == ModelVersion.Status.REJECTED and "arena over 43 comparisons" in v2.gate["reason"]
     assert v2.events.filter(action="reject").exists()
+
+
+def test_the_prompts_author_cannot_read_an_arenas_versions_through_the_candidates_api():
+    v1, v2 = _versions()
+    author, admin = make_user(username="author"), make_user("admin")
+    project = make_project(members=[author], feedback_types=["pairwise"])
+    arena = _arena_item(project, v2, v1)
+    Prompt.objects.filter(pk=arena.prompt_id).update(created_by=author)
+    plain = make_task(project=project, question="Plain?", created_by=author)
+    Candidate.objects.filter(prompt=plain.prompt).update(policy_version=v1)
+    seen = client_for(author).get("/api/candidates/").json()["results"]
+    versions = {(c["prompt"], c["text"]): c["policy_version"] for c in seen}
+    assert versions == {
+        (arena.prompt_id, "by v2"): None, (arena.prompt_id, "by v1"): None,
+        (plain.prompt_id, "first answer"): 1, (plain.prompt_id, "second answer"): 1,
+    }  # fmt: skip
+    as_admin = client_for(admin).get("/api/candidates/", {"prompt": arena.prompt_id}).json()["results"]
+    assert sorted(c["policy_version"] for c in as_admin) == [1, 2]
