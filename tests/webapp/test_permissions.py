@@ -255,3 +255,24 @@ def test_access(world: World, name: str, actor: str):
 @pytest.mark.parametrize("name", sorted(EXTRA))
 def test_writes(world: World, name: str, actor: str):
     _check(world, actor, name, EXTRA[name])
+
+
+@pytest.mark.both_databases
+def test_error_pages_are_pages_of_the_app_not_bare_html(settings):
+    from webapp.core.views import server_error
+
+    settings.DEBUG = False
+    annotator = make_user(username="ann")
+    client = Client()
+    missing = client.get("/no/such/page/")
+    body = missing.content.decode()
+    assert missing.status_code == 404 and 'id="error-404"' in body and "/no/such/page/" in body
+    assert 'class="topbar"' in body and "app.css" in body
+    client.force_login(annotator)
+    refused = client.get("/dashboard/")
+    body = refused.content.decode()
+    assert refused.status_code == 403 and 'id="error-403"' in body and "The dashboard is for admins." in body
+    assert "signed in as <strong>ann</strong>" in body and ">Annotate</a>" in body
+    failed = server_error(client.get("/").wsgi_request)
+    assert failed.status_code == 500 and 'id="error-500"' in failed.content.decode()
+    assert client.get("/api/no/such/route/").json()["error"]["code"] == "not_found"  # the API keeps its JSON
