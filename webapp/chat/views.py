@@ -83,8 +83,9 @@ def stream(request: AuthedHttpRequest, message_id: int) -> HttpResponseBase:
     context = context_before(message=message)
     version = message.policy_version
     if version is None:
-        services.chat_reply_finish(message=message, content="", failed=True)
-        return HttpResponse("No policy version is serving: an admin must run the set-up first.", status=503)
+        why = "no policy version is serving: an admin must run the set-up first (manage.py prefloop_setup)"
+        services.chat_reply_finish(message=message, content="", failed=True, error=why)
+        return HttpResponse(f"The policy could not answer: {why}.", status=503)
 
     def chunks() -> Iterator[str]:
         parts: list[str] = []
@@ -94,7 +95,7 @@ def stream(request: AuthedHttpRequest, message_id: int) -> HttpResponseBase:
                 yield delta
         except policy.PolicyServerError as exc:
             logger.warning("policy server failed while streaming message %s: %s", message.pk, exc)
-            services.chat_reply_finish(message=message, content="".join(parts), failed=True)
+            services.chat_reply_finish(message=message, content="".join(parts), failed=True, error=str(exc))
             yield f"\n[The policy server could not answer: {exc}]"
             return
         services.chat_reply_finish(message=message, content="".join(parts))

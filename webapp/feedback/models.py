@@ -141,6 +141,7 @@ class Message(models.Model):
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    error = models.TextField(blank=True, help_text="Why the policy could not answer (a failed answer only).")
     policy_version = models.ForeignKey(
         "runs.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
     )

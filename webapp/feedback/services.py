@@ -67,10 +67,12 @@ def chat_turn_start(*, conversation: Conversation, text: str) -> tuple[Message, 
     return user_message, reply
 
 
-def chat_reply_finish(*, message: Message, content: str, failed: bool = False) -> Message:
+def chat_reply_finish(*, message: Message, content: str, failed: bool = False, error: str = "") -> Message:
+    """Store the answer as written; a failed one keeps why (`error`), which its page shows."""
     message.content = content
     message.status = Message.Status.FAILED if failed else Message.Status.COMPLETE
-    message.save(update_fields=["content", "status"])
+    message.error = error[:2000] if failed else ""
+    message.save(update_fields=["content", "status", "error"])
     return message
 
 
