@@ -71,3 +71,23 @@ def test_the_dashboard_counts_a_heads_model_by_its_heads(client):
     cells = [html[html.index('class="rm-members">', html.index(f'id="reward-model-{n}"')) :] for n in (1, 2)]
     assert cells[0].startswith('class="rm-members">2</td>')  # two models
     assert cells[1].startswith('class="rm-members">4 heads</td>')  # one model, four heads
+
+
+def test_the_run_page_writes_figures_as_people_read_them_not_python_reprs(client):
+    from webapp.dashboard.templatetags.figures import figure_text
+
+    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.ADMIN)
+    services.run_start(run_id=run.pk, parent_version=make_serving_version())
+    services.run_progress(run_id=run.pk, progress=0.5, metrics={
+        "loss": 0.693147180559945, "data": {"pairs": 12, "left_out": {"held out for the gate": 3}},
+        "timings": {"train_s": 12.3456789}, "members": [0.1234567, 0.7654321], "calibrated": True,
+    })  # fmt: skip
+    client.force_login(make_user("admin"))
+    html = client.get(f"/dashboard/runs/{run.pk}/").content.decode()
+    start = html.index('<table class="metrics">')
+    cells = html[start : html.index("</table>", start)]  # the chart's data keeps full precision
+    assert "0.6931" in cells and "0.693147180559945" not in cells
+    assert "pairs: 12; left_out: held out for the gate: 3" in cells and "{&#x27;" not in cells and "{'" not in cells
+    assert "train_s: 12.35" in cells and "0.1235, 0.7654" in cells and ">yes<" in cells
+    assert figure_text(1234567) == "1,234,567" and figure_text(None) == "–"
+    assert figure_text(list(range(20))).endswith("… 8 more")
