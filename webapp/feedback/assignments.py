@@ -216,7 +216,8 @@ def assignment_skip(*, assignment: Assignment, reason: str) -> Assignment:
 
 
 def project_progress(*, project: Project, annotator: User) -> dict[str, int]:
-    """What the person did in this project, and how many tasks still need labels."""
+    """What the person did in this project, how many items still need labels, and how many of those
+    this person may still be served (the others wait for other people, or are leased to them)."""
     done = Label.objects.filter(task__project=project, annotator=annotator).count()
     skipped = Assignment.objects.filter(
         task__project=project, annotator=annotator, status=Assignment.Status.SKIPPED
@@ -227,4 +228,5 @@ def project_progress(*, project: Project, annotator: User) -> dict[str, int]:
         .filter(n__lt=F("required_labels"))
         .count()
     )
-    return {"done": done, "skipped": skipped, "open": open_tasks}
+    for_you = _servable(project=project, annotator=annotator, gold=False).count()
+    return {"done": done, "skipped": skipped, "open": open_tasks, "for_you": for_you}

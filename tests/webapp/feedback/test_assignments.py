@@ -242,3 +242,27 @@ def test_the_queue_keeps_each_items_count_of_open_slots_through_every_change():
     again = assignments.assignment_next(project=project, annotator=people[1])
     assert again is not None and again.task_id != served[1].task_id  # never the skipped one again
     consistent()
+
+
+@pytest.mark.both_databases
+def test_when_nothing_is_left_for_a_person_the_page_says_who_the_open_items_wait_for():
+    from django.test import Client
+    from django.urls import reverse
+
+    ann = make_user(username="ann")
+    project = make_project(members=[ann], feedback_types=["pairwise"], overlap=2)
+    for i in range(2):
+        make_task(project=project, question=f"Q{i}?")
+    page = Client()
+    page.force_login(ann)
+    url = reverse("feedback:project", args=[project.pk])
+    first = page.get(url).content.decode()
+    assert "items still open: 2" in first and 'id="for-you-count">1<' in first  # one is on the page, leased
+    for _ in range(2):
+        served = assignments.assignment_current(project=project, annotator=ann) or assignments.assignment_next(
+            project=project, annotator=ann
+        )
+        assignments.assignment_submit(assignment=served, data={"choice": "a"})
+    done = page.get(url).content.decode()
+    assert "Nothing left for you" in done and 'id="for-you-count">0<' in done
+    assert "The 2 items still open wait for other people" in done  # not a bare "2 open" beside "nothing left"
