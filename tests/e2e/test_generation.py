@@ -115,3 +115,20 @@ def test_after_a_promotion_unserved_items_get_the_new_versions_answers_and_serve
     submitted = api.post(f"/assignments/{held['id']}/submit/", json={"choice": "a"}, headers=ann_h)
     assert submitted.status_code == 201, submitted.text
     assert Task.objects.filter(project=every).count() == 4  # one item per prompt, none lost
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_arena_never_asks_people_to_compare_two_equal_answers(loop_settings, loop_files, builtin_policy_server):
+    from webapp.feedback.generation import _arena_pair
+    from webapp.runs import policy
+
+    loop_settings.POLICY_SERVER_URL = builtin_policy_server
+    v1 = serve_version_one(files=loop_files)
+    twin = version_register(artifact_path=v1.artifact_path, base_model=v1.base_model, parent=v1)  # the same weights
+    policy.adapter_load(twin)
+    project = make_project(name="Twins", feedback_types=["pairwise"], temperature=0.0, max_tokens=8)
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    greedy = [policy.generate(messages, n=1, version=v, temperature=0.0, max_tokens=8)[0] for v in (v1, twin)]
+    assert greedy[0] == greedy[1]  # the same weights, greedy: the arena would have shown two equal answers
+    pair = _arena_pair(messages, project=project, writers=[v1, twin])
+    assert len(pair) == 2 and pair[0].strip() != pair[1].strip()  # sampled again, hotter, until they differ

@@ -282,11 +282,22 @@ def _answer(work: _Work, project: Project, writers: list[ModelVersion]) -> list[
     try:
         if len(writers) == 1:
             return answers_for(work.prompt.messages, project=project, version=writers[0])
-        return [_sample(work.prompt.messages, project=project, version=v, n=1)[0] for v in writers]
+        return _arena_pair(work.prompt.messages, project=project, writers=writers)
     except policy.PolicyServerError as exc:
         return str(exc)
     finally:
         connection.close()  # the thread's own connection, if anything opened one
+
+
+def _arena_pair(messages: list[dict[str, str]], *, project: Project, writers: list[ModelVersion]) -> list[str]:
+    """One answer from each of an arena's two versions, different texts: two equal answers ask people
+    to compare nothing, so both are sampled again, hotter; [] when they keep writing the same."""
+    texts = [_sample(messages, project=project, version=v, n=1)[0] for v in writers]
+    for temperature in RESAMPLE_TEMPERATURES:
+        if texts[0].strip() != texts[1].strip():
+            return texts
+        texts = [_sample(messages, project=project, version=v, n=1, temperature=temperature)[0] for v in writers]
+    return texts if texts[0].strip() != texts[1].strip() else []
 
 
 def _priorities(score: Scorer | None, contexts: list[list[dict[str, str]]], answers: list[list[str]]) -> list[float]:
@@ -318,6 +329,8 @@ def _store(work: _Work, texts: list[str], priority: float, *, job: GenerationJob
         if random.Random(f"{job.pk}-{work.prompt.pk}").random() < 0.5:  # sides shuffled, the same on a re-run
             texts, versions = texts[::-1], versions[::-1]
     elif Task.objects.filter(prompt=work.prompt).exists():
+        return 0
+    if arena and not texts:  # the two versions kept writing the same answer: no comparison to make
         return 0
     kind = Task.Kind.PAIRWISE if arena else task_kind_for(project)
     item_create(work.prompt, texts, versions, kind=kind, priority=priority, arena=arena)
