@@ -57,6 +57,8 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
             log.seek(0)
             text = log.read()
         assert re.search(rf"http://127\.0\.0\.1:{web_port}/", text)
+        # the URL comes once the system is up, after the worker's ready line, with no start-up banner
+        assert text.index("Prefloop is running") > text.index(" ready") and "[queues]" not in text
 
         web = httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=30)
         for _ in range(30):

@@ -62,6 +62,7 @@ class Command(BaseCommand):
                 "celery",
                 "-A",
                 "worker.celery",
+                "--quiet",  # no start-up banner: the URL below is what a newcomer needs to see
                 "worker",
                 "-Q",
                 "cpu,gpu,generate",
@@ -78,6 +79,7 @@ class Command(BaseCommand):
             # the production server, one process: what a newcomer tries is what is deployed
             web = [sys.executable, "manage.py", "prefloop_serve", "--addr", options["addr"], "--workers", "1"]
             procs.append(("web", subprocess.Popen(web, start_new_session=True)))
+            self._wait_until_up(options["addr"], procs)
             self.stdout.write(
                 self.style.SUCCESS(
                     f"\nPrefloop is running: http://{options['addr']}/\n"
@@ -104,6 +106,27 @@ class Command(BaseCommand):
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             self.stdout.write("Stopped.")
+
+    def _wait_until_up(self, addr: str, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+        """Until the web server answers and a worker listens on every queue (its own heartbeat), so the
+        URL printed next is the last thing said before the system is up; at most 180 s."""
+        import httpx
+
+        from webapp.core.workers import queue_listeners
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if any(proc.poll() is not None for _, proc in procs):
+                return  # the loop below says which one exited
+            try:
+                web_up = httpx.get(f"http://{addr}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                web_up = False
+            listeners = queue_listeners()
+            if web_up and all(listeners.get(q) for q in ("cpu", "gpu", "generate")):
+                return
+            time.sleep(0.5)
+        self.stderr.write("The web server or the worker is slow to start; the URL below may not answer yet.")
 
     def _policy_server_command(self, kind: str, serving: ModelVersion) -> tuple[list[str], dict[str, str]]:
         url = urlparse(settings.POLICY_SERVER_URL)
