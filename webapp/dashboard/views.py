@@ -71,7 +71,7 @@ def _imports_context() -> dict[str, Any]:
 @admin_required
 def imports(request: AuthedHttpRequest) -> HttpResponse:
     """The imports card: a worker's imports with their counts, refreshed while one is going."""
-    return render(request, "dashboard/_imports.html", _imports_context())
+    return _card(request, "dashboard/_imports.html", "Imports", _imports_context())
 
 
 def _generation_context(*, error: str = "") -> dict[str, Any]:
@@ -88,7 +88,7 @@ def _generation_context(*, error: str = "") -> dict[str, Any]:
 @admin_required
 def generation(request: AuthedHttpRequest) -> HttpResponse:
     """The generation card: the policy's answers being written, refreshed while a job is going."""
-    return render(request, "dashboard/_generation.html", _generation_context())
+    return _card(request, "dashboard/_generation.html", "Generation", _generation_context())
 
 
 @require_POST
@@ -130,7 +130,15 @@ def index(request: AuthedHttpRequest) -> HttpResponse:
 @require_GET
 @admin_required
 def runs(request: AuthedHttpRequest) -> HttpResponse:
-    return render(request, "dashboard/_runs.html", _runs_context())
+    return _card(request, "dashboard/_runs.html", "Runs and versions", _runs_context())
+
+
+def _card(request: AuthedHttpRequest, template: str, title: str, context: dict[str, Any]) -> HttpResponse:
+    """A dashboard card: the fragment itself for htmx, which refreshes it in place; a whole page with
+    the app's layout for a person who opens its address."""
+    if request.htmx:
+        return render(request, template, context)
+    return render(request, "dashboard/card_page.html", {**context, "card_template": template, "card_title": title})
 
 
 @require_POST

@@ -91,3 +91,14 @@ def test_the_run_page_writes_figures_as_people_read_them_not_python_reprs(client
     assert "train_s: 12.35" in cells and "0.1235, 0.7654" in cells and ">yes<" in cells
     assert figure_text(1234567) == "1,234,567" and figure_text(None) == "–"
     assert figure_text(list(range(20))).endswith("… 8 more")
+
+
+@pytest.mark.both_databases
+def test_a_dashboard_cards_address_opened_directly_is_a_whole_page(client):
+    client.force_login(make_user("admin"))
+    for url, card in (("/dashboard/runs/", 'id="runs"'), ("/dashboard/imports/", 'id="imports"'),
+                      ("/dashboard/generation/", 'id="generation"')):  # fmt: skip
+        page = client.get(url).content.decode()
+        assert page.startswith("<!doctype html>") and 'class="topbar"' in page and card in page, url
+        fragment = client.get(url, HTTP_HX_REQUEST="true").content.decode()
+        assert "<html" not in fragment and card in fragment, url
