@@ -131,4 +131,6 @@ def test_an_arena_never_asks_people_to_compare_two_equal_answers(loop_settings, 
     greedy = [policy.generate(messages, n=1, version=v, temperature=0.0, max_tokens=8)[0] for v in (v1, twin)]
     assert greedy[0] == greedy[1]  # the same weights, greedy: the arena would have shown two equal answers
     pair = _arena_pair(messages, project=project, writers=[v1, twin])
-    assert len(pair) == 2 and pair[0].strip() != pair[1].strip()  # sampled again, hotter, until they differ
+    # sampled again, hotter, until they differ; a server that samples the same weights alike even hot
+    # (the built-in one may) gives no pair at all: never two equal answers to compare
+    assert pair == [] or (len(pair) == 2 and pair[0].strip() != pair[1].strip()), pair
