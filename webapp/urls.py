@@ -6,12 +6,14 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from webapp.core.views import healthz
+from webapp.feedback.views import invitation_accept
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat:index", permanent=False)),
     path("healthz", healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("invitations/<str:token>/", invitation_accept, name="invitation_accept"),
     path("chat/", include("webapp.chat.urls")),
     path("annotate/", include("webapp.feedback.urls")),
     path("dashboard/", include("webapp.dashboard.urls")),

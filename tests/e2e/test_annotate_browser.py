@@ -32,7 +32,8 @@ def test_each_task_kind_is_judged_in_the_browser_without_a_full_page_load(live_s
     login(page, live_server, "ann", "ann-password")
 
     page.goto(f"{live_server.url}/annotate/{project.pk}/")
-    assert "Prefer *short* correct answers." in page.locator("#guidelines").inner_text()
+    assert "Prefer short correct answers." in page.locator("#guidelines").inner_text()  # Markdown, rendered
+    assert page.locator("#guidelines em").inner_text() == "short"
     page.evaluate("window.__samePage = true")
 
     # Pairwise, by keyboard: 2 = B is better.

@@ -637,3 +637,61 @@ def test_real_exports_count_and_round_trip(tmp_path: Path) -> None:
         write_export(rows_from_items(read_feedback(_shared(OASST), "oasst"), "listwise"), listwise, "listwise") == 212
     )
     assert sum(len(r["completions"]) >= 3 for r in read_export(listwise)) == 155
+
+
+def test_trl_preference_files_plain_conversational_and_implicit(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "source_set": "math"}),
+        json.dumps(
+            {
+                "prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}],
+                "chosen": [{"role": "assistant", "content": "Hello!"}],
+                "rejected": [{"role": "assistant", "content": "Go away."}],
+            }
+        ),
+        json.dumps(
+            {
+                "chosen": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue."}],
+                "rejected": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Green."}],
+            }
+        ),
+        json.dumps({"prompt": "x", "chosen": 3, "rejected": "y"}),
+        json.dumps({"chosen": "a", "rejected": "b"}),
+        json.dumps({"prompt": "x", "chosen": "y"}),
+        json.dumps({"prompt": [{"role": "assistant", "content": "no user turn"}], "chosen": "a", "rejected": "b"}),
+    ]
+    items, bad = _split(read_feedback(_write_lines(tmp_path / "trl.jsonl", lines), "trl"))
+    picked = []
+    for item in items:
+        (label,) = item.labels
+        assert (item.kind, label.annotator, label.kind) == ("pairwise", "trl", "pairwise")
+        texts = [c.text for c in item.candidates]
+        winner = texts[0] if label.choice == "a" else texts[1]
+        picked.append((item.messages, winner, texts[1] if label.choice == "a" else texts[0]))
+    assert picked == [
+        ([{"role": "user", "content": "What is 2+2?"}], "4", "5"),
+        ([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}], "Hello!", "Go away."),
+        ([{"role": "user", "content": "Sky?"}], "Blue.", "Green."),
+    ]
+    assert items[0].meta == {"source": "trl", "source_set": "math"}
+    assert [b.line for b in bad] == [4, 5, 6, 7]
+    assert "must be a string or a list of one assistant message" in bad[0].message
+    assert "missing field 'prompt'" in bad[1].message and "missing field 'rejected'" in bad[2].message
+    assert "user" in bad[3].message
+
+
+def test_trl_reader_reads_back_what_the_preference_export_writes(tmp_path: Path) -> None:
+    """Prefloop's own `preference` export, uploaded again as a TRL file, gives the same pairs."""
+    rows = preference_rows_from_ranking(USER, ["x", "y", "z"], [[1], [0, 2]])
+    rows += preference_rows_from_pairwise(USER, ["A", "B"], "b", strength=3)
+    path = tmp_path / "export.jsonl"
+    write_export(iter(rows), path, "preference")
+    items, bad = _split(read_feedback(path, "trl"))
+    assert bad == []
+    got = []
+    for item in items:
+        texts = [c.text for c in item.candidates]
+        chosen = 0 if item.labels[0].choice == "a" else 1
+        got.append((texts[chosen], texts[1 - chosen]))
+    assert got == [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
+    assert len({i.external_id for i in items}) == len(items)  # stable ids: a second upload skips them

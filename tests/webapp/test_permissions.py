@@ -24,6 +24,7 @@ from webapp.accounts.services import token_create, token_for_user
 from webapp.feedback import services
 from webapp.feedback.assignments import assignment_next
 from webapp.feedback.models import GenerationJob, ImportJob
+from webapp.feedback.people import invitation_create
 from webapp.runs.models import TrainingRun
 from webapp.runs.services import reward_model_register
 
@@ -58,6 +59,7 @@ def world() -> World:
     job = ImportJob.objects.create(project=project, format="jsonl", file_name="x.jsonl", path="/nonexistent/x")
     generation = GenerationJob.objects.create(project=project, created_by=member, prompt_ids=[prompt.pk])
     reward_model = reward_model_register(artifact_path="/nonexistent/rm", backbone="tiny", member_paths=[""])
+    invitation, invitation_token = invitation_create(by=admin, project=project)
     return World(
         member=member,
         outsider=outsider,
@@ -78,6 +80,8 @@ def world() -> World:
             "generation_id": generation.pk,
             "kind": "import",
             "reward_model_id": reward_model.pk,
+            "invitation_id": invitation.pk,
+            "invitation_token": invitation_token,
         },
     )
 
@@ -122,6 +126,22 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "dashboard:imports": ("get", (), {}, ADMIN_ONLY),
     "dashboard:generation": ("get", (), {}, ADMIN_ONLY),
     "dashboard:generate": ("post", (), {"project": "project_id"}, ADMIN_ONLY),
+    "dashboard:projects": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:project_new": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:project": ("get", ("project_id",), {}, ADMIN_ONLY),
+    "dashboard:project_archive": ("post", ("project_id",), {}, ADMIN_ONLY),
+    "dashboard:project_member": ("post", ("project_id",), {"username": "outsider", "role": "reviewer"}, ADMIN_ONLY),
+    "dashboard:project_import": ("get", ("project_id",), {}, ADMIN_ONLY),
+    "dashboard:project_export": ("get", ("project_id",), {"kind": "raw"}, ADMIN_ONLY),
+    "dashboard:import": ("get", ("job_id",), {}, ADMIN_ONLY),
+    "dashboard:import_bad_lines": ("get", ("job_id",), {}, ADMIN_ONLY),
+    "dashboard:people": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:person_new": ("post", (), {"username": "fresh", "password": "a-long-passphrase-1"}, ADMIN_ONLY),
+    "dashboard:invitation_new": ("post", (), {"note": "someone"}, ADMIN_ONLY),
+    "dashboard:invitation_revoke": ("post", ("invitation_id",), {}, ADMIN_ONLY),
+    "dashboard:person": ("get", ("username",), {}, ADMIN_ONLY),
+    "dashboard:person_active": ("post", ("username",), {"active": "0"}, ADMIN_ONLY),
+    "invitation_accept": ("get", ("invitation_token:token",), {}, ANYONE),
     "api-token": ("post", (), {"username": "member", "password": "wrong"}, ANYONE),
     "api-tokens": ("get", (), {}, SIGNED_IN),
     "api-token-revoke": ("delete", ("token_id",), {}, OWNER),
@@ -165,6 +185,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-schema": ("get", (), {}, ANYONE),
     "api-docs": ("get", (), {}, ANYONE),
 }
+ACCEPT = {"username": "joiner", "password": "a-long-passphrase-1", "password_again": "a-long-passphrase-1"}
 # Writes that are not the rows' own method, on URLs that also read.
 EXTRA: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-prompts POST": ("post", (), {"text": "a question"}, SIGNED_IN),
@@ -176,6 +197,10 @@ EXTRA: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = 
     "api-project PATCH": ("patch", ("project_id",), {"temperature": 0.5}, ADMIN_ONLY),
     "api-project-arena POST": ("post", ("project_id",), {"versions": [1, 2]}, ADMIN_ONLY),
     "dashboard:arena POST": ("post", ("project_id",), {"first": 1, "second": 2, "prompts": 3}, ADMIN_ONLY),
+    "dashboard:project_new POST": ("post", (), {"name": "Made here", "feedback_types": "pairwise"}, ADMIN_ONLY),
+    "dashboard:project POST": ("post", ("project_id",), {"name": "P", "feedback_types": "pairwise"}, ADMIN_ONLY),
+    "dashboard:project_import POST": ("post", ("project_id",), {"format": "jsonl"}, ADMIN_ONLY),
+    "invitation_accept POST": ("post", ("invitation_token:token",), ACCEPT, ANYONE),
 }
 
 

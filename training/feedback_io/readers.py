@@ -16,6 +16,13 @@ Formats (``FORMATS``):
 ``csv``
     A header with a ``prompt`` column; optional ``id`` and ``system`` columns; other columns go to
     ``meta``. A quoted field may span lines; a record's line is the line it starts on.
+``trl``
+    TRL's preference data set, one object a line: ``{"prompt", "chosen", "rejected"}``, as plain
+    text (the prompt a string, each answer a string) or conversational (the prompt a list of chat
+    messages ending with the user's turn, each answer a list holding one assistant message). With
+    no ``"prompt"`` (TRL's implicit prompt), ``chosen`` and ``rejected`` are whole conversations
+    and their shared turns up to the last user turn are the prompt. A pairwise item with one label
+    by ``"trl"``; A and B in an order fixed by a hash of the record, as for ``hh``.
 ``hh``
     Anthropic HH-RLHF (``{"chosen": transcript, "rejected": transcript}``). The context is the
     longest shared part of the two transcripts that ends before an ``Assistant:`` marker and with
@@ -79,10 +86,11 @@ from .records import (
     validate_messages,
 )
 
-FORMATS = ("jsonl", "csv", "hh", "oasst", "pandalm", "defacto")
+FORMATS = ("jsonl", "csv", "trl", "hh", "oasst", "pandalm", "defacto")
 Record = ImportedItem | BadRecord
 
 HH_ANNOTATOR = "hh-rlhf"
+TRL_ANNOTATOR = "trl"
 OASST_ANNOTATOR = "oasst"
 PANDALM_ANNOTATOR = "pandalm-{}"
 DEFACTO_ANNOTATOR = "defacto"
@@ -452,6 +460,64 @@ def _read_hh(path: Path) -> Iterator[Record]:
     return _from_json_lines(path, _hh_item)
 
 
+# --- TRL preference ----------------------------------------------------------------------------
+
+
+def _trl_answer(value: Any, key: str) -> str:
+    """One answer of a TRL record: a string, or a list holding one assistant message."""
+    if isinstance(value, str):
+        return value.strip()
+    if (
+        isinstance(value, list)
+        and len(value) == 1
+        and isinstance(value[0], dict)
+        and value[0].get("role") == "assistant"
+        and isinstance(value[0].get("content"), str)
+    ):
+        return value[0]["content"].strip()
+    raise RecordError(f"field {key!r} must be a string or a list of one assistant message")
+
+
+def _trl_implicit(chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], Any, Any]:
+    """TRL's implicit prompt: the turns both conversations share, up to their last user turn."""
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        raise RecordError("missing field 'prompt' (with no prompt, 'chosen' and 'rejected' must be conversations)")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared and not (isinstance(chosen[shared - 1], dict) and chosen[shared - 1].get("role") == "user"):
+        shared -= 1
+    if not shared:
+        raise RecordError("'chosen' and 'rejected' share no prompt ending with a user turn")
+    return _messages_from(chosen[:shared], "chosen"), chosen[shared:], rejected[shared:]
+
+
+def _trl_item(line: int, obj: dict[str, Any]) -> ImportedItem:
+    chosen, rejected = obj.get("chosen"), obj.get("rejected")
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if value is None:
+            raise RecordError(f"missing field {key!r}")
+    if "prompt" not in obj:
+        messages, chosen, rejected = _trl_implicit(chosen, rejected)
+    elif isinstance(obj["prompt"], str):
+        messages = _user(_text(obj, "prompt"))
+    else:
+        messages = _messages_from(obj["prompt"], "prompt")
+    texts = {"chosen": _trl_answer(chosen, "chosen"), "rejected": _trl_answer(rejected, "rejected")}
+    digest = hashlib.sha256(json.dumps([messages, texts], ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+    chosen_is_a = int(digest[-1], 16) % 2 == 0
+    order = ("chosen", "rejected") if chosen_is_a else ("rejected", "chosen")
+    label = ImportedLabel(TRL_ANNOTATOR, "pairwise", choice="a" if chosen_is_a else "b")
+    candidates = [ImportedCandidate(texts[k]) for k in order]
+    external_id = _given_id(obj.get("id")) or f"trl:{digest[:16]}"
+    meta = {k: v for k, v in obj.items() if k not in ("id", "prompt", "chosen", "rejected")}
+    return ImportedItem(line, external_id, "pairwise", messages, candidates, [label], {"source": "trl", **meta})
+
+
+def _read_trl(path: Path) -> Iterator[Record]:
+    return _from_json_lines(path, _trl_item)
+
+
 # --- Open-Assistant ----------------------------------------------------------------------------
 
 
@@ -632,6 +698,7 @@ def _read_defacto(path: Path) -> Iterator[Record]:
 _READERS: dict[str, Callable[[Path], Iterator[Record]]] = {
     "jsonl": _read_jsonl,
     "csv": _read_csv,
+    "trl": _read_trl,
     "hh": _read_hh,
     "oasst": _read_oasst,
     "pandalm": _read_pandalm,

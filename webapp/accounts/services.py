@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from knox.models import AuthToken
@@ -56,4 +57,49 @@ def admin_create_first(*, username: str, password: str, email: str = "") -> User
     candidate = User(username=username, email=email, role=User.Role.ADMIN)
     validate_password(password, user=candidate)
     user, _ = user_ensure(username=username, password=password, role=User.Role.ADMIN, email=email)
+    return user
+
+
+def user_create_by_admin(*, username: str, password: str, role: str = User.Role.ANNOTATOR, email: str = "") -> User:
+    """An account an admin makes for someone. The password must pass Django's validators and the
+    name must be free (ValidationError names why)."""
+    account_check_new(username=username, password=password, email=email)
+    if role not in User.Role.values:
+        raise ValidationError({"role": f"one of {', '.join(User.Role.values)}"})
+    user, _ = user_ensure(username=username, password=password, role=role, email=email)
+    return user
+
+
+def account_check_new(*, username: str, password: str, email: str = "") -> None:
+    """Raise ValidationError (per field, in words) unless a new account may take this name and password."""
+    errors: dict[str, list[str]] = {}
+    try:
+        User.username_validator(username)
+    except ValidationError as exc:
+        errors["username"] = exc.messages
+    if not username:
+        errors["username"] = ["a user name is needed"]
+    elif User.objects.filter(username__iexact=username).exists():
+        errors["username"] = [f"the name {username!r} is taken"]
+    try:
+        validate_password(password, user=User(username=username, email=email))
+    except ValidationError as exc:
+        errors["password"] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def user_set_active(*, user: User, active: bool, by: User) -> User:
+    """Deactivate a person (they can no longer sign in and their API tokens are revoked) or let them
+    back in. Nobody deactivates themselves, and the last active admin stays."""
+    if not active:
+        if user.pk == by.pk:
+            raise ValueError("you cannot deactivate yourself")
+        admins = User.objects.filter(Q(role=User.Role.ADMIN) | Q(is_superuser=True), is_active=True)
+        if user.is_prefloop_admin and not admins.exclude(pk=user.pk).exists():
+            raise ValueError("the last active admin stays active")
+        AuthToken.objects.filter(user=user).delete()
+    user.is_active = active
+    user.save(update_fields=["is_active"])
     return user

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from django.utils.text import slugify
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -51,7 +49,7 @@ from webapp.api.serializers import (
     VersionPromoteSerializer,
     paginated,
 )
-from webapp.core.http import api_user, streaming_response
+from webapp.core.http import api_user
 from webapp.core.jobs import JOB_KINDS, JobStatus, job_cancel, job_model_for, job_row, jobs_list, queue_listeners
 from webapp.core.parsing import parse_id
 from webapp.feedback import assignments
@@ -72,7 +70,7 @@ from webapp.feedback.models import (
 )
 from webapp.feedback.quality import project_quality
 from webapp.feedback.selectors import label_list_for, projects_for, task_list_for
-from webapp.feedback.transfer import export_rows, import_items, import_job_create, report_counts
+from webapp.feedback.transfer import export_download, import_items, import_job_create, report_counts
 from webapp.runs import services as run_services
 from webapp.runs.arena import arena_board
 from webapp.runs.data import training_preview
@@ -309,7 +307,8 @@ class ProjectMembersApi(APIView):
     @extend_schema(
         request=ProjectMemberSerializer,
         responses={201: ProjectMemberSerializer, 200: ProjectMemberSerializer},
-        summary="Let a person annotate the project (admins; 200 when they already may)",
+        summary="Let a person work on the project in a role (admins; 200 when they already may: the role is "
+        "then changed if one is given)",
     )
     def post(self, request: Request, project_id: int) -> Response:
         project = get_object_or_404(Project, pk=project_id)
@@ -318,7 +317,9 @@ class ProjectMembersApi(APIView):
         user = User.objects.filter(username=body.validated_data["username"]).first()
         if user is None:
             raise ValidationError({"username": f"no such user: {body.validated_data['username']!r}"})
-        membership, created = feedback_services.project_member_add(project=project, user=user)
+        membership, created = feedback_services.project_member_add(
+            project=project, user=user, role=body.validated_data.get("role")
+        )
         return Response(
             {"username": user.username, "role": membership.role},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -825,12 +826,7 @@ class ProjectExportApi(APIView):
             raise ValidationError({"min_agreement": "a number from 0 to 1"}) from None
         if not 0 <= min_agreement <= 1:
             raise ValidationError({"min_agreement": "a number from 0 to 1"})
-        rows = export_rows(kind=kind, project=project, min_agreement=min_agreement)
-        response = streaming_response(
-            request, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows), content_type="application/x-ndjson"
-        )
-        response["Content-Disposition"] = f'attachment; filename="{slugify(project.name)}-{kind}.jsonl"'
-        return response
+        return export_download(request, project=project, kind=kind, min_agreement=min_agreement)
 
 
 class JobListApi(APIView):

@@ -18,6 +18,7 @@ from webapp.feedback.models import (
     Label,
     MessageFeedback,
     Project,
+    ProjectMember,
     Prompt,
     Task,
 )
@@ -68,6 +69,11 @@ class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
         max_length=10_000,
         help_text="Usernames of the annotators who may work on it (membership is explicit; admins always may).",
     )
+    archived = serializers.BooleanField(
+        source="is_archived",
+        required=False,
+        help_text="An archived project serves no new items and trains by itself no more; its data stay.",
+    )
 
     class Meta:
         model = Project
@@ -88,6 +94,7 @@ class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
             "queue_order",
             "queue_epsilon",
             "members",
+            "archived",
             "created_at",
         ]
         extra_kwargs = {
@@ -108,24 +115,35 @@ class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
         return [users[n] for n in names]
 
     def create(self, validated_data: dict[str, Any]) -> Project:
-        from webapp.feedback.services import project_member_add
+        from webapp.feedback.services import project_archive, project_member_add
 
         members = validated_data.pop("members", [])
+        archived = validated_data.pop("is_archived", False)
         with transaction.atomic():
             project = Project.objects.create(**validated_data)
             for user in members:
                 project_member_add(project=project, user=user)
+            if archived:
+                project_archive(project=project, archived=True)
         return project
 
     def update(self, instance: Project, validated_data: dict[str, Any]) -> Project:
+        from webapp.feedback.services import project_archive
+
         if "members" in validated_data:
             raise serializers.ValidationError({"members": "change members at /api/projects/<id>/members/"})
-        return super().update(instance, validated_data)
+        archived = validated_data.pop("is_archived", None)
+        with transaction.atomic():
+            project = super().update(instance, validated_data)
+            if archived is not None and archived != project.is_archived:
+                project_archive(project=project, archived=archived)
+        return project
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         from webapp.feedback.generation import generation_settings_error
 
-        merged = Project(**{**self._current(), **{k: v for k, v in attrs.items() if k != "members"}})
+        settings = {k: v for k, v in attrs.items() if k not in ("members", "is_archived")}
+        merged = Project(**{**self._current(), **settings})
         compares = {FeedbackKind.PAIRWISE, FeedbackKind.RANKING} & set(merged.feedback_types)
         problem = generation_settings_error(merged)
         if compares and problem:  # a project of critiques or ratings only does not generate pairs
@@ -156,7 +174,12 @@ class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
 
 class ProjectMemberSerializer(RefuseUnknownFields, serializers.Serializer):
     username = serializers.CharField(max_length=150)
-    role = serializers.CharField(read_only=True)
+    role = serializers.ChoiceField(
+        choices=ProjectMember.Role.choices,
+        required=False,
+        help_text="annotator (judges items), reviewer (also adjudicates), admin (also manages the project). "
+        "Default: annotator for a new member; an existing member keeps theirs.",
+    )
 
 
 class TaskBulkItemSerializer(PromptInputSerializer):
@@ -525,6 +548,9 @@ class GenerationJobSerializer(serializers.ModelSerializer):
 
 class ImportJobSerializer(serializers.ModelSerializer):
     time_limit_s = serializers.IntegerField(read_only=True, help_text="Seconds it may run (JOB_TIME_LIMITS; 0: none).")
+    progress = serializers.FloatField(
+        read_only=True, allow_null=True, help_text="The share of the file read (null: its length is not known)."
+    )
 
     class Meta:
         model = ImportJob
@@ -542,6 +568,9 @@ class ImportJobSerializer(serializers.ModelSerializer):
             "labels",
             "bad_lines",
             "bad",
+            "lines_total",
+            "lines_read",
+            "progress",
             "error",
             "attempts",
             "heartbeat_at",

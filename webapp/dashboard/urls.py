@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from webapp.dashboard import views
+from webapp.dashboard import people, projects, transfer, views
 
 app_name = "dashboard"
 urlpatterns = [
@@ -21,4 +21,19 @@ urlpatterns = [
     path("jobs/<str:kind>/<int:job_id>/cancel/", views.job_cancel_view, name="job_cancel"),
     path("generation/", views.generation, name="generation"),
     path("generation/new/", views.generate, name="generate"),
+    path("projects/", projects.project_list, name="projects"),
+    path("projects/new/", projects.project_new, name="project_new"),
+    path("projects/<int:project_id>/", projects.project_detail, name="project"),
+    path("projects/<int:project_id>/archive/", projects.project_archive, name="project_archive"),
+    path("projects/<int:project_id>/members/", projects.project_member, name="project_member"),
+    path("projects/<int:project_id>/import/", transfer.project_import, name="project_import"),
+    path("projects/<int:project_id>/export/", transfer.project_export, name="project_export"),
+    path("imports/<int:job_id>/", transfer.import_detail, name="import"),
+    path("imports/<int:job_id>/bad-lines.csv", transfer.import_bad_lines, name="import_bad_lines"),
+    path("people/", people.people, name="people"),
+    path("people/new/", people.person_new, name="person_new"),
+    path("people/invitations/", people.invitation_new, name="invitation_new"),
+    path("people/invitations/<int:invitation_id>/revoke/", people.invitation_revoke, name="invitation_revoke"),
+    path("person/<str:username>/", people.person, name="person"),
+    path("person/<str:username>/active/", people.person_active, name="person_active"),
 ]

@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Avg, Count, QuerySet
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from training.policy_client import PolicyServerError
@@ -208,7 +209,8 @@ def reward_model_promote(request: AuthedHttpRequest, reward_model_id: int) -> Ht
 @require_http_methods(["GET", "POST"])
 @admin_required
 def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
-    """A project's training recipe: a form with presets and validation, and what a run would train on."""
+    """A project's training recipe: a form with presets and validation, and what a run would train on.
+    The same form is on the project's page; saved from there (`next=project`), it goes back there."""
     project = get_object_or_404(Project, pk=project_id)
     errors: dict[str, str] = {}
     saved = False
@@ -232,20 +234,35 @@ def recipe(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
         except RecipeError as exc:
             errors = exc.errors
             values = {**values, **posted}
-    summary = training_preview(project=project, recipe=current)
-    context = {
-        "project": project,
-        "values": values,
-        "errors": errors,
-        "saved": saved,
+        if saved and request.POST.get("next") == "project":
+            return redirect(f"{reverse('dashboard:project', args=[project.pk])}?recipe_saved=1#recipe")
+    context = {"project": project, "saved": saved, **recipe_context(project, current, values, errors)}
+    return render(request, "dashboard/recipe.html", context, status=400 if errors else 200)
+
+
+def recipe_context(
+    project: Project, current: Recipe | None = None, values: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """What the recipe form and its preview show: the recipe's values (or those just posted), the
+    errors in words, and what a run with it would train on."""
+    recipe_errors = dict(errors or {})
+    if current is None:
+        try:
+            current = services.recipe_for(project)
+        except RecipeError as exc:
+            recipe_errors = exc.errors
+            current = Recipe.from_dict({}, defaults=services.recipe_defaults())
+    return {
+        "recipe_values": values if values is not None else current.to_dict(),
+        "recipe_errors": recipe_errors,
         "methods": METHOD_LABELS,
         "presets": PRESETS,
         "checks": GATE_CHECKS,
         "fields": RECIPE_FIELDS,
-        "summary": summary,
+        "summary": training_preview(project=project, recipe=current),
         "kind": current.kind,
     }
-    return render(request, "dashboard/recipe.html", context, status=400 if errors else 200)
 
 
 @require_http_methods(["GET", "POST"])

@@ -83,6 +83,8 @@ def assignment_next(*, project: Project, annotator: User, rng: random.Random | N
     current = assignment_current(project=project, annotator=annotator)
     if current is not None:
         return current
+    if project.is_archived:  # an archived project serves nothing new; a lease held already may finish
+        return None
     leases_expire()
     rng = rng or random.Random()
     want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate

@@ -144,7 +144,7 @@ def _enqueue(job_id: int) -> None:
 def refresh_after_promotion(*, version: ModelVersion) -> list[GenerationJob]:
     """Queue a refresh for each project with unserved items that an older version answered."""
     jobs = []
-    for project in Project.objects.filter(regenerate_share__gt=0):
+    for project in Project.objects.filter(regenerate_share__gt=0, archived_at__isnull=True):
         if tasks_stale(project, version).exists():
             jobs.append(generation_job_create(project=project, kind=GenerationJob.Kind.REFRESH))
     return jobs

@@ -5,6 +5,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
+from webapp.accounts.models import User
 from webapp.core.jobs import Job, JobStatus
 
 
@@ -22,12 +23,19 @@ class FeedbackKind(models.TextChoices):
     THUMBS = "thumbs", "Thumbs in chat"
 
 
+def default_feedback_types() -> list[str]:
+    """What a project created without judgment kinds asks for: pairwise comparisons."""
+    return [FeedbackKind.PAIRWISE.value]
+
+
 class Project(models.Model):
     """A feedback campaign: its guidelines, the judgments it asks for, and how many people judge each item."""
 
     name = models.CharField(max_length=120, unique=True)
     guidelines = models.TextField(blank=True, help_text="Markdown shown beside every task.")
-    feedback_types = models.JSONField(default=list, help_text="Enabled kinds: pairwise, ranking, critique, rating.")
+    feedback_types = models.JSONField(
+        default=default_feedback_types, help_text="Enabled kinds: pairwise, ranking, critique, rating, thumbs."
+    )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="How many annotators judge each item (k).")
     gold_rate = models.FloatField(default=0.0, help_text="Share of served tasks that are gold items (0 to 1).")
     allow_partial_ranking = models.BooleanField(default=False, help_text="Allow ranking only the top k answers.")
@@ -67,6 +75,9 @@ class Project(models.Model):
     queue_epsilon = models.FloatField(
         default=0.1, help_text="With `uncertainty`: the share of items served at random, so the data stay unbiased."
     )
+    archived_at = models.DateTimeField(
+        null=True, blank=True, help_text="When an admin archived it: it serves no items and trains by itself no more."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -95,12 +106,19 @@ class Project(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def is_archived(self) -> bool:
+        return self.archived_at is not None
+
 
 class ProjectMember(models.Model):
-    """A person who may annotate the project (admins may annotate every project)."""
+    """A person who may work on the project (admins may work on every project): an annotator judges
+    its items, a reviewer also adjudicates them, and a project admin also manages it."""
 
     class Role(models.TextChoices):
         ANNOTATOR = "annotator", "Annotator"
+        REVIEWER = "reviewer", "Reviewer"
+        ADMIN = "admin", "Project admin"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
@@ -111,6 +129,43 @@ class ProjectMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} in {self.project_id} as {self.role}"
+
+
+class Invitation(models.Model):
+    """A one-time link that lets a person make their own account: the link carries a random token,
+    of which only the SHA-256 digest is stored; it expires, and it works once. Accepting it may make
+    the new person a member of a project in a role."""
+
+    digest = models.CharField(max_length=64, unique=True)
+    role = models.CharField(max_length=16, choices=User.Role.choices, default=User.Role.ANNOTATOR)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="invitations")
+    project_role = models.CharField(
+        max_length=16, choices=ProjectMember.Role.choices, default=ProjectMember.Role.ANNOTATOR
+    )
+    note = models.CharField(max_length=200, blank=True, help_text="Whom it is for, as the admin wrote it.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="invitations_sent"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="invitation_accepted"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"invitation {self.pk} ({self.note or self.role})"
+
+    def state(self, now) -> str:  # type: ignore[no-untyped-def]
+        if self.used_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if now >= self.expires_at else "open"
 
 
 class Conversation(models.Model):
@@ -422,7 +477,20 @@ class ImportJob(Job):
     skipped = models.PositiveIntegerField(default=0)
     labels = models.PositiveIntegerField(default=0)
     bad_lines = models.PositiveIntegerField(default=0)
-    bad = models.JSONField(default=list, blank=True, help_text="The first 100 bad lines: line and message.")
+    bad = models.JSONField(default=list, blank=True, help_text="The first 1,000 bad lines: line and message.")
+    lines_total = models.PositiveIntegerField(
+        default=0, help_text="Lines in the uploaded file, counted as it was stored (0: not known, a gzip file)."
+    )
+    lines_read = models.PositiveIntegerField(default=0, help_text="The last line the worker has read so far.")
+
+    @property
+    def progress(self) -> float | None:
+        """The share of the file read (1 once it succeeded), or None when the file's length is not known."""
+        if self.status == JobStatus.SUCCEEDED:
+            return 1.0
+        if not self.lines_total:
+            return None
+        return min(self.lines_read / self.lines_total, 1.0)
 
     job_kind = "import"
 

@@ -85,8 +85,9 @@ def prompts_recent(*, limit: int, project: Project | None = None) -> list[list[d
 
 
 def projects_for(user: User) -> QuerySet[Project]:
-    """Projects a person may annotate: admins all; others only those they are a member of (a
-    project without members is open to no annotator: membership is explicit)."""
+    """Projects a person may annotate: admins all, archived ones too; others only the unarchived
+    ones they are a member of (a project without members is open to no annotator: membership is
+    explicit)."""
     if user.is_prefloop_admin:
         return Project.objects.all()
-    return Project.objects.filter(members=user)
+    return Project.objects.filter(members=user, archived_at__isnull=True)

@@ -188,9 +188,13 @@ def labels_bulk_create(*, labels: list[Label]) -> list[Label]:
     """Store raw labels built by an import (unsaved `Label` rows) in one query; return them.
 
     Unlike `label_create` there is no validation, no idempotency check and no training trigger:
-    an import's labels never had them. Call it inside the import's transaction.
+    an import's labels never had them. Each counts towards its item's overlap, as a submitted
+    judgment does, so an item the file labelled is not served to people again for nothing. Call it
+    inside the import's transaction.
     """
-    return Label.objects.bulk_create(labels)
+    stored = Label.objects.bulk_create(labels)
+    task_taken_add(Counter(label.task_id for label in stored))
+    return stored
 
 
 def label_submit(
@@ -312,9 +316,29 @@ def task_taken_add(task_ids: list[int] | Counter[int], delta: int = 1) -> None:
         Task.objects.filter(pk=task_id).update(taken=Greatest(F("taken") + n * delta, 0))
 
 
-def project_member_add(*, project: Project, user: User) -> tuple[ProjectMember, bool]:
-    """Make `user` a member of `project` (idempotent); return the membership and whether it is new."""
-    return ProjectMember.objects.get_or_create(project=project, user=user)
+def project_member_add(*, project: Project, user: User, role: str | None = None) -> tuple[ProjectMember, bool]:
+    """Make `user` a member of `project` (idempotent); return the membership and whether it is new.
+    With `role`, the membership takes that role, whether it is new or not."""
+    if role is not None and role not in ProjectMember.Role.values:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ProjectMember.Role.values)}")
+    membership, created = ProjectMember.objects.get_or_create(
+        project=project, user=user, defaults={"role": role or ProjectMember.Role.ANNOTATOR}
+    )
+    if role is not None and membership.role != role:
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership, created
+
+
+def project_archive(*, project: Project, archived: bool) -> Project:
+    """Archive a project (it serves no new items and stops training by itself; its data stay) or
+    bring it back. Archiving twice keeps the first time."""
+    if archived and project.archived_at is None:
+        project.archived_at = timezone.now()
+    elif not archived:
+        project.archived_at = None
+    project.save(update_fields=["archived_at"])
+    return project
 
 
 def project_member_remove(*, project: Project, user: User) -> bool:

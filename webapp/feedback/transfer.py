@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 EXPORT_CHUNK = 500
 
 
+BAD_LINES_KEPT = 1000
+
+
 @dataclass
 class ImportReport:
     items: int = 0
@@ -47,6 +50,7 @@ class ImportReport:
     skipped: int = 0
     labels: int = 0
     bad: list[BadRecord] = field(default_factory=list)
+    last_line: int = 0  # the last line of the file read so far (progress)
 
 
 def _annotator(name: str, cache: dict[str, User]) -> User:
@@ -89,6 +93,7 @@ def import_items(
     users: dict[str, User] = {}
     batch: list[ImportedItem] = []
     for record in records:
+        report.last_line = max(report.last_line, record.line)
         if isinstance(record, BadRecord):
             report.bad.append(record)
             continue
@@ -247,6 +252,22 @@ def export_rows(*, kind: str, project: Project | None = None, min_agreement: flo
         yield from followup_rows(kind)  # the chat's answers, scored by the user's next message
 
 
+def export_download(request: Any, *, project: Project, kind: str, min_agreement: float) -> Any:
+    """The project's rows of `kind` as a JSON-lines download, streamed as they are written (the
+    export page and the API's export alike)."""
+    import json
+
+    from django.utils.text import slugify
+
+    from webapp.core.http import streaming_response
+
+    rows = export_rows(kind=kind, project=project, min_agreement=min_agreement)
+    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    response = streaming_response(request, lines, content_type="application/x-ndjson")
+    response["Content-Disposition"] = f'attachment; filename="{slugify(project.name)}-{kind}.jsonl"'
+    return response
+
+
 def _raw_row(task: Task, label: Label) -> dict[str, Any]:
     slots = sorted(task.slots.all(), key=lambda s: s.position)
     return {
@@ -294,14 +315,24 @@ def import_job_create(*, project: Project, created_by: User | None, fmt: str, up
     folder.mkdir(parents=True, exist_ok=True)
     name = str(upload.name or "upload")
     path = folder / f"{uuid.uuid4().hex}{''.join(Path(name).suffixes[-2:])}"
-    size = 0
+    size = lines = 0
+    gzipped, last = None, b"\n"
     with path.open("wb") as out:
         for chunk in upload.chunks():
+            if not chunk:
+                continue
+            if gzipped is None:
+                gzipped = chunk[:2] == b"\x1f\x8b"
             out.write(chunk)
             size += len(chunk)
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":
+        lines += 1  # a last line without its newline
     job = ImportJob.objects.create(
-        project=project, created_by=created_by, format=fmt, file_name=name[:255], path=str(path), size_bytes=size
-    )
+        project=project, created_by=created_by, format=fmt, file_name=name[:255], path=str(path), size_bytes=size,
+        lines_total=0 if gzipped else lines,
+    )  # fmt: skip
     transaction.on_commit(lambda: _enqueue_import(job.pk))
     return job
 
@@ -341,7 +372,8 @@ def import_job_run(*, job_id: int) -> ImportJob | None:
 
 
 def report_counts(report: ImportReport) -> dict[str, Any]:
-    """An import's counts and its first 100 bad lines, as the API and an ImportJob show them."""
+    """An import's counts, how far it read, and its first 1,000 bad lines, as the API and an ImportJob
+    show them."""
     return {
         "items": report.items,
         "created_tasks": report.created_tasks,
@@ -349,5 +381,6 @@ def report_counts(report: ImportReport) -> dict[str, Any]:
         "skipped": report.skipped,
         "labels": report.labels,
         "bad_lines": len(report.bad),
-        "bad": [{"line": b.line, "message": b.message} for b in report.bad[:100]],
+        "bad": [{"line": b.line, "message": b.message} for b in report.bad[:BAD_LINES_KEPT]],
+        "lines_read": report.last_line,
     }

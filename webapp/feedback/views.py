@@ -1,18 +1,20 @@
-"""Annotation pages: the next task of a project, judged and submitted without a full page load."""
+"""Annotation pages: the next task of a project, judged and submitted without a full page load; and
+the page where an invited person makes their account."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.core.http import AuthedHttpRequest
-from webapp.feedback import assignments
+from webapp.feedback import assignments, people
 from webapp.feedback.models import Assignment, Project
 from webapp.feedback.selectors import projects_for, task_with_candidates
 
@@ -35,7 +37,7 @@ def _task_context(request: AuthedHttpRequest, project: Project) -> dict[str, Any
 @require_GET
 @login_required
 def index(request: AuthedHttpRequest) -> HttpResponse:
-    projects = projects_for(request.user)
+    projects = projects_for(request.user).filter(archived_at__isnull=True)
     rows = [(p, assignments.project_progress(project=p, annotator=request.user)) for p in projects]
     return render(request, "feedback/index.html", {"rows": rows})
 
@@ -97,3 +99,31 @@ def _next(request: AuthedHttpRequest, project: Project) -> HttpResponse:
     if not request.htmx:
         return redirect("feedback:project", project.pk)
     return render(request, "feedback/_task.html", _task_context(request, project))
+
+
+@require_http_methods(["GET", "POST"])
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    """An invitation link's page, open to whoever holds the link: they pick a name and a password,
+    the account is made in the invitation's role (and project), and they are signed in."""
+    try:
+        invitation = people.invitation_open(token)
+    except people.InvitationInvalid as exc:
+        return render(request, "registration/invitation.html", {"invalid": str(exc)}, status=404)
+    errors: dict[str, str] = {}
+    form = {"username": request.POST.get("username", "").strip(), "email": request.POST.get("email", "").strip()}
+    if request.method == "POST":
+        password, again = request.POST.get("password", ""), request.POST.get("password_again", "")
+        if password != again:
+            errors = {"password": "the two passwords differ"}
+        else:
+            try:
+                user = people.invitation_accept(token=token, password=password, **form)
+            except people.InvitationInvalid as exc:
+                return render(request, "registration/invitation.html", {"invalid": str(exc)}, status=409)
+            except ValidationError as exc:
+                errors = {name: " ".join(messages) for name, messages in exc.message_dict.items()}
+            else:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                return redirect("feedback:index")
+    context = {"invitation": invitation, "errors": errors, "form": form}
+    return render(request, "registration/invitation.html", context, status=400 if errors else 200)

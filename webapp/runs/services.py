@@ -435,7 +435,7 @@ def run_maybe_trigger() -> list[TrainingRun]:
     from webapp.feedback.selectors import labels_since_last_run
 
     queued = []
-    for project in Project.objects.all():
+    for project in Project.objects.filter(archived_at__isnull=True):  # an archived project waits for a person
         try:
             recipe = recipe_for(project)
         except RecipeError as exc:  # a stored recipe made invalid by hand must not fail a label
