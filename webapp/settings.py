@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "webapp.feedback",
     "webapp.chat",
     "webapp.dashboard",
+    "webapp.hooks",
     "webapp.api",
 ]
 
@@ -302,8 +303,12 @@ RUN_REAP_EVERY_S = env_int("RUN_REAP_EVERY_S", 15, minimum=1)
 RUN_RESEND_S = env_int("RUN_RESEND_S", 900, minimum=1)
 JOB_TIME_LIMITS = {
     kind: env_int(f"JOB_TIME_LIMIT_{kind.upper()}_S", default, minimum=0)
-    for kind, default in (("policy", 6 * 3600), ("reward", 4 * 3600), ("generation", 2 * 3600), ("import", 2 * 3600))
-}
+    for kind, default in (
+        ("policy", 6 * 3600), ("reward", 4 * 3600), ("generation", 2 * 3600), ("import", 2 * 3600), ("webhook", 600)
+    )
+}  # fmt: skip
+# A webhook delivery is tried this many times (with back-off: 2, 4, 8, ... s, at most 60) before it fails.
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
 # Workers beat every WORKER_HEARTBEAT_S; a queue none has beaten on for 3 beats has no worker.
 WORKER_HEARTBEAT_S = env_int("WORKER_HEARTBEAT_S", 10, minimum=1)
 # Above the longest run: Redis hands an unacknowledged message to another worker after this long.

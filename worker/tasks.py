@@ -77,6 +77,14 @@ def import_feedback(job_id: int) -> None:
     import_job_run(job_id=job_id)
 
 
+@app.task(name="prefloop.webhook_deliver", queue="cpu", acks_late=True, ignore_result=True)
+def webhook_deliver(delivery_id: int) -> None:
+    """Post one event to one webhook, signed (webapp.hooks.services.delivery_run)."""
+    from webapp.hooks.services import delivery_run
+
+    delivery_run(delivery_id=delivery_id)
+
+
 @app.task(name="prefloop.reap_runs", queue="cpu", ignore_result=True)
 def reap_runs() -> None:
     """Scheduled by beat: the one reaper of every kind of job (webapp.core.jobs.jobs_reap), and the

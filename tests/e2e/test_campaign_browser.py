@@ -2,8 +2,11 @@
 admin, no API call, no shell. The admin makes a project with Markdown guidelines and invites an
 annotator, who accepts the link and picks a password; the admin uploads prompts (a real worker has
 the built-in policy server answer them) and a labelled TRL file with a bad line (the import's page
-names the line, and its report downloads); the annotator judges an item in the queue; the admin
-exports the labels."""
+names the line, and its report downloads); the annotator judges items in the queue, one of them
+against the file's label; the admin finds that disagreement in the explorer, settles it with a note,
+and exports the labels with the final answer beside them. A webhook the admin made on its page hears
+every label and the training run the labels trigger, each body signed (checked by a real HTTP
+server)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import pytest
 from tests.e2e.conftest import serve_version_one
 from tests.e2e.test_annotate_browser import login, wait_for_next
 from tests.factories import make_user
-from webapp.feedback.models import Label, Project, Task
+from tests.webhook_receiver import webhook_receiver
+from webapp.feedback.models import Project, Task
+from webapp.runs.models import TrainingRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -45,10 +50,17 @@ def _upload(page, base: str, project: Project, name: str, content: bytes, fmt: s
 def test_an_admin_runs_a_campaign_from_the_browser_alone(
     live_server, loop_settings, loop_files, builtin_policy_server, start_worker, browser, settings, tmp_path
 ):
+    with webhook_receiver() as receiver:
+        _campaign(live_server, loop_settings, loop_files, builtin_policy_server, start_worker, browser, settings,
+                  tmp_path, receiver)  # fmt: skip
+
+
+def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, start_worker, browser, settings, tmp_path,
+              receiver):  # fmt: skip
     loop_settings.POLICY_SERVER_URL = builtin_policy_server
     settings.IMPORT_DIR = tmp_path / "imports"
     serve_version_one(files=loop_files)
-    start_worker(policy_url=builtin_policy_server, files=loop_files, queues="cpu,generate",
+    start_worker(policy_url=builtin_policy_server, files=loop_files, queues="cpu,gpu,generate",
                  env={"PREFLOOP_IMPORT_DIR": str(tmp_path / "imports")})  # fmt: skip
     make_user("admin", username="boss", password="boss-password")
     base = live_server.url
@@ -64,10 +76,28 @@ def test_an_admin_runs_a_campaign_from_the_browser_alone(
     page.fill("#project-guidelines", "Prefer the **kind** answer.\n\n<script>window.__leak = 1</script>")
     assert page.is_checked("#kind-pairwise")
     page.fill("#project-max_tokens", "16")
+    page.fill("#project-overlap", "2")
     page.click("#project-save")
     page.wait_for_selector("#project-created")
     project = Project.objects.get(name="Kindness")
-    assert (project.feedback_types, project.max_tokens) == (["pairwise"], 16)
+    assert (project.feedback_types, project.max_tokens, project.overlap) == (["pairwise"], 16, 2)
+    # its recipe, on the same page: a short run after every 3 new labels
+    page.fill("#recipe-auto_train_every", "3")
+    page.fill("#recipe-max_steps", "2")
+    page.click("#recipe-save")
+    page.wait_for_selector("#recipe-saved")
+    project.refresh_from_db()
+    assert (project.recipe["auto_train_every"], project.recipe["max_steps"]) == (3, 2)
+
+    # A webhook for labels and runs, made on its page; its secret is shown once.
+    page.click("nav >> text=Dashboard")
+    page.click("#hooks-link")
+    page.fill("#hook-url", receiver.url)
+    page.check("#hook-event-label\\.created")
+    page.check("#hook-event-run\\.finished")
+    page.click("#hook-make")
+    receiver.secret = page.locator("#hook-secret").input_value()
+    page.goto(f"{base}/dashboard/projects/{project.pk}/")
 
     # An invitation to this project, accepted in the annotator's own browser.
     page.click("#invite-for-project")
@@ -86,8 +116,22 @@ def test_an_admin_runs_a_campaign_from_the_browser_alone(
     ann.wait_for_url(f"{base}/annotate/")
     assert "Kindness" in ann.content()
 
-    # Prompts, answered by the serving version on the worker; then a labelled TRL file with a bad line.
+    # Prompts, answered by the serving version on the worker; the annotator judges both answers.
     _upload(page, base, project, "prompts.jsonl", PROMPTS, "jsonl")
+    deadline = time.monotonic() + 180
+    while Task.objects.filter(project=project).count() < 2:
+        assert time.monotonic() < deadline, "the worker did not answer the uploaded prompts"
+        time.sleep(0.5)
+    ann.goto(f"{base}/annotate/{project.pk}/")
+    assert ann.locator("#guidelines strong").inner_text() == "kind"  # Markdown, rendered
+    assert ann.evaluate("window.__leak") is None  # and its script never ran
+    ann.evaluate("window.__samePage = true")
+    for done in (1, 2):
+        ann.locator(".task-pairwise").wait_for()
+        ann.keyboard.press("1")
+        wait_for_next(ann, done)
+
+    # A labelled TRL file with a bad line: the import's page names the line; its report downloads.
     _upload(page, base, project, "preferences.jsonl", TRL, "trl")
     assert page.locator("#import-progress").get_attribute("value") == "1.0000"
     assert page.locator("#import-bad-lines").inner_text() == "1"
@@ -96,21 +140,44 @@ def test_an_admin_runs_a_campaign_from_the_browser_alone(
         page.click("#import-bad-download")
     report = Path(download.value.path()).read_text().splitlines()
     assert report[0] == "line,message" and report[1].startswith("2,")
-    deadline = time.monotonic() + 180
-    while Task.objects.filter(project=project, prompt__source="import", labels__isnull=True).count() < 2:
-        assert time.monotonic() < deadline, "the worker did not answer the uploaded prompts"
-        time.sleep(0.5)
 
-    # The annotator judges an answered prompt; the guidelines are rendered, their script is not.
+    # The annotator is served a pair from the file (overlap 2: one slot left) and disagrees with it.
     ann.goto(f"{base}/annotate/{project.pk}/")
-    assert ann.locator("#guidelines strong").inner_text() == "kind"
-    assert ann.evaluate("window.__leak") is None
-    ann.evaluate("window.__samePage = true")
     ann.locator(".task-pairwise").wait_for()
-    ann.keyboard.press("1")
-    wait_for_next(ann, 1)
-    judged = Label.objects.get(annotator__username="ann")
-    assert judged.task.project == project and judged.task.labels.count() == 1  # an uploaded prompt, not a TRL pair
+    served = Task.objects.get(assignments__annotator__username="ann", assignments__status="leased")
+    theirs = served.labels.get().choice
+    ann.keyboard.press("2" if theirs == "a" else "1")
+    ann.wait_for_function("() => document.getElementById('done-count').textContent === '3'")
+    served.refresh_from_db()
+    assert (served.n_labels, served.disagreement) == (2, 0.5)
+
+    # The admin finds it among the disagreements and settles it with a note.
+    page.click("nav >> text=Explore")
+    page.select_option("#explore-project", str(project.pk))
+    page.check("#explore-disagreement")
+    page.click("#explore-go")
+    page.click(f"a[href='/dashboard/items/{served.pk}/']")
+    assert page.locator("#item-labels tbody tr").count() == 2
+    page.check(f"#adjudicate-form input[name=choice][value={theirs}]")
+    page.fill("#adjudicate-note", "The file's answer is the kinder one.")
+    page.click("#adjudicate-save")
+    page.wait_for_selector("#item-settled")
+    assert "Settled by boss" in page.locator("#item-adjudication").inner_text()
+    assert served.labels.count() == 2  # the raw labels stay
+
+    # The webhook heard each of the annotator's labels and the run the third one triggered, signed.
+    deadline = time.monotonic() + 300
+    while "run.finished" not in receiver.events():
+        runs = list(TrainingRun.objects.values_list("kind", "status", "stage", "error"))
+        assert time.monotonic() < deadline, (
+            f"no run.finished webhook; heard {receiver.events(valid_only=False)}; runs {runs}"
+        )
+        time.sleep(1)
+    assert all(r["valid"] for r in receiver.received), "a delivery's signature did not check"
+    heard = [r["body"]["data"] for r in receiver.received if r["body"]["event"] == "label.created"]
+    assert sorted(d["annotator"] for d in heard) == ["ann", "ann", "ann"]
+    (run,) = [r["body"]["data"] for r in receiver.received if r["body"]["event"] == "run.finished"]
+    assert (run["project"], run["kind"]) == (project.pk, "policy")
 
     # The export, downloaded from its page: the annotator's label and the file's two.
     page.goto(f"{base}/dashboard/projects/{project.pk}/export/")
@@ -118,6 +185,9 @@ def test_an_admin_runs_a_campaign_from_the_browser_alone(
     with page.expect_download() as download:
         page.click("#export-download")
     rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
-    assert sorted(r["annotator"] for r in rows) == ["ann", "import-trl", "import-trl"]
+    assert sorted(r["annotator"] for r in rows) == ["ann", "ann", "ann", "import-trl", "import-trl"]
+    settled = [r for r in rows if r["task_id"] == served.pk]
+    assert len(settled) == 2 and all(r["adjudication"]["choice"] == theirs for r in settled)
+    assert settled[0]["adjudication"]["note"] == "The file's answer is the kinder one."
     admin.close()
     annotator.close()

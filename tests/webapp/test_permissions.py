@@ -25,6 +25,8 @@ from webapp.feedback import services
 from webapp.feedback.assignments import assignment_next
 from webapp.feedback.models import GenerationJob, ImportJob
 from webapp.feedback.people import invitation_create
+from webapp.hooks.models import WebhookDelivery
+from webapp.hooks.services import hook_create
 from webapp.runs.models import TrainingRun
 from webapp.runs.services import reward_model_register
 
@@ -60,6 +62,8 @@ def world() -> World:
     generation = GenerationJob.objects.create(project=project, created_by=member, prompt_ids=[prompt.pk])
     reward_model = reward_model_register(artifact_path="/nonexistent/rm", backbone="tiny", member_paths=[""])
     invitation, invitation_token = invitation_create(by=admin, project=project)
+    hook, _ = hook_create(url="http://127.0.0.1:9/hook", events=["label.created"])
+    delivery = WebhookDelivery.objects.create(hook=hook, event="label.created", payload={}, status="succeeded")
     return World(
         member=member,
         outsider=outsider,
@@ -82,6 +86,8 @@ def world() -> World:
             "reward_model_id": reward_model.pk,
             "invitation_id": invitation.pk,
             "invitation_token": invitation_token,
+            "hook_id": hook.pk,
+            "delivery_id": delivery.pk,
         },
     )
 
@@ -135,6 +141,12 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "dashboard:project_export": ("get", ("project_id",), {"kind": "raw"}, ADMIN_ONLY),
     "dashboard:import": ("get", ("job_id",), {}, ADMIN_ONLY),
     "dashboard:import_bad_lines": ("get", ("job_id",), {}, ADMIN_ONLY),
+    "dashboard:explore": ("get", (), {"q": "capital"}, ADMIN_ONLY),  # and a project's reviewers
+    "dashboard:item": ("get", ("task_id",), {}, ADMIN_ONLY),
+    "dashboard:hooks": ("get", (), {}, ADMIN_ONLY),
+    "dashboard:hook": ("get", ("hook_id",), {}, ADMIN_ONLY),
+    "dashboard:hook_active": ("post", ("hook_id",), {"active": "0"}, ADMIN_ONLY),
+    "dashboard:delivery_resend": ("post", ("delivery_id",), {}, ADMIN_ONLY),
     "dashboard:people": ("get", (), {}, ADMIN_ONLY),
     "dashboard:person_new": ("post", (), {"username": "fresh", "password": "a-long-passphrase-1"}, ADMIN_ONLY),
     "dashboard:invitation_new": ("post", (), {"note": "someone"}, ADMIN_ONLY),
@@ -199,6 +211,8 @@ EXTRA: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = 
     "dashboard:arena POST": ("post", ("project_id",), {"first": 1, "second": 2, "prompts": 3}, ADMIN_ONLY),
     "dashboard:project_new POST": ("post", (), {"name": "Made here", "feedback_types": "pairwise"}, ADMIN_ONLY),
     "dashboard:project POST": ("post", ("project_id",), {"name": "P", "feedback_types": "pairwise"}, ADMIN_ONLY),
+    "dashboard:hooks POST": ("post", (), {"url": "http://127.0.0.1:9/h", "events": "run.finished"}, ADMIN_ONLY),
+    "dashboard:item POST": ("post", ("task_id",), {"choice": "a", "note": "settled"}, ADMIN_ONLY),
     "dashboard:project_import POST": ("post", ("project_id",), {"format": "jsonl"}, ADMIN_ONLY),
     "invitation_accept POST": ("post", ("invitation_token:token",), ACCEPT, ANYONE),
 }

@@ -132,11 +132,12 @@ def _heartbeat_fresh(job: Job) -> bool:
 # -- the transitions ---------------------------------------------------------------------------------
 
 
-def job_enqueue(job: Job) -> bool:
-    """Send the job's task to the broker; record when it took it. With the broker down the job stays
-    queued without `enqueued_at`, and the reaper sends it later. Never raises."""
+def job_enqueue(job: Job, *, countdown: float = 0) -> bool:
+    """Send the job's task to the broker (to run `countdown` seconds from now); record when it took
+    it. With the broker down the job stays queued without `enqueued_at`, and the reaper sends it
+    later. Never raises."""
     name, queue = job.job_task()
-    if not broker_send(name, args=[job.pk], queue=queue):
+    if not broker_send(name, args=[job.pk], queue=queue, countdown=countdown):
         return False
     type(job).objects.filter(pk=job.pk).update(enqueued_at=timezone.now())
     return True
@@ -201,6 +202,24 @@ def job_finish(
             logger.info("%s: attempt %s no longer holds it; it is left as it is", job, attempt)
             return job
         _end(job, status, error=error, **fields)
+    return job
+
+
+def job_retry_later(
+    model: type[JobT], pk: int, *, error: str, attempt: int, delay_s: float, **fields: Any
+) -> JobT | None:
+    """Put a running attempt that failed for a passing reason (a webhook's receiver down) back in
+    the queue, to start again after `delay_s` (its back-off); the error stays on it meanwhile. Like
+    `job_finish`, only that attempt, still running, is moved."""
+    with transaction.atomic():
+        job = model.objects.select_for_update().filter(pk=pk).first()
+        if job is None or job.status != JobStatus.RUNNING or job.attempts != attempt:
+            return job
+        job.status, job.error, job.heartbeat_at = JobStatus.QUEUED, error[:10_000], None
+        for name, value in fields.items():
+            setattr(job, name, value)
+        job.save(update_fields=["status", "error", "heartbeat_at", *fields])
+        transaction.on_commit(lambda: job_enqueue(job, countdown=delay_s))
     return job
 
 
@@ -378,7 +397,7 @@ def job_waiting_on(job: Job, listeners: dict[str, list[str]]) -> str:
     return f"no worker listens on the {queue!r} queue: start one (`celery -A worker.celery worker -Q {queue}`)"
 
 
-JOB_KINDS = ("policy", "reward", "generation", "import")
+JOB_KINDS = ("policy", "reward", "generation", "import", "webhook")
 
 
 def job_model_for(kind: str) -> type[Job]:

@@ -9,8 +9,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def broker_send(name: str, *, args: list[Any], queue: str) -> bool:
-    """Send task `name` to `queue`; return whether the broker took it.
+def broker_send(name: str, *, args: list[Any], queue: str, countdown: float = 0) -> bool:
+    """Send task `name` to `queue` (to run `countdown` seconds from now); return whether the broker
+    took it.
 
     Never raises, and gives up after one quick retry: a broker that is down must not hold a
     request. The caller's record stays queued, and a beat task sends it again later.
@@ -22,6 +23,7 @@ def broker_send(name: str, *, args: list[Any], queue: str) -> bool:
             name,
             args=args,
             queue=queue,
+            countdown=countdown or None,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
         )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from webapp.dashboard import people, projects, transfer, views
+from webapp.dashboard import explore, hooks, people, projects, transfer, views
 
 app_name = "dashboard"
 urlpatterns = [
@@ -30,6 +30,12 @@ urlpatterns = [
     path("projects/<int:project_id>/export/", transfer.project_export, name="project_export"),
     path("imports/<int:job_id>/", transfer.import_detail, name="import"),
     path("imports/<int:job_id>/bad-lines.csv", transfer.import_bad_lines, name="import_bad_lines"),
+    path("explore/", explore.explorer, name="explore"),
+    path("items/<int:task_id>/", explore.item, name="item"),
+    path("webhooks/", hooks.hooks, name="hooks"),
+    path("webhooks/<int:hook_id>/", hooks.hook_detail, name="hook"),
+    path("webhooks/<int:hook_id>/active/", hooks.hook_active, name="hook_active"),
+    path("webhooks/deliveries/<int:delivery_id>/again/", hooks.delivery_resend, name="delivery_resend"),
     path("people/", people.people, name="people"),
     path("people/new/", people.person_new, name="person_new"),
     path("people/invitations/", people.invitation_new, name="invitation_new"),

@@ -302,11 +302,18 @@ class Task(models.Model):
     # A blind comparison of two versions (webapp.runs.arena): each answer from another version, the
     # sides shuffled, and the versions hidden from annotators.
     arena = models.BooleanField(default=False, editable=False)
+    # Kept by the label services as labels arrive (webapp.feedback.explore.task_stats_refresh), so the
+    # explorer filters and sorts by an index: how many labels the item has, and how much its
+    # judges disagree (1 - the share of the most common answer; 0 with fewer than two labels).
+    n_labels = models.PositiveIntegerField(default=0, editable=False)
+    disagreement = models.FloatField(default=0.0, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["project", "kind", "is_gold"]),
+            models.Index(fields=["-disagreement", "-id"], name="feedback_task_disagreement"),
+            models.Index(fields=["project", "-disagreement", "-id"], name="feedback_task_project_disagree"),
             # the queue: a project's items with a free slot, in the order they are served
             models.Index(
                 fields=["project", "is_gold", "-required_labels", "created_at", "id"],
@@ -438,6 +445,21 @@ class Label(models.Model):
         return f"{self.kind} label {self.pk}"
 
 
+class Adjudication(models.Model):
+    """A reviewer's final answer for an item, with a note: kept beside the item's raw labels, never
+    over them. The recipe's `adjudicated` label mode trains on it instead of the item's labels."""
+
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="adjudication")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="adjudications")
+    answer = models.JSONField(help_text="The final judgment, in a label's fields (choice, ranking, critique, ...).")
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"adjudication of task {self.task_id}"
+
+
 class MessageFeedback(models.Model):
     """Thumbs up or down on an assistant message in the chat, with an optional reason."""
 
@@ -504,11 +526,17 @@ class ImportJob(Job):
         return "prefloop.import_feedback", "cpu"
 
     def job_ended(self) -> None:
-        """However it ended, its upload is removed."""
+        """However it ended, its upload is removed, and the webhooks that listen hear of it."""
         from pathlib import Path
+
+        from webapp.hooks.services import event_emit
 
         if self.path:
             Path(self.path).unlink(missing_ok=True)
+        event_emit("import.finished", {
+            "import": self.pk, "project": self.project_id, "file_name": self.file_name, "status": self.status,
+            "items": self.items, "labels": self.labels, "bad_lines": self.bad_lines, "error": self.error[:2000],
+        })  # fmt: skip
 
 
 class GenerationJob(Job):

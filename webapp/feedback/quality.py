@@ -18,7 +18,8 @@ from webapp.feedback.models import Label, Project, Task
 AGREEMENT_KINDS = (Task.Kind.PAIRWISE, Task.Kind.RATING, Task.Kind.RANKING)
 
 
-def _category(kind: str, choice: str, rating: int | None, ranking: Any) -> Hashable | None:
+def label_category(kind: str, choice: str, rating: int | None, ranking: Any) -> Hashable | None:
+    """What a label answered, as a category two labels can agree on (None: free text, no category)."""
     if kind == Task.Kind.PAIRWISE:
         return choice or None
     if kind == Task.Kind.RATING:
@@ -46,7 +47,7 @@ def project_quality(*, project: Project) -> dict[str, Any]:
             if gold_correct is not None:
                 gold[user].append(bool(gold_correct))
             continue
-        category = _category(kind, choice, rating, ranking)
+        category = label_category(kind, choice, rating, ranking)
         if category is not None and kind in AGREEMENT_KINDS:
             by_kind[kind].append((task_id, user, category))
 

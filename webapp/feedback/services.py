@@ -14,6 +14,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from webapp.accounts.models import User
+from webapp.feedback.explore import task_stats_refresh
 from webapp.feedback.generation import answers_for, item_create
 from webapp.feedback.models import (
     Assignment,
@@ -30,6 +31,7 @@ from webapp.feedback.models import (
 )
 from webapp.feedback.projects import project_default
 from webapp.feedback.validation import clean_label, clean_messages, clean_user_text
+from webapp.hooks.services import event_emit
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
 from webapp.runs.services import run_maybe_trigger
@@ -180,8 +182,24 @@ def label_create(
         if existing is None:
             raise
         return existing, False
+    task_stats_refresh([task.pk])
+    _label_events(label)
     run_maybe_trigger()
     return label, True
+
+
+def _label_events(label: Label) -> None:
+    """Tell the webhooks that listen: a label was stored; and, when it was the last its item's
+    overlap asked for, the item is complete."""
+    task = Task.objects.only("pk", "project_id", "n_labels", "required_labels", "kind").get(pk=label.task_id)
+    event_emit("label.created", {
+        "label": label.pk, "task": task.pk, "project": task.project_id, "kind": label.kind,
+        "annotator": label.annotator.username, "source": label.source, "choice": label.choice or None,
+        "strength": label.strength, "ranking": label.ranking, "rating": label.rating,
+        "critique": label.critique or None, "rewrite": label.rewrite or None, "rationale": label.rationale or None,
+    })  # fmt: skip
+    if task.n_labels == task.required_labels:
+        event_emit("item.completed", {"task": task.pk, "project": task.project_id, "labels": task.n_labels})
 
 
 def labels_bulk_create(*, labels: list[Label]) -> list[Label]:
@@ -194,6 +212,7 @@ def labels_bulk_create(*, labels: list[Label]) -> list[Label]:
     """
     stored = Label.objects.bulk_create(labels)
     task_taken_add(Counter(label.task_id for label in stored))
+    task_stats_refresh(label.task_id for label in stored)
     return stored
 
 

@@ -224,7 +224,8 @@ def export_rows(*, kind: str, project: Project | None = None, min_agreement: flo
     the user's next message (`kto`: liked when positive; `raw`: with their score). Gold items are
     left out.
     """
-    tasks = Task.objects.filter(is_gold=False).select_related("prompt", "project").order_by("id")
+    tasks = Task.objects.filter(is_gold=False).select_related("prompt", "project", "adjudication__reviewer")
+    tasks = tasks.order_by("id")
     if project is not None:
         tasks = tasks.filter(project=project)
     if kind == "prompt":
@@ -287,7 +288,16 @@ def _raw_row(task: Task, label: Label) -> dict[str, Any]:
         "rating": label.rating,
         "rationale": label.rationale or None,
         "created_at": label.created_at.isoformat(),
+        "adjudication": _adjudication_of(task),
     }
+
+
+def _adjudication_of(task: Task) -> dict[str, Any] | None:
+    """A reviewer's final answer for the item, beside each of its raw labels (None: not settled)."""
+    adjudication = getattr(task, "adjudication", None)
+    if adjudication is None:
+        return None
+    return {"reviewer": adjudication.reviewer.username, "note": adjudication.note or None, **adjudication.answer}
 
 
 def _thumb_rows(project: Project | None) -> Iterator[dict[str, Any]]:

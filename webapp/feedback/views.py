@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from webapp.core.http import AuthedHttpRequest
 from webapp.feedback import assignments, people
+from webapp.feedback.explore import reviewable_projects
 from webapp.feedback.models import Assignment, Project
 from webapp.feedback.selectors import projects_for, task_with_candidates
 
@@ -39,7 +40,8 @@ def _task_context(request: AuthedHttpRequest, project: Project) -> dict[str, Any
 def index(request: AuthedHttpRequest) -> HttpResponse:
     projects = projects_for(request.user).filter(archived_at__isnull=True)
     rows = [(p, assignments.project_progress(project=p, annotator=request.user)) for p in projects]
-    return render(request, "feedback/index.html", {"rows": rows})
+    reviews = not request.user.is_prefloop_admin and reviewable_projects(request.user).exists()
+    return render(request, "feedback/index.html", {"rows": rows, "reviews": reviews})
 
 
 @require_GET

@@ -26,7 +26,7 @@ from django.db.models import Q
 
 from training.examples import Examples, label_examples
 from webapp.feedback.followups import followups_scored
-from webapp.feedback.models import Label, MessageFeedback, Project, Prompt, Task
+from webapp.feedback.models import Adjudication, Label, MessageFeedback, Project, Prompt, Task
 from webapp.feedback.selectors import context_before, slots_prefetch
 from webapp.runs.recipe import Recipe
 
@@ -34,6 +34,7 @@ EXCLUDED_GOLD = "gold item"
 EXCLUDED_TRUST = "annotator below the trust floor"
 EXCLUDED_HELD_OUT = "held out for the gate"
 EXCLUDED_AGGREGATED = "merged into an aggregate label"
+EXCLUDED_ADJUDICATED = "replaced by a reviewer's final answer"
 EXCLUDED_NO_PREFERENCE = "expresses no preference"
 EXCLUDED_TRAINED = "already trained the starting version"
 EXCLUDED_WEIGHTLESS = "annotator's trust gives it no weight (trust at most 0.5)"
@@ -141,6 +142,9 @@ def training_data(*, project: Project, recipe: Recipe, trained: set[int] | None 
     if recipe.labels == "aggregated":
         kept, merged = _aggregate(kept)
         excluded[EXCLUDED_AGGREGATED] += merged
+    elif recipe.labels == "adjudicated":
+        kept, replaced = _adjudicated(kept)
+        excluded[EXCLUDED_ADJUDICATED] += replaced
     for label in kept:
         texts, order = _slots(label)
         before = len(data.pairs) + len(data.ties) + len(data.rankings) + len(data.kto)
@@ -253,6 +257,32 @@ def _aggregate(labels: list[Label]) -> tuple[list[Label], int]:
             keep.add(agreeing[0].pk)
     drop = {label.pk for ls in overlapped.values() for label in ls} - keep
     return [label for label in labels if label.pk not in drop], len(drop)
+
+
+def _adjudicated(labels: list[Label]) -> tuple[list[Label], int]:
+    """Each adjudicated item's labels become one label holding the reviewer's final answer (by the
+    reviewer, numbered as the item's first label, so held-out splits and lineages stay as they were);
+    return the labels to train on and how many were replaced."""
+    by_task: dict[int, list[Label]] = defaultdict(list)
+    for label in labels:
+        by_task[label.task_id].append(label)
+    settled = {a.task_id: a for a in Adjudication.objects.filter(task_id__in=by_task).select_related("reviewer")}
+    if not settled:
+        return labels, 0
+    out: list[Label] = []
+    replaced = 0
+    for label in labels:
+        adjudication = settled.get(label.task_id)
+        if adjudication is None:
+            out.append(label)
+            continue
+        first = by_task[label.task_id][0]
+        if label is first:
+            final = Label(pk=first.pk, task=first.task, kind=first.kind, annotator=adjudication.reviewer,
+                          source=first.source, **adjudication.answer)  # fmt: skip
+            out.append(final)
+        replaced += 1
+    return out, replaced - len(settled)
 
 
 def _key(messages: list[dict[str, str]]) -> str:

@@ -241,6 +241,15 @@ class TrainingRun(Job):
     def job_end_fields(self) -> dict[str, Any]:
         return {"stage": self.Stage.DONE}
 
+    def job_ended(self) -> None:
+        """The webhooks that listen hear how it ended."""
+        from webapp.hooks.services import event_emit
+
+        event_emit("run.finished", {
+            "run": self.pk, "kind": self.job_type(), "project": self.project_id, "status": self.status,
+            "error": self.error[:2000], "version": getattr(self.result_version, "number", None),
+        })  # fmt: skip
+
     def job_type(self) -> str:
         return "reward" if self.kind == self.Kind.REWARD else "policy"
 

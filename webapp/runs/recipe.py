@@ -33,8 +33,9 @@ METHOD_LABELS: dict[str, str] = {
 }
 GRPO_SCORES = ("uwo", "wco")  # uncertainty-weighted (mean - λ·variance) or worst-case (min) over the ensemble
 # raw labels (annotators under the trust floor left out); raw labels each weighted by its
-# annotator's trust; or one Dawid-Skene label per overlapped item
-LABEL_MODES = ("raw", "weighted", "aggregated")
+# annotator's trust; one Dawid-Skene label per overlapped item; or raw labels, except that an item a
+# reviewer adjudicated trains on the reviewer's final answer alone
+LABEL_MODES = ("raw", "weighted", "aggregated", "adjudicated")
 # the labels the starting version's lineage has not trained on, or every label
 LABEL_SCOPES = ("new", "all")
 GATE_CHECKS = ("heldout_accuracy", "win_rate", "kl")

@@ -13,6 +13,7 @@ from django.utils import timezone
 from webapp.accounts.models import User
 from webapp.core.jobs import JobStatus, job_beat, job_cancel, job_enqueue, job_finish, job_start
 from webapp.feedback.models import Project
+from webapp.hooks.services import event_emit
 from webapp.runs.models import ModelVersion, RewardModel, RewardModelEvent, TrainingRun, VersionEvent
 from webapp.runs.recipe import Recipe, RecipeError
 
@@ -185,6 +186,10 @@ def _make_serving(
         RewardModelEvent.objects.create(reward_model=chosen, **event)
     else:
         VersionEvent.objects.create(version=chosen, **event)
+        event_emit("version.rolled_back" if rollback else "version.promoted", {
+            "version": chosen.number, "previous": getattr(previous, "number", None),
+            "actor": getattr(actor, "username", None), "reason": reason[:2000],
+        })  # fmt: skip
 
 
 def version_promote_by_admin(
@@ -215,6 +220,7 @@ def version_gate_record(*, version: ModelVersion, gate: dict[str, Any]) -> Model
         VersionEvent.objects.create(
             version=version, action=VersionEvent.Action.REJECT, reason=str(gate.get("reason", ""))[:2000]
         )
+        event_emit("version.rejected", {"version": version.number, "reason": str(gate.get("reason", ""))[:2000]})
     version.save(update_fields=fields)
     return version
 
@@ -396,19 +402,17 @@ def run_succeed(
     run = TrainingRun.objects.select_for_update().get(pk=run_id)
     if run.status != TrainingRun.Status.RUNNING:
         raise RunNotRunning(f"run {run_id} is {run.status}, not running: it cannot succeed")
-    run.status = TrainingRun.Status.SUCCEEDED
-    run.stage = TrainingRun.Stage.DONE
-    run.result_version = version
-    run.result_reward_model = reward_model
-    run.progress = 1.0
-    run.metrics = {**run.metrics, **metrics}
-    run.finished_at = timezone.now()
-    run.save(
-        update_fields=[
-            "status", "stage", "result_version", "result_reward_model", "progress", "metrics", "finished_at"
-        ]
-    )  # fmt: skip
-    return run
+    ended = job_finish(
+        TrainingRun,
+        run_id,
+        JobStatus.SUCCEEDED,
+        result_version=version,
+        result_reward_model=reward_model,
+        progress=1.0,
+        metrics={**run.metrics, **metrics},
+    )  # fmt: skip; through the lifecycle's one end, so what ending means (webhooks) happens here too
+    assert ended is not None
+    return ended
 
 
 def run_fail(*, run_id: int, error: str) -> TrainingRun | None:

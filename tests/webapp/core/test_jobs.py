@@ -17,6 +17,8 @@ from webapp.core.jobs import JobGuard, JobStatus, job_cancel, job_label, job_mod
 from webapp.feedback.generation import generation_job_create
 from webapp.feedback.models import GenerationJob, ImportJob
 from webapp.feedback.transfer import import_job_run
+from webapp.hooks.models import WebhookDelivery
+from webapp.hooks.services import hook_create
 from webapp.runs.models import TrainingRun
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.both_databases]  # the heartbeat thread reads
@@ -40,11 +42,16 @@ def _jobs_of_every_kind(tmp_path: Path) -> dict[str, object]:
         "reward": TrainingRun.objects.create(kind="reward", trigger="api", project=project),
         "generation": GenerationJob.objects.create(project=project),
         "import": _import_job(tmp_path, _items(2)),
+        "webhook": WebhookDelivery.objects.create(
+            hook=hook_create(url="http://127.0.0.1:9/hook", events=["run.finished"])[0],
+            event="run.finished",
+            payload={},
+        ),
     }
 
 
 def test_every_kind_of_job_is_under_the_one_lifecycle():
-    assert {m.__name__ for m in job_models()} == {"TrainingRun", "GenerationJob", "ImportJob"}
+    assert {m.__name__ for m in job_models()} == {"TrainingRun", "GenerationJob", "ImportJob", "WebhookDelivery"}
 
 
 def test_a_lost_worker_is_found_by_its_heartbeat_and_each_kind_ends_as_it_promises(settings, tmp_path):
@@ -61,7 +68,7 @@ def test_a_lost_worker_is_found_by_its_heartbeat_and_each_kind_ends_as_it_promis
     for kind, job in jobs.items():
         job.refresh_from_db()
         assert "the worker was lost" in job.error, kind
-        if kind == "generation":  # it resumes: queued again, sent again
+        if kind in ("generation", "webhook"):  # it resumes (a delivery is sent again): queued again
             assert job.status == JobStatus.QUEUED and job_label(job) in report["requeued"]
         else:
             assert job.status == JobStatus.FAILED and job_label(job) in report["lost"], kind

@@ -9,6 +9,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -17,7 +18,7 @@ from tests.webapp.api.test_api import client_for
 from webapp.accounts.models import User
 from webapp.accounts.services import token_for_user
 from webapp.feedback.assignments import assignment_next, assignment_skip, assignment_submit
-from webapp.feedback.models import Invitation, Project, ProjectMember
+from webapp.feedback.models import Invitation, Project, ProjectMember, Task
 from webapp.feedback.people import invitation_create
 
 pytestmark = pytest.mark.django_db
@@ -335,3 +336,108 @@ def test_the_export_page_streams_the_file_and_refuses_bad_choices_in_words(admin
     ]:
         answer = admin_client.get(f"/dashboard/projects/{project.pk}/export/", bad)
         assert answer.status_code == 400 and words in answer.content.decode(), bad
+
+
+def _judged(project, texts, choices, question="Which is kinder?", rationales=None):
+    """An item of `project` judged by one new annotator per choice."""
+    task = make_task(project=project, texts=texts, question=question, required_labels=len(choices))
+    for i, choice in enumerate(choices):
+        person = make_user()
+        ProjectMember.objects.create(project=project, user=person)
+        data = {"choice": choice, "rationale": (rationales or [""] * len(choices))[i]}
+        assignment_submit(assignment=assignment_next(project=project, annotator=person), data=data)
+    task.refresh_from_db()
+    return task
+
+
+def test_the_explorer_finds_disagreements_by_search_and_filter_in_keyset_pages(admin_client, monkeypatch):
+    from webapp.feedback import explore
+
+    project = make_project(name="Explored", overlap=3)
+    split = _judged(project, ("Be well!", "Whatever."), ["a", "a", "b"], question="Say goodbye nicely",
+                    rationales=["warm", "warm", "the second is honest about not caring"])  # fmt: skip
+    agreed = _judged(project, ("Hello!", "Go away."), ["a", "a"], question="Greet a neighbour")
+    assert (split.n_labels, round(split.disagreement, 3), agreed.n_labels, agreed.disagreement) == (3, 0.333, 2, 0.0)
+    page = admin_client.get("/dashboard/explore/", {"disagreement": "1", "sort": "disagreement"}).content.decode()
+    assert f'href="/dashboard/items/{split.pk}/"' in page and f'href="/dashboard/items/{agreed.pk}/"' not in page
+    cases = [("honest", split), ("neighbour", agreed), ("whatever", split), ("greet a", agreed)]
+    if connection.vendor == "postgresql":  # full-text search: English stems and web-search syntax
+        cases += [("greeting", agreed), ("goodbye -neighbour", split), ('"the second"', split)]
+    for q, found in cases:
+        html = admin_client.get("/dashboard/explore/", {"q": q}).content.decode()
+        others = {split.pk, agreed.pk} - {found.pk}
+        assert f"/dashboard/items/{found.pk}/" in html and f"/dashboard/items/{others.pop()}/" not in html, q
+    bad = admin_client.get("/dashboard/explore/", {"project": "x", "sort": "size"})
+    assert bad.status_code == 400 and "not a number" in bad.content.decode() and "one of newest" in bad.content.decode()
+    monkeypatch.setattr(explore, "PAGE_SIZE", 2)
+    for i in range(3):
+        _judged(project, (f"x{i}", f"y{i}"), ["a", "b"], question=f"Q{i}")
+    seen, url, pages = [], "/dashboard/explore/?sort=disagreement", 0
+    while url:
+        html = admin_client.get(url).content.decode()
+        pages += 1
+        seen += [int(pk) for pk in re.findall(r'href="/dashboard/items/(\d+)/"', html)]
+        found = re.search(r'href="([^"]+)" id="explore-next"', html)
+        url = found.group(1).replace("&amp;", "&") if found else ""
+    assert (len(seen), len(set(seen)), pages) == (5, 5, 3)  # every item once, over three pages
+    disagreements = [Task.objects.get(pk=pk).disagreement for pk in seen]
+    assert disagreements == sorted(disagreements, reverse=True)
+
+
+def test_a_reviewer_settles_a_disagreement_beside_the_labels_and_the_recipe_can_train_on_it(client):
+    from webapp.runs.data import training_data
+    from webapp.runs.recipe import Recipe
+
+    project = make_project(name="Reviewed", overlap=2, recipe={"held_out_share": 0})
+    task = _judged(project, ("Be well!", "Whatever."), ["a", "b"], rationales=["kind", "short"])
+    reviewer, outsider = make_user(username="rev"), make_user(username="nosy")
+    ProjectMember.objects.create(project=project, user=reviewer, role="reviewer")
+    ProjectMember.objects.create(project=project, user=outsider)
+    client.force_login(outsider)
+    assert client.get("/dashboard/explore/").status_code == 403
+    assert client.get(f"/dashboard/items/{task.pk}/").status_code == 403
+    client.force_login(reviewer)
+    assert "Review the items people disagree on" in client.get("/annotate/").content.decode()
+    page = client.get(f"/dashboard/items/{task.pk}/").content.decode()
+    assert "kind" in page and "short" in page and "Be well!" in page  # every label with its rationale
+    refused = client.post(f"/dashboard/items/{task.pk}/", {"choice": "maybe"})
+    assert refused.status_code == 400 and 'id="item-error"' in refused.content.decode()
+    settled = client.post(f"/dashboard/items/{task.pk}/", {"choice": "a", "note": "B is rude."})
+    assert settled.status_code == 302
+    task.refresh_from_db()
+    assert task.adjudication.answer["choice"] == "a" and task.adjudication.note == "B is rude."
+    assert sorted(task.labels.values_list("choice", flat=True)) == ["a", "b"]  # beside them, never over them
+    assert "Settled by <strong>rev</strong>" in client.get(f"/dashboard/items/{task.pk}/").content.decode()
+    raw = training_data(project=project, recipe=Recipe.from_dict({"labels": "raw", "held_out_share": 0}))
+    settled_data = training_data(
+        project=project, recipe=Recipe.from_dict({"labels": "adjudicated", "held_out_share": 0})
+    )
+    assert len(raw.pairs) == 2 and [p["chosen"] for p in settled_data.pairs] == [raw.pairs[0]["chosen"]]
+    assert settled_data.excluded["replaced by a reviewer's final answer"] == 1
+    from webapp.feedback.transfer import export_rows
+
+    rows = list(export_rows(kind="raw", project=project))
+    assert [r["adjudication"]["choice"] for r in rows] == ["a", "a"]
+    assert rows[0]["adjudication"]["reviewer"] == "rev" and {r["rationale"] for r in rows} == {"kind", "short"}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="full-text indexes exist on PostgreSQL only")
+def test_the_explorers_search_reads_its_gin_indexes_on_postgresql():
+    from django.contrib.postgres.search import SearchQuery, SearchVector
+    from django.db.models import TextField
+    from django.db.models.functions import Cast
+
+    from webapp.feedback.models import Candidate, Label, Prompt
+
+    query = SearchQuery("kind words", config="english", search_type="websearch")
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # tiny tables: make the planner show what it can use
+        for model, expression, index in [
+            (Prompt, Cast("messages", TextField()), "feedback_prompt_search"),
+            (Candidate, "text", "feedback_candidate_search"),
+            (Label, "rationale", "feedback_label_search"),
+        ]:
+            plan = (
+                model.objects.annotate(found=SearchVector(expression, config="english")).filter(found=query).explain()
+            )
+            assert f"Index Scan on {index}" in plan, plan

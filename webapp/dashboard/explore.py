@@ -1,0 +1,106 @@
+"""The data explorer and review, for admins and for each project's reviewers: search and filter the
+items, open one with its whole conversation, every answer's version and every raw label, and record a
+final answer with a note beside the labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+
+from webapp.core.http import AuthedHttpRequest
+from webapp.feedback.explore import SORTS, adjudicate, explore, filters_from, reviewable_projects
+from webapp.feedback.models import Label, Task
+from webapp.runs.models import ModelVersion
+
+
+def reviewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Admins, and people who review or manage at least one project."""
+
+    @wraps(view)
+    @login_required
+    def wrapper(request: AuthedHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not reviewable_projects(request.user).exists():
+            message = "The explorer is for admins and for reviewers of a project."
+            return render(request, "403.html", {"message": message}, status=403)
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@require_GET
+@reviewer_required
+def explorer(request: AuthedHttpRequest) -> HttpResponse:
+    """Items, searched, filtered and sorted; 50 a page, with a link to the next page."""
+    filters = filters_from(request.GET)
+    rows, after = ([], "") if filters.errors else explore(user=request.user, filters=filters)
+    params = request.GET.copy()
+    params.pop("after", None)
+    next_url = ""
+    if after:
+        params["after"] = after
+        next_url = f"{reverse('dashboard:explore')}?{params.urlencode()}"
+    context = {
+        "rows": rows,
+        "f": filters,
+        "next_url": next_url,
+        "projects": reviewable_projects(request.user),
+        "kinds": Task.Kind.choices,
+        "sorts": SORTS,
+    }
+    return render(request, "dashboard/explore.html", context, status=400 if filters.errors else 200)
+
+
+@require_http_methods(["GET", "POST"])
+@reviewer_required
+def item(request: AuthedHttpRequest, task_id: int) -> HttpResponse:
+    """One item: its conversation, each answer with the version that wrote it, every raw label with
+    its rationale, strength and time, and the final answer a reviewer recorded (or the form for it)."""
+    task = get_object_or_404(
+        Task.objects.filter(project__in=reviewable_projects(request.user)).select_related("project", "prompt"),
+        pk=task_id,
+    )
+    error = ""
+    if request.method == "POST":
+        data: dict[str, Any] = {k: request.POST.get(k, "") for k in ("choice", "critique", "rewrite", "rating")}
+        if task.kind == Task.Kind.RANKING:
+            data = {"ranking": _ranking_from(request.POST, task)}
+        try:
+            adjudicate(task=task, reviewer=request.user, data=data, note=request.POST.get("note", ""))
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+        else:
+            return redirect(f"{reverse('dashboard:item', args=[task.pk])}?settled=1")
+    slots = list(task.slots.select_related("candidate__policy_version").order_by("position"))
+    labels = Label.objects.filter(task=task).select_related("annotator").order_by("created_at", "id")
+    adjudication = getattr(task, "adjudication", None)
+    context = {
+        "task": task,
+        "slots": slots,
+        "letters": "ABCDEFGHI",
+        "labels": labels,
+        "adjudication": adjudication,
+        "texts": {s.candidate_id: f"{'ABCDEFGHI'[s.position]}" for s in slots},
+        "error": error,
+        "settled": request.GET.get("settled") == "1",
+        "versions": {v.pk: v.number for v in ModelVersion.objects.filter(candidates__tasks=task)},
+    }
+    return render(request, "dashboard/item.html", context, status=400 if error else 200)
+
+
+def _ranking_from(post: Any, task: Task) -> list[list[int]]:
+    """A ranking from the form: each answer's place (1 = best; equal places tie)."""
+    places: dict[int, list[int]] = {}
+    for slot in task.slots.order_by("position"):
+        raw = post.get(f"place-{slot.candidate_id}", "").strip()
+        if not raw.isdigit():
+            return []  # refused in words by the label's own check
+        places.setdefault(int(raw), []).append(slot.candidate_id)
+    return [places[p] for p in sorted(places)]

@@ -1,0 +1,193 @@
+"""Looking through the data and settling disagreements: the explorer's query (search, filters,
+sorts, keyset pages), each item's label statistics kept as labels arrive, and reviewers' final
+answers (adjudications), stored beside the raw labels."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet, TextField
+from django.db.models.functions import Cast
+
+from webapp.accounts.models import User
+from webapp.feedback.models import Adjudication, Assignment, Candidate, Label, Project, ProjectMember, Prompt, Task
+from webapp.feedback.quality import label_category
+from webapp.feedback.validation import clean_label
+
+PAGE_SIZE = 50
+SORTS = {
+    "newest": ("-id",),
+    "disagreement": ("-disagreement", "-id"),
+    "uncertainty": ("-priority", "-id"),
+}
+REVIEW_ROLES = (ProjectMember.Role.REVIEWER, ProjectMember.Role.ADMIN)
+
+
+def disagreement_of(categories: list[Any]) -> float:
+    """1 - the share of the most common answer among those given (0 with fewer than two)."""
+    given = [c for c in categories if c is not None]
+    if len(given) < 2:
+        return 0.0
+    return round(1.0 - Counter(given).most_common(1)[0][1] / len(given), 6)
+
+
+def task_stats_refresh(task_ids: Iterable[int]) -> None:
+    """Count each item's labels and measure how much they disagree (what the explorer sorts by)."""
+    ids = sorted(set(task_ids))
+    if not ids:
+        return
+    answers: dict[int, list[Any]] = {pk: [] for pk in ids}
+    rows = Label.objects.filter(task_id__in=ids).values_list("task_id", "kind", "choice", "rating", "ranking")
+    for task_id, kind, choice, rating, ranking in rows:
+        answers[task_id].append(label_category(kind, choice, rating, ranking))
+    for task_id, categories in answers.items():
+        Task.objects.filter(pk=task_id).update(n_labels=len(categories), disagreement=disagreement_of(categories))
+
+
+def reviewable_projects(user: User) -> QuerySet[Project]:
+    """Projects whose data this person may look through and settle: all for admins; for others, the
+    unarchived ones where they are a reviewer or the project's admin."""
+    if user.is_prefloop_admin:
+        return Project.objects.all()
+    return Project.objects.filter(
+        memberships__user=user, memberships__role__in=REVIEW_ROLES, archived_at__isnull=True
+    ).distinct()
+
+
+@dataclass
+class Filters:
+    """The explorer's query, as its form and its URL carry it."""
+
+    q: str = ""
+    project: int | None = None
+    kind: str = ""
+    annotator: str = ""
+    version: int | None = None
+    gold: str = ""  # "yes", "no" or "" (either)
+    skipped: bool = False
+    disagreement: bool = False
+    adjudicated: str = ""  # "yes", "no" or ""
+    sort: str = "newest"
+    after: str = ""  # the keyset cursor: the last row's sort value and id
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def filters_from(params: Any) -> Filters:
+    """Read the explorer's query from GET parameters; what cannot be read is named in `errors`."""
+    f = Filters(q=params.get("q", "").strip()[:200], kind=params.get("kind", ""),
+                annotator=params.get("annotator", "").strip(), gold=params.get("gold", ""),
+                skipped=params.get("skipped") == "1", disagreement=params.get("disagreement") == "1",
+                adjudicated=params.get("adjudicated", ""), sort=params.get("sort") or "newest",
+                after=params.get("after", ""))  # fmt: skip
+    for name in ("project", "version"):
+        value = params.get(name, "")
+        if value:
+            if value.isdigit():
+                setattr(f, name, int(value))
+            else:
+                f.errors[name] = f"{value!r} is not a number"
+    if f.kind and f.kind not in Task.Kind.values:
+        f.errors["kind"] = f"one of {', '.join(Task.Kind.values)}"
+    if f.sort not in SORTS:
+        f.errors["sort"] = f"one of {', '.join(SORTS)}"
+        f.sort = "newest"
+    for name in ("gold", "adjudicated"):
+        if getattr(f, name) not in ("", "yes", "no"):
+            f.errors[name] = "yes, no or empty"
+    if f.after and _cursor(f.after, f.sort) is None:
+        f.errors["after"] = "not a page cursor of this sort"
+    return f
+
+
+def _cursor(after: str, sort: str) -> tuple[float, int] | None:
+    value, _, pk = after.rpartition(":")
+    try:
+        return (float(value) if sort != "newest" else 0.0), int(pk)
+    except ValueError:
+        return None
+
+
+def _search(tasks: QuerySet[Task], q: str) -> QuerySet[Task]:
+    """Items whose prompt, answers or labels' rationales hold `q`: PostgreSQL's full-text search
+    (web-search syntax, English stemming; GIN indexes on the same expressions), or a
+    case-insensitive substring on SQLite."""
+    if connection.vendor == "postgresql":
+        from django.contrib.postgres.search import SearchQuery, SearchVector
+
+        query = SearchQuery(q, config="english", search_type="websearch")
+
+        def matching(model: Any, expression: Any) -> QuerySet[Any]:
+            return model.objects.annotate(found=SearchVector(expression, config="english")).filter(found=query)
+
+        prompts: QuerySet[Any, Any] = matching(Prompt, Cast("messages", TextField())).values("pk")
+        answers: QuerySet[Any, Any] = matching(Candidate, "text").values("prompt_id")
+        rationales: QuerySet[Any, Any] = matching(Label, "rationale").values("task_id")
+    else:
+        prompts = Prompt.objects.annotate(t=Cast("messages", TextField())).filter(t__icontains=q).values("pk")
+        answers = Candidate.objects.filter(text__icontains=q).values("prompt_id")
+        rationales = Label.objects.filter(rationale__icontains=q).values("task_id")
+    return tasks.filter(Q(prompt_id__in=prompts) | Q(prompt_id__in=answers) | Q(pk__in=rationales))
+
+
+def explore(*, user: User, filters: Filters) -> tuple[list[Task], str]:
+    """One page of items matching `filters` in the chosen order, and the cursor of the next page
+    ("" on the last). Keyset pages: each page reads from an index, however deep it is."""
+    tasks = Task.objects.filter(project__in=reviewable_projects(user))
+    f = filters
+    if f.project is not None:
+        tasks = tasks.filter(project_id=f.project)
+    if f.kind:
+        tasks = tasks.filter(kind=f.kind)
+    if f.annotator:
+        tasks = tasks.filter(Exists(Label.objects.filter(task=OuterRef("pk"), annotator__username=f.annotator)))
+    if f.version is not None:
+        on_version = Candidate.objects.filter(tasks=OuterRef("pk"), policy_version__number=f.version)
+        tasks = tasks.filter(Exists(on_version))
+    if f.gold:
+        tasks = tasks.filter(is_gold=f.gold == "yes")
+    if f.skipped:
+        skipped = Assignment.objects.filter(task=OuterRef("pk"), status=Assignment.Status.SKIPPED)
+        tasks = tasks.filter(Exists(skipped))
+    if f.disagreement:
+        tasks = tasks.filter(disagreement__gt=0)
+    if f.adjudicated:
+        tasks = tasks.filter(adjudication__isnull=f.adjudicated == "no")
+    if f.q:
+        tasks = _search(tasks, f.q)
+    cursor = _cursor(f.after, f.sort) if f.after else None
+    if cursor is not None:
+        value, pk = cursor
+        if f.sort == "newest":
+            tasks = tasks.filter(pk__lt=pk)
+        else:
+            column = SORTS[f.sort][0].lstrip("-")
+            tasks = tasks.filter(Q(**{f"{column}__lt": value}) | Q(**{column: value, "pk__lt": pk}))
+    rows = list(
+        tasks.order_by(*SORTS[f.sort]).select_related("project", "prompt", "adjudication")[: PAGE_SIZE + 1]
+    )  # fmt: skip
+    if len(rows) <= PAGE_SIZE:
+        return rows, ""
+    rows = rows[:PAGE_SIZE]
+    last = rows[-1]
+    value = 0.0 if f.sort == "newest" else getattr(last, SORTS[f.sort][0].lstrip("-"))
+    return rows, f"{value!r}:{last.pk}"
+
+
+def adjudicate(*, task: Task, reviewer: User, data: dict[str, Any], note: str = "") -> tuple[Adjudication, bool]:
+    """Record (or change) the final answer for `task`; its raw labels stay as they are. The answer
+    is checked as a label of the item's kind is (ValidationError names what is wrong)."""
+    if task.kind == Task.Kind.THUMBS:
+        raise ValidationError("thumbs in chat are not adjudicated")
+    slots = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
+    answer = clean_label(kind=task.kind, data=data, candidate_ids=slots, allow_partial_ranking=False)
+    answer.pop("rationale", None)
+    with transaction.atomic():
+        adjudication, created = Adjudication.objects.update_or_create(
+            task=task, defaults={"reviewer": reviewer, "answer": answer, "note": note.strip()[:5000]}
+        )
+    return adjudication, created
