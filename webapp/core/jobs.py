@@ -453,6 +453,8 @@ def jobs_list(
         if status:
             jobs = jobs.filter(status=status)
         if project is not None:
+            if not any(f.name == "project" for f in model._meta.fields):
+                continue  # a kind that belongs to no project (a webhook delivery)
             jobs = jobs.filter(**{"project_id": project})
         rows += list(jobs.order_by("-created_at", "-id")[:limit])
     rows.sort(key=lambda j: j.created_at, reverse=True)

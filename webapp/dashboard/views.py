@@ -111,10 +111,30 @@ def _generation_response(request: AuthedHttpRequest, error: str = "") -> HttpRes
     return render(request, "dashboard/_generation.html", _generation_context(error=error))
 
 
+def missing_parts() -> list[tuple[str, str]]:
+    """What an installation lacks before the loop can run, each with how to fix it (an empty
+    production install says so instead of showing empty tables)."""
+    missing = []
+    if version_serving() is None:
+        missing.append(("No policy version serves, so the chat and the generation of answers cannot work.",
+                        "Run `python manage.py prefloop_setup --no-users` (it builds or finds the base model and "
+                        "serves version 1), or promote a version below."))  # fmt: skip
+    listeners = queue_listeners()
+    idle = [q for q in ("cpu", "gpu", "generate") if not listeners.get(q)]
+    if idle:
+        missing.append((f"No worker listens on the {', '.join(repr(q) for q in idle)} queue"
+                        f"{'s' if len(idle) > 1 else ''}: imports, answers and training wait.",
+                        f"Start one: `celery -A worker.celery worker -Q {','.join(idle)} --beat`."))  # fmt: skip
+    if not Project.objects.filter(archived_at__isnull=True).exists():
+        missing.append(("There is no open project to annotate.", "Make one on the Projects page."))
+    return missing
+
+
 @require_GET
 @admin_required
 def index(request: AuthedHttpRequest) -> HttpResponse:
     context = {
+        "missing": missing_parts(),
         **_runs_context(),
         **_generation_context(),
         **_imports_context(),

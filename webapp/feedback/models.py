@@ -314,6 +314,7 @@ class Task(models.Model):
             models.Index(fields=["project", "kind", "is_gold"]),
             models.Index(fields=["-disagreement", "-id"], name="feedback_task_disagreement"),
             models.Index(fields=["project", "-disagreement", "-id"], name="feedback_task_project_disagree"),
+            models.Index(fields=["-priority", "-id"], name="feedback_task_uncertainty"),
             # the queue: a project's items with a free slot, in the order they are served
             models.Index(
                 fields=["project", "is_gold", "-required_labels", "created_at", "id"],

@@ -4,6 +4,7 @@ people, deactivate them, and a person's page."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from datetime import timedelta
@@ -13,7 +14,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from tests.factories import make_project, make_task, make_user
+from tests.factories import make_project, make_serving_version, make_task, make_user
 from tests.webapp.api.test_api import client_for
 from webapp.accounts.models import User
 from webapp.accounts.services import token_for_user
@@ -441,3 +442,24 @@ def test_the_explorers_search_reads_its_gin_indexes_on_postgresql():
                 model.objects.annotate(found=SearchVector(expression, config="english")).filter(found=query).explain()
             )
             assert f"Index Scan on {index}" in plan, plan
+
+
+def test_an_empty_install_says_what_is_missing_and_how_to_fix_it(admin_client):
+    from django.utils import timezone
+
+    from webapp.core.models import WorkerBeat
+
+    page = html.unescape(admin_client.get("/dashboard/").content.decode())
+    missing = page[page.index('id="missing-parts"') :]
+    assert "No policy version serves" in missing and "prefloop_setup --no-users" in missing
+    assert "No worker listens on the 'cpu', 'gpu', 'generate' queues" in missing
+    assert "no open project" in missing
+    make_serving_version()
+    make_project(name="Open")
+    WorkerBeat.objects.create(hostname="w1", queues=["cpu", "gpu"], seen_at=timezone.now())
+    page = html.unescape(admin_client.get("/dashboard/").content.decode())
+    missing = page[page.index('id="missing-parts"') :]
+    assert "No worker listens on the 'generate' queue:" in missing and "-Q generate" in missing
+    assert "No policy version serves" not in missing and "no open project" not in missing
+    WorkerBeat.objects.create(hostname="w2", queues=["generate"], seen_at=timezone.now())
+    assert 'id="missing-parts"' not in admin_client.get("/dashboard/").content.decode()

@@ -113,3 +113,17 @@ def test_the_signature_is_hmac_sha256_over_timestamp_and_body():
 
     expected = hmac.new(b"key", b"1700000000.{}", hashlib.sha256).hexdigest()
     assert signature("key", "1700000000", b"{}") == f"sha256={expected}"
+
+
+def test_deliveries_are_jobs_in_the_one_list_and_a_project_filter_leaves_them_out(admin_client):
+    from webapp.core.jobs import jobs_list
+
+    hook, _ = hook_create(url="http://127.0.0.1:9/hook", events=["run.finished"])
+    (delivery,) = event_emit("run.finished", {"run": 1})
+    assert [(r["kind"], r["id"]) for r in jobs_list(kind="webhook")] == [("webhook", delivery.pk)]
+    assert jobs_list(kind="webhook", project=1) == []
+    from tests.webapp.api.test_api import client_for
+
+    project = make_project(name="Jobs")
+    listed = client_for(User.objects.get(username="boss")).get("/api/jobs/", {"project": project.pk})
+    assert listed.status_code == 200 and listed.json() == []

@@ -45,8 +45,10 @@ def test_dashboard_pages_are_for_admins_only(client):
 def test_dashboard_buttons_queue_each_kind_and_a_bad_kind_is_refused(client, django_capture_on_commit_callbacks):
     client.force_login(make_user("admin"))
     page = client.get("/dashboard/").content.decode()
-    for kind in ("dpo", "kto", "grpo", "reward"):
-        assert f'name="kind" value="{kind}"' in page
+    methods = page[page.index('id="train-kind"') : page.index("</select>", page.index('id="train-kind"'))]
+    for kind in ("policy", "dpo", "kto", "grpo"):  # one Train now button, the method chosen beside it
+        assert f'<option value="{kind}"' in methods
+    assert 'id="train-reward" name="kind" value="reward"' in page
     with django_capture_on_commit_callbacks():
         for kind in ("dpo", "kto", "grpo", "reward", "reward"):  # the second reward click is harmless
             assert client.post("/dashboard/runs/new/", {"kind": kind}, HTTP_HX_REQUEST="true").status_code == 200

@@ -93,6 +93,10 @@ class Migration(migrations.Migration):
             name='task',
             field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='adjudication', to='feedback.task'),
         ),
+        migrations.AddIndex(
+            model_name='task',
+            index=models.Index(fields=['-priority', '-id'], name='feedback_task_uncertainty'),
+        ),
         migrations.RunPython(stats_backfill, migrations.RunPython.noop),
         migrations.RunPython(search_indexes_add, search_indexes_drop),
     ]
