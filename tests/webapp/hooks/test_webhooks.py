@@ -118,7 +118,7 @@ def test_the_signature_is_hmac_sha256_over_timestamp_and_body():
 def test_deliveries_are_jobs_in_the_one_list_and_a_project_filter_leaves_them_out(admin_client):
     from webapp.core.jobs import jobs_list
 
-    hook, _ = hook_create(url="http://127.0.0.1:9/hook", events=["run.finished"])
+    hook_create(url="http://127.0.0.1:9/hook", events=["run.finished"])
     (delivery,) = event_emit("run.finished", {"run": 1})
     assert [(r["kind"], r["id"]) for r in jobs_list(kind="webhook")] == [("webhook", delivery.pk)]
     assert jobs_list(kind="webhook", project=1) == []
