@@ -7,7 +7,7 @@ queries an admin makes, against the plain ways of asking the same in the same ru
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres python bench/explorer.py --items 500000
 
-It makes a database of its own (dropped at the end unless --keep): --items pairwise items in four
+It makes a database of its own (dropped at the end): --items pairwise items in four
 projects, two answers and two labels each (1,000,000 labels at the default), a fifth of them
 disagreeing, written in SQL. The target (issue 27): every page's p95 under 500 ms with 1M labels.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.processes import scratch_database  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 WORDS = (
@@ -107,18 +108,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500_000, help="items; each has two labels")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--depth", type=int, default=200, help="the deep page's number (50 items a page)")
-    parser.add_argument("--keep", action="store_true", help="keep the database")
     args = parser.parse_args()
 
-    import psycopg
-
     server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    name = f"prefloop_explorer_{secrets.token_hex(3)}"
-    admin_dsn = server.rsplit("/", 1)[0].replace("postgres://", "postgresql://") + "/postgres"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    os.environ["DATABASE_URL"] = server.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_database(server, "prefloop_explorer") as name:
+        os.environ["DATABASE_URL"] = server.rsplit("/", 1)[0] + f"/{name}"
         import django
 
         django.setup()
@@ -202,13 +196,6 @@ def main() -> None:
             print(f"{what:<40} {ours:8.1f} against {plain:8.1f}: {plain / ours:.1f}x faster")
         worst = max(p95 for _, _, p95 in rows)
         print(f"\nworst p95 {worst:.1f} ms: target under 500 ms {'met' if worst < 500 else 'NOT met'}")
-    finally:
-        if not args.keep:
-            from django.db import connections
-
-            connections.close_all()
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 if __name__ == "__main__":

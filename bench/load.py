@@ -42,6 +42,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.processes import scratch_database  # noqa: E402
+
 LABEL_STUDIO = "label-studio==1.23.2"
 # the labels the load submitted (those seeded as already judged are imports)
 COUNT_LABELS = "from webapp.feedback.models import Label; print(Label.objects.exclude(source='import').count())"
@@ -110,21 +112,6 @@ def _wait_up(url: str, what: str, seconds: float = 180) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"{what} did not start")
         time.sleep(0.5)
-
-
-@contextmanager
-def _database(server_url: str, prefix: str) -> Iterator[str]:
-    import psycopg
-
-    name = f"{prefix}_{secrets.token_hex(3)}"
-    admin_dsn = server_url.rsplit("/", 1)[0].replace("postgres://", "postgresql://") + "/postgres"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _analyze(dsn: str) -> None:
@@ -199,7 +186,7 @@ def _prefloop_closed(dsn: str, project: int, n: int) -> None:
 @contextmanager
 def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
     people = max(args.levels)
-    with _database(server_url, "prefloop_load") as name:
+    with scratch_database(server_url, "prefloop_load") as name:
         port = 18000 + secrets.randbelow(1000)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PREFLOOP_"))}
         env.update(
@@ -276,7 +263,7 @@ def label_studio_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]
                        check=True, capture_output=True, text=True).stdout.strip()
     )  # fmt: skip
     postgres = httpx.URL(server_url.replace("postgres://", "postgresql://"))
-    with _database(server_url, "label_studio_load") as name:
+    with scratch_database(server_url, "label_studio_load") as name:
         port = 19000 + secrets.randbelow(1000)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PREFLOOP_", "DATABASE_"))}
         env.update(

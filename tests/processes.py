@@ -1,9 +1,10 @@
-"""Helpers for tests that start real server processes."""
+"""Helpers for tests and benchmarks that start real server processes or need a database of their own."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -186,3 +187,20 @@ class OwnPostgres:
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
             self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str):
+    """A PostgreSQL database of its own on the server of `server_url` (named `<prefix>_<6 hex>`),
+    dropped on exit even while something is still connected to it; yields its name."""
+    import psycopg
+
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    admin_dsn = server_url.rsplit("/", 1)[0].replace("postgres://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -16,9 +16,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from webapp.core.http import AuthedHttpRequest
+from webapp.core.parsing import parse_id
 from webapp.feedback.explore import SORTS, adjudicate, explore, filters_from, reviewable_projects
 from webapp.feedback.models import Label, Task
-from webapp.runs.models import ModelVersion
 
 
 def reviewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -79,28 +79,40 @@ def item(request: AuthedHttpRequest, task_id: int) -> HttpResponse:
         else:
             return redirect(f"{reverse('dashboard:item', args=[task.pk])}?settled=1")
     slots = list(task.slots.select_related("candidate__policy_version").order_by("position"))
+    letter = {slot.candidate_id: LETTERS[slot.position] for slot in slots}
     labels = Label.objects.filter(task=task).select_related("annotator").order_by("created_at", "id")
     adjudication = getattr(task, "adjudication", None)
+    answer = adjudication.answer if adjudication else {}  # its final answer, in a label's fields
     context = {
         "task": task,
-        "slots": slots,
-        "letters": "ABCDEFGHI",
-        "labels": labels,
+        "answers": [(LETTERS[slot.position], slot) for slot in slots],
+        "labels": [(label, _answer_text(label.choice, label.ranking, label.rating, letter)) for label in labels],
         "adjudication": adjudication,
-        "texts": {s.candidate_id: f"{'ABCDEFGHI'[s.position]}" for s in slots},
+        "settled_answer": _answer_text(answer.get("choice", ""), answer.get("ranking"), answer.get("rating"), letter),
         "error": error,
         "settled": request.GET.get("settled") == "1",
-        "versions": {v.pk: v.number for v in ModelVersion.objects.filter(candidates__tasks=task)},
     }
     return render(request, "dashboard/item.html", context, status=400 if error else 200)
+
+
+LETTERS = "ABCDEFGHI"  # an item's answers, by position (at most 9)
+
+
+def _answer_text(choice: str, ranking: list[list[int]] | None, rating: int | None, letter: dict[int, str]) -> str:
+    """A judgment as a reviewer reads it: "a", "B > A = C" (answers by letter, best first), "rated 4"."""
+    if choice:
+        return choice
+    if ranking:
+        return " > ".join(" = ".join(letter.get(c, "?") for c in group) for group in ranking)
+    return f"rated {rating}" if rating else ""
 
 
 def _ranking_from(post: Any, task: Task) -> list[list[int]]:
     """A ranking from the form: each answer's place (1 = best; equal places tie)."""
     places: dict[int, list[int]] = {}
     for slot in task.slots.order_by("position"):
-        raw = post.get(f"place-{slot.candidate_id}", "").strip()
-        if not raw.isdigit():
+        place = parse_id(post.get(f"place-{slot.candidate_id}", ""))
+        if place is None:
             return []  # refused in words by the label's own check
-        places.setdefault(int(raw), []).append(slot.candidate_id)
+        places.setdefault(place, []).append(slot.candidate_id)
     return [places[p] for p in sorted(places)]

@@ -25,6 +25,7 @@ from webapp.dashboard.views import admin_required
 from webapp.feedback import people as people_services
 from webapp.feedback.models import Assignment, Invitation, Label, Project, ProjectMember
 from webapp.feedback.quality import project_quality
+from webapp.feedback.services import project_member_add
 
 
 def _people_context(request: AuthedHttpRequest, **extra: Any) -> dict[str, Any]:
@@ -71,8 +72,6 @@ def _project_and_role(request: AuthedHttpRequest) -> tuple[Project | None, str, 
 @admin_required
 def person_new(request: AuthedHttpRequest) -> HttpResponse:
     """Make an account with a password the admin hands over; optionally a member of a project."""
-    from webapp.feedback.services import project_member_add
-
     form = {k: request.POST.get(k, "") for k in ("username", "email", "role", "project", "project_role")}
     project, project_role, error = _project_and_role(request)
     errors: dict[str, str] = {"project": error} if error else {}
@@ -100,6 +99,10 @@ def invitation_new(request: AuthedHttpRequest) -> HttpResponse:
     """An invitation link, shown once on the page that answers (only its digest is kept)."""
     project, project_role, error = _project_and_role(request)
     days = request.POST.get("days", "") or str(people_services.INVITATION_DAYS)
+    try:
+        lasting = float(days)
+    except ValueError:
+        error = error or f"not a number of days: {days!r}"
     invitation, token = None, ""
     if not error:
         try:
@@ -108,11 +111,11 @@ def invitation_new(request: AuthedHttpRequest) -> HttpResponse:
                 role=request.POST.get("role") or User.Role.ANNOTATOR,
                 project=project,
                 project_role=project_role,
-                days=float(days),
+                days=lasting,
                 note=request.POST.get("note", "").strip(),
             )
         except ValueError as exc:
-            error = str(exc) if "days" in str(exc) or "role" in str(exc) else f"not a number of days: {days!r}"
+            error = str(exc)
     if error:
         return render(request, "dashboard/people.html", _people_context(request, invite_error=error), status=400)
     link = request.build_absolute_uri(reverse("invitation_accept", args=[token]))
@@ -185,7 +188,6 @@ def person(request: AuthedHttpRequest, username: str) -> HttpResponse:
         "person": user,
         "memberships": ProjectMember.objects.filter(user=user).select_related("project"),
         "n_labels": Label.objects.filter(annotator=user).count(),
-        "per_day": [(d, per_day.get(d, 0)) for d in days],
         "chart": {
             "days": [d.isoformat() for d in days],
             "labels": [per_day.get(d, 0) for d in days],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, F
+from django.db.models import Count, F, Sum
 from django.http import HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -16,7 +16,7 @@ from webapp.api.serializers import ProjectSerializer
 from webapp.core.http import AuthedHttpRequest
 from webapp.dashboard.views import admin_required, recipe_context
 from webapp.feedback import services as feedback_services
-from webapp.feedback.models import FeedbackKind, Invitation, Label, Project, ProjectMember, Task
+from webapp.feedback.models import FeedbackKind, Invitation, Project, ProjectMember, Task
 
 INT_FIELDS = ("overlap", "lease_seconds", "answers_per_prompt", "max_tokens")
 FLOAT_FIELDS = ("gold_rate", "temperature", "top_p", "regenerate_share", "queue_epsilon")
@@ -75,7 +75,7 @@ def project_list(request: AuthedHttpRequest) -> HttpResponse:
         "members": ProjectMember.objects.values_list("project").annotate(n=Count("id")),
         "items": Task.objects.values_list("project").annotate(n=Count("id")),
         "open": Task.objects.filter(taken__lt=F("required_labels")).values_list("project").annotate(n=Count("id")),
-        "labels": Label.objects.values_list("task__project").annotate(n=Count("id")),
+        "labels": Task.objects.values_list("project").annotate(n=Sum("n_labels")),  # kept as labels arrive
     }
     counts = {name: dict(rows) for name, rows in per_project.items()}
     projects = list(Project.objects.order_by(F("archived_at").asc(nulls_first=True), "name"))
@@ -158,16 +158,18 @@ def project_member(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
     (`remove`); their labels stay."""
     project = get_object_or_404(Project, pk=project_id)
     user = User.objects.filter(username=request.POST.get("username", "")).first()
-    role = request.POST.get("role") or ProjectMember.Role.ANNOTATOR
     error = ""
     if user is None:
         error = f"no such person: {request.POST.get('username', '')!r}"
     elif request.POST.get("remove"):
         feedback_services.project_member_remove(project=project, user=user)
-    elif role not in ProjectMember.Role.values:
-        error = f"unknown role {role!r}: one of {', '.join(ProjectMember.Role.values)}"
     else:
-        feedback_services.project_member_add(project=project, user=user, role=role)
+        try:
+            feedback_services.project_member_add(
+                project=project, user=user, role=request.POST.get("role") or ProjectMember.Role.ANNOTATOR
+            )
+        except ValueError as exc:  # an unknown role, named in words
+            error = str(exc)
     if error:
         context = _project_context(request, project, _values(project), {}, member_error=error)
         return render(request, "dashboard/project.html", context, status=400)

@@ -4,6 +4,7 @@ answers (adjudications), stored beside the raw labels."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from webapp.accounts.models import User
+from webapp.core.parsing import parse_id
 from webapp.feedback.models import Adjudication, Assignment, Candidate, Label, Project, ProjectMember, Prompt, Task
 from webapp.feedback.quality import label_category
 from webapp.feedback.validation import clean_label
@@ -36,17 +38,19 @@ def disagreement_of(categories: list[Any]) -> float:
     return round(1.0 - Counter(given).most_common(1)[0][1] / len(given), 6)
 
 
-def task_stats_refresh(task_ids: Iterable[int]) -> None:
-    """Count each item's labels and measure how much they disagree (what the explorer sorts by)."""
+def task_stats_refresh(task_ids: Iterable[int]) -> dict[int, int]:
+    """Count each item's labels and measure how much they disagree (what the explorer sorts by);
+    return each item's count of labels."""
     ids = sorted(set(task_ids))
     if not ids:
-        return
+        return {}
     answers: dict[int, list[Any]] = {pk: [] for pk in ids}
     rows = Label.objects.filter(task_id__in=ids).values_list("task_id", "kind", "choice", "rating", "ranking")
     for task_id, kind, choice, rating, ranking in rows:
         answers[task_id].append(label_category(kind, choice, rating, ranking))
     for task_id, categories in answers.items():
         Task.objects.filter(pk=task_id).update(n_labels=len(categories), disagreement=disagreement_of(categories))
+    return {task_id: len(categories) for task_id, categories in answers.items()}
 
 
 def reviewable_projects(user: User) -> QuerySet[Project]:
@@ -87,10 +91,10 @@ def filters_from(params: Any) -> Filters:
     for name in ("project", "version"):
         value = params.get(name, "")
         if value:
-            if value.isdigit():
-                setattr(f, name, int(value))
-            else:
+            number = parse_id(value)
+            if number is None:
                 f.errors[name] = f"{value!r} is not a number"
+            setattr(f, name, number)
     if f.kind and f.kind not in Task.Kind.values:
         f.errors["kind"] = f"one of {', '.join(Task.Kind.values)}"
     if f.sort not in SORTS:
@@ -105,11 +109,13 @@ def filters_from(params: Any) -> Filters:
 
 
 def _cursor(after: str, sort: str) -> tuple[float, int] | None:
-    value, _, pk = after.rpartition(":")
+    value, _, raw_pk = after.rpartition(":")
+    pk = parse_id(raw_pk)
     try:
-        return (float(value) if sort != "newest" else 0.0), int(pk)
+        number = float(value) if sort != "newest" else 0.0
     except ValueError:
         return None
+    return (number, pk) if pk is not None and math.isfinite(number) else None
 
 
 def _search(tasks: QuerySet[Task], q: str) -> QuerySet[Task]:

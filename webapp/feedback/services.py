@@ -182,24 +182,23 @@ def label_create(
         if existing is None:
             raise
         return existing, False
-    task_stats_refresh([task.pk])
-    _label_events(label)
+    n_labels = task_stats_refresh([task.pk])[task.pk]
+    _label_events(label, task, n_labels)
     run_maybe_trigger()
     return label, True
 
 
-def _label_events(label: Label) -> None:
+def _label_events(label: Label, task: Task, n_labels: int) -> None:
     """Tell the webhooks that listen: a label was stored; and, when it was the last its item's
-    overlap asked for, the item is complete."""
-    task = Task.objects.only("pk", "project_id", "n_labels", "required_labels", "kind").get(pk=label.task_id)
+    overlap asked for (the item now has `n_labels`), the item is complete."""
     event_emit("label.created", {
         "label": label.pk, "task": task.pk, "project": task.project_id, "kind": label.kind,
         "annotator": label.annotator.username, "source": label.source, "choice": label.choice or None,
         "strength": label.strength, "ranking": label.ranking, "rating": label.rating,
         "critique": label.critique or None, "rewrite": label.rewrite or None, "rationale": label.rationale or None,
     })  # fmt: skip
-    if task.n_labels == task.required_labels:
-        event_emit("item.completed", {"task": task.pk, "project": task.project_id, "labels": task.n_labels})
+    if n_labels == task.required_labels:
+        event_emit("item.completed", {"task": task.pk, "project": task.project_id, "labels": n_labels})
 
 
 def labels_bulk_create(*, labels: list[Label]) -> list[Label]:

@@ -370,6 +370,9 @@ def test_the_explorer_finds_disagreements_by_search_and_filter_in_keyset_pages(a
         assert f"/dashboard/items/{found.pk}/" in html and f"/dashboard/items/{others.pop()}/" not in html, q
     bad = admin_client.get("/dashboard/explore/", {"project": "x", "sort": "size"})
     assert bad.status_code == 400 and "not a number" in bad.content.decode() and "one of newest" in bad.content.decode()
+    for odd in ({"project": "²"}, {"version": "9" * 30}, {"sort": "disagreement", "after": "inf:3"},
+                {"sort": "newest", "after": "0:" + "9" * 30}, {"sort": "newest", "after": "0:٣"}):  # fmt: skip
+        assert admin_client.get("/dashboard/explore/", odd).status_code == 400, odd  # in words, never a 500
     monkeypatch.setattr(explore, "PAGE_SIZE", 2)
     for i in range(3):
         _judged(project, (f"x{i}", f"y{i}"), ["a", "b"], question=f"Q{i}")
@@ -468,3 +471,17 @@ def test_an_empty_install_says_what_is_missing_and_how_to_fix_it(admin_client):
     assert "No policy version serves" not in missing and "no open project" not in missing
     WorkerBeat.objects.create(hostname="w2", queues=["generate"], seen_at=timezone.now())
     assert 'id="missing-parts"' not in admin_client.get("/dashboard/").content.decode()
+
+
+def test_a_ranking_is_settled_by_places_and_read_by_letters(admin_client):
+    project = make_project(name="Ranked", feedback_types=["ranking"])
+    task = make_task(project=project, kind="ranking", texts=("first", "second", "third"))
+    ids = [slot.candidate_id for slot in task.slots.order_by("position")]
+    url = f"/dashboard/items/{task.pk}/"
+    odd = admin_client.post(url, {f"place-{ids[0]}": "²", f"place-{ids[1]}": "1", f"place-{ids[2]}": "1"})
+    assert odd.status_code == 400 and 'id="item-error"' in odd.content.decode()
+    settled = admin_client.post(url, {f"place-{ids[0]}": "2", f"place-{ids[1]}": "1", f"place-{ids[2]}": "1"})
+    assert settled.status_code == 302
+    task.refresh_from_db()
+    assert task.adjudication.answer["ranking"] == [[ids[1], ids[2]], [ids[0]]]
+    assert "<strong>B = C &gt; A</strong>" in admin_client.get(url).content.decode()
