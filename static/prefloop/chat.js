@@ -19,10 +19,10 @@
 
   async function stream(el) {
     var url = el.getAttribute("data-stream-url");
-    var footerUrl = el.getAttribute("data-footer-url");
+    var doneUrl = el.getAttribute("data-done-url");
+    var messageEl = el.closest("[data-message-id]");
     el.removeAttribute("data-stream-url");
     el.classList.add("streaming");
-    var messageEl = el.closest("[data-message-id]");
     try {
       var response = await fetch(url, { method: "POST", headers: { "X-CSRFToken": csrfToken() } });
       if (!response.ok || !response.body) {
@@ -41,10 +41,12 @@
       el.textContent += " [connection lost]";
     }
     el.classList.remove("streaming");
-    if (footerUrl && messageEl && window.htmx) {
-      await htmx.ajax("GET", footerUrl, { target: "#footer-" + messageEl.getAttribute("data-message-id"), swap: "innerHTML" });
+    // the finished turn as the page renders it: Markdown, siblings, buttons (and data-done)
+    if (doneUrl && messageEl && window.htmx) {
+      await htmx.ajax("GET", doneUrl, { target: "#message-" + messageEl.getAttribute("data-message-id"), swap: "outerHTML" });
+    } else if (messageEl) {
+      messageEl.setAttribute("data-done", "1");
     }
-    messageEl && messageEl.setAttribute("data-done", "1");
   }
 
   function startStreams(root) {

@@ -4,7 +4,8 @@ annotator, who accepts the link and picks a password; the admin uploads prompts 
 the built-in policy server answer them) and a labelled TRL file with a bad line (the import's page
 names the line, and its report downloads); the annotator judges items in the queue, one of them
 against the file's label; the admin finds that disagreement in the explorer, settles it with a note,
-and exports the labels with the final answer beside them. A webhook the admin made on its page hears
+and exports the labels with the final answer beside them; the annotator chats, edits a turn onto a
+branch, asks for another answer and ranks the two. A webhook the admin made on its page hears
 every label and the training run the labels trigger, each body signed (checked by a real HTTP
 server)."""
 
@@ -20,7 +21,7 @@ from tests.e2e.conftest import serve_version_one
 from tests.e2e.test_annotate_browser import login, wait_for_next
 from tests.factories import make_user
 from tests.webhook_receiver import webhook_receiver
-from webapp.feedback.models import Project, Task
+from webapp.feedback.models import Label, Project, Task
 from webapp.runs.models import TrainingRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -32,6 +33,21 @@ TRL = (
     b'{"prompt": [{"role": "user", "content": "Hello?"}], "chosen": [{"role": "assistant", "content": "Hi there!"}],'
     b' "rejected": [{"role": "assistant", "content": "What."}]}\n'
 )
+
+
+def _answered(page, count: int) -> None:
+    """Wait until a new page (not the one `_leaving` marked) shows `count` answers written and
+    rendered again whole."""
+    page.wait_for_function(
+        "n => !window.__leaving && document.querySelectorAll('.message.assistant[data-done]').length >= n"
+        " && !document.querySelector('[data-stream-url], .content.streaming')",
+        arg=count,
+        timeout=120_000,
+    )
+
+
+def _leaving(page) -> None:
+    page.evaluate("window.__leaving = true")  # a page that loads after this has no such mark
 
 
 def _upload(page, base: str, project: Project, name: str, content: bytes, fmt: str) -> None:
@@ -189,5 +205,40 @@ def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, sta
     settled = [r for r in rows if r["task_id"] == served.pk]
     assert len(settled) == 2 and all(r["adjudication"]["choice"] == theirs for r in settled)
     assert settled[0]["adjudication"]["note"] == "The file's answer is the kinder one."
+
+    # The annotator chats: a system prompt, a turn, an edit of it on a branch of its own, back to
+    # the first branch, another answer there, and the two sibling answers ranked.
+    ann.click("nav >> text=Chat")
+    ann.click("#new-chat")
+    ann.fill("#system-prompt", "Be kind and brief.")
+    ann.click("#chat-settings button[type=submit]")
+    ann.wait_for_selector("#chat-settings summary >> text=a system prompt is set")
+    ann.fill("#composer-text", "Say something kind.")
+    ann.keyboard.press("Enter")
+    _answered(ann, 1)
+    ann.locator(".message.user .edit-turn summary").click()
+    ann.fill(".message.user .edit-turn textarea", "Greet a friend.")
+    _leaving(ann)
+    ann.click(".message.user .edit-turn button[type=submit]")
+    _answered(ann, 1)
+    assert ann.locator(".message.user .content").inner_text() == "Greet a friend."
+    assert ann.locator(".message.user .sibling-pos").inner_text() == "2 / 2"
+    _leaving(ann)
+    ann.click(".message.user .sibling-prev")
+    _answered(ann, 1)
+    assert ann.locator(".message.user .content").inner_text() == "Say something kind."
+    assert ann.locator(".message.user .sibling-pos").inner_text() == "1 / 2"
+    _leaving(ann)
+    ann.click(".message.assistant .regenerate")
+    _answered(ann, 1)
+    assert ann.locator(".message.assistant .sibling-pos").inner_text() == "2 / 2"
+    rank = ann.locator(".message.assistant .rank-siblings")
+    rank.locator("summary").click()
+    rank.locator("select").nth(0).select_option("2")
+    rank.locator("select").nth(1).select_option("1")
+    rank.locator("button[type=submit]").click()
+    ann.wait_for_selector(".rank-siblings[data-ranked]")
+    chat_labels = Label.objects.filter(annotator__username="ann", kind="ranking")
+    assert chat_labels.count() == 1 and chat_labels.get().task.prompt.messages[0]["content"] == "Be kind and brief."
     admin.close()
     annotator.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from webapp.api import apis, auth
+from webapp.api import apis, auth, chat
 
 urlpatterns = [
     path("auth/token/", auth.TokenCreateApi.as_view(), name="api-token"),
@@ -49,6 +49,16 @@ urlpatterns = [
     path("assignments/<int:assignment_id>/submit/", apis.AssignmentSubmitApi.as_view(), name="api-assignment-submit"),
     path("assignments/<int:assignment_id>/skip/", apis.AssignmentSkipApi.as_view(), name="api-assignment-skip"),
     path("tasks/bulk/", apis.TaskBulkCreateApi.as_view(), name="api-tasks-bulk"),
+    path("conversations/", chat.ConversationListCreateApi.as_view(), name="api-conversations"),
+    path("conversations/<int:conversation_id>/", chat.ConversationDetailApi.as_view(), name="api-conversation"),
+    path(
+        "conversations/<int:conversation_id>/messages/",
+        chat.ConversationTurnApi.as_view(),
+        name="api-conversation-messages",
+    ),
+    path("messages/<int:message_id>/stream/", chat.MessageStreamApi.as_view(), name="api-message-stream"),
+    path("messages/<int:message_id>/regenerate/", chat.MessageRegenerateApi.as_view(), name="api-message-regenerate"),
+    path("messages/<int:message_id>/rank/", chat.MessageRankApi.as_view(), name="api-message-rank"),
     path("messages/<int:message_id>/thumbs/", apis.MessageThumbsApi.as_view(), name="api-message-thumbs"),
     path("jobs/", apis.JobListApi.as_view(), name="api-jobs"),
     path("jobs/<str:kind>/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api-job-cancel"),

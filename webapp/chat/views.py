@@ -6,17 +6,20 @@ import logging
 from collections.abc import Iterator
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.core.http import AuthedHttpRequest, streaming_response
-from webapp.feedback import services
+from webapp.core.parsing import parse_id
+from webapp.feedback import chat, services
 from webapp.feedback.models import Conversation, Message, MessageFeedback, Task
-from webapp.feedback.selectors import context_before, conversation_list, conversation_messages, task_with_candidates
+from webapp.feedback.selectors import context_before, conversation_list, task_with_candidates
 from webapp.runs import policy
+from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import run_active, version_serving
 
 logger = logging.getLogger(__name__)
@@ -43,24 +46,66 @@ def new(request: AuthedHttpRequest) -> HttpResponse:
     return redirect("chat:conversation", conversation.pk)
 
 
+def _own_conversation(request: AuthedHttpRequest, conversation_id: int) -> Conversation:
+    return get_object_or_404(
+        Conversation.objects.select_related("policy_version"), pk=conversation_id, owner=request.user
+    )
+
+
 @require_GET
 @login_required
 def conversation(request: AuthedHttpRequest, conversation_id: int) -> HttpResponse:
-    conv = get_object_or_404(Conversation, pk=conversation_id, owner=request.user)
-    messages = conversation_messages(conversation=conv)
+    conv = _own_conversation(request, conversation_id)
+    turns = chat.conversation_branch(conversation=conv)
     thumbs = {t.message_id: t for t in MessageFeedback.objects.filter(user=request.user, message__conversation=conv)}
-    for message in messages:
-        message.thumb = thumbs.get(message.pk)  # type: ignore[attr-defined]
+    for turn in turns:
+        turn.message.thumb = thumbs.get(turn.message.pk)  # type: ignore[attr-defined]
     return render(
-        request, "chat/conversation.html", {"conversation": conv, "messages": messages, "serving": version_serving()}
+        request,
+        "chat/conversation.html",
+        {
+            "conversation": conv,
+            "turns": turns,
+            "ranked": chat.ranked_questions(conversation=conv, by=request.user),
+            "serving": version_serving(),
+            "answering": chat.reply_version(conv),
+            "versions": ModelVersion.objects.order_by("-number")[:50] if request.user.is_prefloop_admin else [],
+        },
     )
+
+
+@require_POST
+@login_required
+def settings(request: AuthedHttpRequest, conversation_id: int) -> HttpResponse:
+    """The conversation's system prompt and (admins) the version that answers it."""
+    conv = _own_conversation(request, conversation_id)
+    pin = "version" in request.POST
+    version = None
+    if pin and request.POST["version"]:
+        version_id = parse_id(request.POST["version"])
+        version = ModelVersion.objects.filter(pk=version_id).first() if version_id else None
+        if version is None:
+            return HttpResponse("No such policy version.", status=400)
+    try:
+        chat.conversation_settings_set(
+            conversation=conv,
+            by=request.user,
+            system_prompt=request.POST.get("system_prompt"),
+            version=version,
+            pin=pin,
+        )
+    except PermissionDenied as exc:
+        return HttpResponse(str(exc), status=403)
+    except ValidationError as exc:
+        return HttpResponse(" ".join(exc.messages), status=400)
+    return redirect("chat:conversation", conv.pk)
 
 
 @require_POST
 @login_required
 def send(request: AuthedHttpRequest, conversation_id: int) -> HttpResponse:
     """Store the user's turn; the returned partial streams the answer into the page."""
-    conv = get_object_or_404(Conversation, pk=conversation_id, owner=request.user)
+    conv = _own_conversation(request, conversation_id)
     try:
         user_message, reply = services.chat_turn_start(conversation=conv, text=request.POST.get("text", ""))
     except ValidationError as exc:
@@ -68,7 +113,8 @@ def send(request: AuthedHttpRequest, conversation_id: int) -> HttpResponse:
     if not request.htmx:
         return redirect("chat:conversation", conv.pk)
     html = "".join(
-        render(request, "chat/_message.html", {"message": m}).content.decode() for m in (user_message, reply)
+        render(request, "chat/_message.html", {"turn": chat.message_turn(message=m)}).content.decode()
+        for m in (user_message, reply)
     )
     return HttpResponse(html)
 
@@ -90,6 +136,8 @@ def stream(request: AuthedHttpRequest, message_id: int) -> HttpResponseBase:
     def chunks() -> Iterator[str]:
         parts: list[str] = []
         try:
+            if version != version_serving():  # a version an admin picked, or one retired since
+                policy.adapter_load(version)
             for delta in policy.stream(context, version=version):
                 parts.append(delta)
                 yield delta
@@ -108,8 +156,61 @@ def stream(request: AuthedHttpRequest, message_id: int) -> HttpResponseBase:
 
 @require_GET
 @login_required
-def footer(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
-    return render(request, "chat/_footer.html", {"message": _own_message(request, message_id)})
+def message(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
+    """One turn as the page shows it (its answer rendered, its siblings, its buttons)."""
+    found = _own_message(request, message_id)
+    found.thumb = found.feedback.filter(user=request.user).first()  # type: ignore[attr-defined]
+    ranked = chat.ranked_questions(conversation=found.conversation, by=request.user)
+    return render(request, "chat/_message.html", {"turn": chat.message_turn(message=found), "ranked": ranked})
+
+
+@require_POST
+@login_required
+def regenerate(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
+    try:
+        chat.chat_regenerate(message=_own_message(request, message_id))
+    except ValidationError as exc:
+        return HttpResponse(" ".join(exc.messages), status=400)
+    return redirect("chat:conversation", _own_message(request, message_id).conversation_id)
+
+
+@require_POST
+@login_required
+def edit(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
+    found = _own_message(request, message_id)
+    try:
+        chat.chat_edit(message=found, text=request.POST.get("text", ""))
+    except ValidationError as exc:
+        return HttpResponse(" ".join(exc.messages), status=400)
+    return redirect("chat:conversation", found.conversation_id)
+
+
+@require_POST
+@login_required
+def switch(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
+    found = _own_message(request, message_id)
+    chat.chat_switch(message=found)
+    return redirect(f"{reverse('chat:conversation', args=[found.conversation_id])}#message-{found.pk}")
+
+
+@require_POST
+@login_required
+def rank(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
+    """Rank the answers to one of your turns: fields `place-<answer id>` = 1 (best), 2, ..."""
+    question = _own_message(request, message_id)
+    places: dict[int, int] = {}
+    for name in request.POST:
+        if name.startswith("place-"):
+            value = request.POST.get(name)
+            answer_id, place = parse_id(name.removeprefix("place-")), parse_id(value)
+            if answer_id is None or place is None:
+                return HttpResponse(f"{name}: a place is a whole number from 1 (best).", status=400)
+            places[answer_id] = place
+    try:
+        chat.chat_rank(question=question, places=places, by=request.user)
+    except ValidationError as exc:
+        return HttpResponse(" ".join(exc.messages), status=400)
+    return redirect(f"{reverse('chat:conversation', args=[question.conversation_id])}#message-{question.pk}")
 
 
 @require_POST

@@ -17,6 +17,7 @@ from training.policy_client import PolicyServerError
 from webapp.core.http import AuthedHttpRequest
 from webapp.core.jobs import JOB_KINDS, job_cancel, job_model_for, job_waiting_on, jobs_list, queue_listeners
 from webapp.core.parsing import parse_id
+from webapp.dashboard.overview import active_annotators, labels_per_day, queue_depth
 from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
 from webapp.feedback.models import Conversation, GenerationJob, ImportJob, JobStatus, Label, Project, Task
@@ -138,6 +139,12 @@ def index(request: AuthedHttpRequest) -> HttpResponse:
         **_runs_context(),
         **_generation_context(),
         **_imports_context(),
+        "overview": {
+            "labels": labels_per_day(),
+            "queue": queue_depth(),
+            "active": active_annotators(),
+            "jobs": jobs_list(limit=8),
+        },
         "n_labels": Label.objects.count(),
         "n_tasks": Task.objects.count(),
         "n_conversations": Conversation.objects.count(),

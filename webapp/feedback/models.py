@@ -173,6 +173,14 @@ class Conversation(models.Model):
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True, help_text="Sent before every turn, as the model's system message.")
+    # The version that answers: an admin may pin one; empty means the serving version at each turn.
+    policy_version = models.ForeignKey(
+        "runs.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The last message of the branch on screen: conversations are trees (edits and regenerations
+    # start branches), and this says which path from the root the person is reading.
+    current = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -422,6 +430,8 @@ class Label(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # the dashboard's labels per day and active people read only their window of labels
+        indexes = [models.Index(fields=["created_at"], name="feedback_label_created")]
         constraints = [
             models.UniqueConstraint(fields=["task", "annotator"], name="feedback_one_label_per_annotator"),
             models.UniqueConstraint(

@@ -25,7 +25,9 @@ def context_before(*, message: Message) -> list[dict[str, str]]:
     while current is not None:
         chain.append(current)
         current = by_id.get(current.parent_id) if current.parent_id else None
-    return [{"role": m.role, "content": m.content} for m in reversed(chain) if m.status == m.Status.COMPLETE]
+    turns = [{"role": m.role, "content": m.content} for m in reversed(chain) if m.status == m.Status.COMPLETE]
+    system = message.conversation.system_prompt
+    return ([{"role": "system", "content": system}] if system else []) + turns
 
 
 def slots_prefetch(path: str = "slots") -> Prefetch:

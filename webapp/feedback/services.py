@@ -44,25 +44,35 @@ def conversation_create(*, owner: User, title: str = "") -> Conversation:
 
 
 @transaction.atomic
-def chat_turn_start(*, conversation: Conversation, text: str) -> tuple[Message, Message]:
+def chat_turn_start(
+    *, conversation: Conversation, text: str, parent: Message | None = None, at_root: bool = False
+) -> tuple[Message, Message]:
     """Store the user's turn and an empty assistant turn that the stream will fill.
 
-    The assistant turn records the serving policy version that is asked to write it.
+    The turn follows `parent`, or the branch on screen (`conversation.current`) when none is
+    given; `at_root` starts a new first turn. The assistant turn records the version asked to
+    write it: the one an admin pinned to the conversation, else the serving one.
     """
+    from webapp.feedback.chat import reply_version
+
     content = clean_user_text(text)
-    last = conversation.messages.order_by("-created_at", "-id").first()
-    user_message = Message.objects.create(conversation=conversation, parent=last, role="user", content=content)
+    if parent is not None and (parent.conversation_id != conversation.pk or parent.role != "assistant"):
+        raise ValidationError("A turn follows an answer of this conversation.")
+    if parent is None and not at_root:
+        parent = conversation.current or conversation.messages.order_by("-created_at", "-id").first()
+    user_message = Message.objects.create(conversation=conversation, parent=parent, role="user", content=content)
     reply = Message.objects.create(
         conversation=conversation,
         parent=user_message,
         role="assistant",
         status=Message.Status.STREAMING,
-        policy_version=version_serving(),
+        policy_version=reply_version(conversation),
     )
     if not conversation.title:
         conversation.title = content[:80]
-    conversation.save(update_fields=["title", "updated_at"])
-    if last is not None and last.role == "assistant":  # the user's reply is feedback on that answer
+    conversation.current = reply
+    conversation.save(update_fields=["title", "current", "updated_at"])
+    if parent is not None and parent.role == "assistant":  # the user's reply is feedback on that answer
         from webapp.feedback.followups import followups_send
 
         followups_send()

@@ -1,0 +1,143 @@
+"""Every dashboard page's server time with a large database: p50 and p95 of whole page requests
+(in process: view, queries and template), on PostgreSQL, as an admin opens them.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres python bench/dashboard.py --items 500000
+
+It makes a database of its own (dropped at the end) with explorer.py's data: --items pairwise
+items in four projects, two labels each (1,000,000 labels at the default), the labels spread
+over the last 180 days. The target (issue 27): every page under 300 ms of server time with 1M
+labels. The baseline, measured in the same run: the overview's day counts without the label time
+index (dropped for that measurement, then made again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from explorer import fill, timed  # noqa: E402
+
+from tests.processes import scratch_database  # noqa: E402
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+TARGET_MS = 300.0
+SPREAD = """
+UPDATE feedback_label
+SET created_at = now() - ((id %% 180) || ' days')::interval - ((id %% 997) || ' seconds')::interval;
+ANALYZE feedback_label;
+"""
+
+
+def _sql(dsn: str, script: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement.replace("%%", "%"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=500_000, help="items; each has two labels")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+
+    server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    with scratch_database(server, "prefloop_dashboard") as name:
+        dsn = server.rsplit("/", 1)[0] + f"/{name}"
+        os.environ["DATABASE_URL"] = dsn
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.test import Client
+        from django.test.utils import setup_test_environment
+
+        from tests.factories import make_serving_version
+        from webapp.accounts.models import User
+        from webapp.dashboard.overview import labels_per_day
+        from webapp.feedback.models import Label, Project, Task
+        from webapp.hooks.services import hook_create
+        from webapp.runs.models import TrainingRun
+
+        setup_test_environment()
+        call_command("migrate", verbosity=0)
+        started = time.perf_counter()
+        fill(dsn, args.items)
+        _sql(dsn, SPREAD)
+        print(f"filled {Task.objects.count():,} items and {Label.objects.count():,} labels in "
+              f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+        admin = User.objects.create(username="boss", role="admin", is_superuser=True, is_staff=True)
+        make_serving_version()
+        project = Project.objects.filter(name__startswith="Explore").first()
+        assert project is not None
+        run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, project=project)
+        hook, _ = hook_create(url="http://127.0.0.1:9/hook", events=["label.created"])
+        task = Task.objects.filter(project=project).order_by("-id").first()
+        assert task is not None
+        client = Client()
+        client.force_login(admin)
+        d = "/dashboard"
+        urls = {
+            "overview": f"{d}/",
+            "runs card": f"{d}/runs/",
+            "run": f"{d}/runs/{run.pk}/",
+            "imports card": f"{d}/imports/",
+            "generation card": f"{d}/generation/",
+            "jobs": f"{d}/jobs/",
+            "quality": f"{d}/quality/",
+            "projects": f"{d}/projects/",
+            "project": f"{d}/projects/{project.pk}/",
+            "recipe": f"{d}/projects/{project.pk}/recipe/",
+            "arena": f"{d}/projects/{project.pk}/arena/",
+            "upload": f"{d}/projects/{project.pk}/import/",
+            "export": f"{d}/projects/{project.pk}/export/",
+            "explorer": f"{d}/explore/",
+            "item": f"{d}/items/{task.pk}/",
+            "webhooks": f"{d}/webhooks/",
+            "webhook": f"{d}/webhooks/{hook.pk}/",
+            "people": f"{d}/people/",
+            "person": f"{d}/person/annotator7/",
+        }
+        rows = []
+        for what, url in urls.items():
+            rows.append((what, *timed(client, url, args.repeats)))
+            print(f"  {what:<18} p95 {rows[-1][2]:8.1f} ms", flush=True)
+
+        def day_counts_ms() -> float:
+            labels_per_day()
+            times = []
+            for _ in range(max(5, args.repeats // 2)):
+                start = time.perf_counter()
+                labels_per_day()
+                times.append((time.perf_counter() - start) * 1000)
+            return statistics.median(times)
+
+        indexed = day_counts_ms()
+        _sql(dsn, "DROP INDEX feedback_label_created")
+        plain = day_counts_ms()
+        _sql(dsn, "CREATE INDEX feedback_label_created ON feedback_label (created_at)")
+
+        n_labels = Label.objects.count()
+        print(f"\ndashboard pages, {n_labels:,} labels, {args.repeats} requests each (ms, in process):")
+        print(f"{'page':<20} {'p50':>8} {'p95':>8}  under {TARGET_MS:.0f} ms")
+        for what, p50, p95 in rows:
+            print(f"{what:<20} {p50:8.1f} {p95:8.1f}  {'yes' if p95 < TARGET_MS else 'NO'}")
+        print(f"\nthe overview's labels per day, median ms: {indexed:.1f} with the label time index, "
+              f"{plain:.1f} without it: {plain / indexed:.1f}x faster")  # fmt: skip
+        slow = [what for what, _, p95 in rows if p95 >= TARGET_MS]
+        worst = max(p95 for _, _, p95 in rows)
+        verdict = "met" if not slow else f"NOT met ({', '.join(slow)})"
+        print(f"worst p95 {worst:.1f} ms: target under {TARGET_MS:.0f} ms {verdict}")
+
+
+if __name__ == "__main__":
+    main()
