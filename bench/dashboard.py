@@ -6,7 +6,9 @@
 It makes a database of its own (dropped at the end) with explorer.py's data: --items pairwise
 items in four projects, two labels each (1,000,000 labels at the default), the labels spread
 over the last 180 days. The target (issue 27): every page under 300 ms of server time with 1M
-labels. The baseline, measured in the same run: the overview's day counts without the label time
+labels. Pages are timed twice: the first request after the data changed (project figures, such as
+the quality report and what a run would train on, are computed then and kept in the cache) and
+the requests after it. The baseline, measured in the same run: the overview's day counts without the label time
 index (dropped for that measurement, then made again).
 """
 
@@ -57,6 +59,7 @@ def main() -> None:
         import django
 
         django.setup()
+        from django.core.cache import cache
         from django.core.management import call_command
         from django.test import Client
         from django.test.utils import setup_test_environment
@@ -97,6 +100,7 @@ def main() -> None:
             "projects": f"{d}/projects/",
             "project": f"{d}/projects/{project.pk}/",
             "recipe": f"{d}/projects/{project.pk}/recipe/",
+            "recipe preview": f"{d}/projects/{project.pk}/recipe/preview/",
             "arena": f"{d}/projects/{project.pk}/arena/",
             "upload": f"{d}/projects/{project.pk}/import/",
             "export": f"{d}/projects/{project.pk}/export/",
@@ -107,10 +111,14 @@ def main() -> None:
             "people": f"{d}/people/",
             "person": f"{d}/person/annotator7/",
         }
-        rows = []
+        rows, cold = [], {}
         for what, url in urls.items():
+            cache.clear()  # the first request after the data changed: figures are computed again
+            start = time.perf_counter()
+            assert client.get(url).status_code == 200, url
+            cold[what] = (time.perf_counter() - start) * 1000
             rows.append((what, *timed(client, url, args.repeats)))
-            print(f"  {what:<18} p95 {rows[-1][2]:8.1f} ms", flush=True)
+            print(f"  {what:<18} first {cold[what]:8.1f} ms, then p95 {rows[-1][2]:8.1f} ms", flush=True)
 
         def day_counts_ms() -> float:
             labels_per_day()
@@ -128,9 +136,10 @@ def main() -> None:
 
         n_labels = Label.objects.count()
         print(f"\ndashboard pages, {n_labels:,} labels, {args.repeats} requests each (ms, in process):")
-        print(f"{'page':<20} {'p50':>8} {'p95':>8}  under {TARGET_MS:.0f} ms")
+        print(f"{'page':<20} {'first':>9} {'p50':>8} {'p95':>8}  p95 under {TARGET_MS:.0f} ms")
         for what, p50, p95 in rows:
-            print(f"{what:<20} {p50:8.1f} {p95:8.1f}  {'yes' if p95 < TARGET_MS else 'NO'}")
+            print(f"{what:<20} {cold[what]:9.1f} {p50:8.1f} {p95:8.1f}  {'yes' if p95 < TARGET_MS else 'NO'}")
+        print("first: the first request after the data changed (project figures computed again, then kept)")
         print(f"\nthe overview's labels per day, median ms: {indexed:.1f} with the label time index, "
               f"{plain:.1f} without it: {plain / indexed:.1f}x faster")  # fmt: skip
         slow = [what for what, _, p95 in rows if p95 >= TARGET_MS]

@@ -132,6 +132,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "dashboard:jobs": ("get", (), {}, ADMIN_ONLY),
     "dashboard:job_cancel": ("post", ("kind", "job_id"), {}, ADMIN_ONLY),
     "dashboard:recipe": ("get", ("project_id",), {}, ADMIN_ONLY),
+    "dashboard:recipe_preview": ("get", ("project_id",), {}, ADMIN_ONLY),
     "dashboard:arena": ("get", ("project_id",), {}, ADMIN_ONLY),
     "dashboard:quality": ("get", (), {}, ADMIN_ONLY),
     "dashboard:imports": ("get", (), {}, ADMIN_ONLY),

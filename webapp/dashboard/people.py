@@ -23,8 +23,8 @@ from webapp.core.http import AuthedHttpRequest
 from webapp.core.parsing import parse_id
 from webapp.dashboard.views import admin_required
 from webapp.feedback import people as people_services
+from webapp.feedback.figures import project_quality_figure
 from webapp.feedback.models import Assignment, Invitation, Label, Project, ProjectMember
-from webapp.feedback.quality import project_quality
 from webapp.feedback.services import project_member_add
 
 
@@ -175,7 +175,7 @@ def person(request: AuthedHttpRequest, username: str) -> HttpResponse:
         gold_weeks[f"{year}-W{week:02d}"].append(bool(correct))
     quality = []
     for membership_project in Project.objects.filter(tasks__labels__annotator=user).distinct():
-        report = project_quality(project=membership_project)
+        report = project_quality_figure(membership_project)
         mine = next((a for a in report["annotators"] if a["username"] == user.username), None)
         if mine is not None:
             quality.append((membership_project, mine))

@@ -14,6 +14,7 @@ urlpatterns = [
     path("versions/<int:version_id>/promote/", views.version_promote, name="version_promote"),
     path("reward-models/<int:reward_model_id>/promote/", views.reward_model_promote, name="reward_model_promote"),
     path("projects/<int:project_id>/recipe/", views.recipe, name="recipe"),
+    path("projects/<int:project_id>/recipe/preview/", views.recipe_preview, name="recipe_preview"),
     path("projects/<int:project_id>/arena/", views.arena, name="arena"),
     path("quality/", views.quality, name="quality"),
     path("imports/", views.imports, name="imports"),

@@ -18,10 +18,10 @@ from webapp.core.http import AuthedHttpRequest
 from webapp.core.jobs import JOB_KINDS, job_cancel, job_model_for, job_waiting_on, jobs_list, queue_listeners
 from webapp.core.parsing import parse_id
 from webapp.dashboard.overview import active_annotators, labels_per_day, queue_depth
+from webapp.feedback.figures import figure, project_quality_figure
 from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
 from webapp.feedback.models import Conversation, GenerationJob, ImportJob, JobStatus, Label, Project, Task
-from webapp.feedback.quality import project_quality
 from webapp.runs import services
 from webapp.runs.arena import arena_board
 from webapp.runs.data import training_preview
@@ -287,9 +287,29 @@ def recipe_context(
         "presets": PRESETS,
         "checks": GATE_CHECKS,
         "fields": RECIPE_FIELDS,
-        "summary": training_preview(project=project, recipe=current),
         "kind": current.kind,
     }
+
+
+@require_GET
+@admin_required
+def recipe_preview(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
+    """What a run of the project's saved recipe would train on: loaded after the page, as it reads
+    every label of the project (kept in the cache until the data or the recipe changes)."""
+    project = get_object_or_404(Project, pk=project_id)
+    try:
+        current = services.recipe_for(project)
+    except RecipeError:
+        return HttpResponse(
+            '<section class="card" id="recipe-preview"><p>Fix the recipe to see what a run would train on.</p>'
+            "</section>"
+        )
+    summary = figure(
+        "training-preview", project, lambda: training_preview(project=project, recipe=current), current.to_dict()
+    )
+    return render(
+        request, "dashboard/_recipe_preview.html", {"project": project, "summary": summary, "kind": current.kind}
+    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -355,7 +375,7 @@ def quality(request: AuthedHttpRequest) -> HttpResponse:
     """Agreement per project and kind, and each annotator's agreement, gold accuracy and trust."""
     projects = Project.objects.all()
     selected = projects.filter(pk=request.GET.get("project") or 0).first() or projects.first()
-    report = project_quality(project=selected) if selected else None
+    report = project_quality_figure(selected) if selected else None
     context: dict[str, Any] = {"projects": projects, "selected": selected, "report": report}
     if selected is not None:  # groups of annotators, as the project's serving reward model found them
         reward_model = reward_model_serving(selected)

@@ -98,4 +98,6 @@ def test_a_weighted_recipe_shows_each_annotators_weight_in_the_api_and_the_form(
     browser = Client()
     browser.force_login(admin)
     page = browser.get(f"/dashboard/projects/{project.pk}/recipe/").content.decode()
-    assert 'id="preview-weights"' in page and "sure: 1.25" in page and "fair: 0.75" in page
+    assert f'hx-get="/dashboard/projects/{project.pk}/recipe/preview/"' in page  # loaded after the page
+    preview = browser.get(f"/dashboard/projects/{project.pk}/recipe/preview/").content.decode()
+    assert 'id="preview-weights"' in preview and "sure: 1.25" in preview and "fair: 0.75" in preview

@@ -69,3 +69,23 @@ def test_the_dashboard_shows_the_overview():
     data = json.loads(re.search(r'<script id="overview-data" type="application/json">(.*?)</script>', page).group(1))
     assert data["by_project"][0]["name"] == "Shown" and data["by_project"][0]["counts"][-1] == 1
     assert 'id="overview-queue"' in page and ">Shown</a></td><td>1</td>" in page
+
+
+def test_a_project_figure_is_kept_until_its_data_or_its_inputs_change():
+    from webapp.feedback.figures import figure
+
+    ann = make_user()
+    project = make_project(name="Figures", members=[ann])
+    task = make_task(project=project)
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert figure("count", project, compute) == 1
+    assert figure("count", project, compute) == 1  # nothing changed: the stored figure, not computed again
+    _label(task, ann)
+    assert figure("count", project, compute) == 2  # a new label: computed once more
+    assert figure("count", project, compute, {"beta": 0.2}) == 3  # other inputs (a recipe): their own figure
+    assert figure("count", project, compute, {"beta": 0.2}) == 3
