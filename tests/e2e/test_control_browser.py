@@ -199,6 +199,7 @@ def test_lipo_and_robust_dpo_launched_from_the_recipe_form_produce_promoted_vers
     page.fill("#recipe-max_steps", "4")
     page.click("#recipe-save")
     page.locator("#recipe-saved").wait_for()
+    page.locator("#preview-labels").wait_for()  # the preview loads after the page
     assert "4 lists" in page.locator("#recipe-preview").inner_text()
     lipo = _train_from_form_and_wait(page, rankings)
     assert lipo.status == TrainingRun.Status.SUCCEEDED, lipo.error
