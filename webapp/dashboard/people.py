@@ -30,8 +30,10 @@ from webapp.feedback.services import project_member_add
 
 def _people_context(request: AuthedHttpRequest, **extra: Any) -> dict[str, Any]:
     users = list(User.objects.order_by("-is_active", "username"))
-    labels = dict(Label.objects.values_list("annotator").annotate(n=Count("id")))
-    last = dict(Label.objects.values_list("annotator").annotate(at=Max("created_at")))
+    per_person = Label.objects.values_list("annotator").annotate(n=Count("id"), at=Max("created_at")).order_by()
+    labels, last = {}, {}
+    for annotator, n, at in per_person:
+        labels[annotator], last[annotator] = n, at
     roles: dict[int, list[ProjectMember]] = defaultdict(list)
     for membership in ProjectMember.objects.select_related("project").order_by("project__name"):
         roles[membership.user_id].append(membership)

@@ -430,8 +430,12 @@ class Label(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        # the dashboard's labels per day and active people read only their window of labels
-        indexes = [models.Index(fields=["created_at"], name="feedback_label_created")]
+        # the dashboard's labels per day and active people read only their window of labels; a
+        # person's page and the people list read one annotator's labels in time order
+        indexes = [
+            models.Index(fields=["created_at"], name="feedback_label_created"),
+            models.Index(fields=["annotator", "created_at"], name="feedback_label_annotator_time"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["task", "annotator"], name="feedback_one_label_per_annotator"),
             models.UniqueConstraint(

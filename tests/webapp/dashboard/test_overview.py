@@ -89,3 +89,14 @@ def test_a_project_figure_is_kept_until_its_data_or_its_inputs_change():
     assert figure("count", project, compute) == 2  # a new label: computed once more
     assert figure("count", project, compute, {"beta": 0.2}) == 3  # other inputs (a recipe): their own figure
     assert figure("count", project, compute, {"beta": 0.2}) == 3
+
+
+def test_past_days_are_counted_once_and_today_at_every_request():
+    ann = make_user()
+    project = make_project(name="Daily", members=[ann])
+    _label(make_task(project=project), ann, days_ago=2)
+    assert labels_per_day()["total"] == 1
+    _label(make_task(project=project), ann)
+    assert labels_per_day()["total"] == 2  # today's label shows at once
+    _label(make_task(project=project), ann, days_ago=2)  # a backdated label: the kept past is not read again
+    assert labels_per_day()["total"] == 2
