@@ -24,7 +24,11 @@ from tests.processes import free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp_path):
+def make_run_start(tmp_path) -> tuple[subprocess.Popen, object, str, int, int]:
+    """Run `make run`'s commands (migrate, prefloop_setup, prefloop_run) with no DATABASE_URL and
+    no CELERY_BROKER_URL under `tmp_path`; return the system's process (its own process group), its
+    log, the log's text once the web server, the worker and the policy server are up, and the web
+    and policy ports."""
     web_port, policy_port = free_port(), free_port()
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
@@ -47,26 +51,41 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
     run = subprocess.Popen(
         [*manage, "prefloop_run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    deadline = time.monotonic() + 180
+    text = ""
+    while "celery@" not in text or "ready" not in text or "Prefloop is running" not in text:
+        if run.poll() is not None or time.monotonic() > deadline:
+            make_run_stop(run)
+            raise AssertionError(text[-3000:])
+        time.sleep(1)
+        log.seek(0)
+        text = log.read()
+    for _ in range(30):
+        try:
+            if httpx.get(f"http://127.0.0.1:{web_port}/login/").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.5)
+    return run, log, text, web_port, policy_port
+
+
+def make_run_stop(run: subprocess.Popen) -> None:
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
     try:
-        deadline = time.monotonic() + 180
-        text = ""
-        while "celery@" not in text or "ready" not in text or "Prefloop is running" not in text:
-            assert run.poll() is None, text[-3000:]
-            assert time.monotonic() < deadline, text[-3000:]
-            time.sleep(1)
-            log.seek(0)
-            text = log.read()
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp_path):
+    run, log, text, web_port, policy_port = make_run_start(tmp_path)
+    try:
         assert re.search(rf"http://127\.0\.0\.1:{web_port}/", text)
         # the URL comes once the system is up, after the worker's ready line, with no start-up banner
         assert text.index("Prefloop is running") > text.index(" ready") and "[queues]" not in text
 
         web = httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=30)
-        for _ in range(30):
-            try:
-                if web.get("/login/").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
         static = web.get("/static/prefloop/chat.js")  # served by the same server as the pages
         assert static.status_code == 200 and "javascript" in static.headers["content-type"], static.status_code
         token = web.post("/api/auth/token/", json={"username": "annotator", "password": "prefloop-annotator"})
@@ -113,12 +132,7 @@ def test_make_run_starts_everything_on_embedded_defaults_and_ctrl_c_stops_it(tmp
         children = psutil.Process(run.pid).children(recursive=True)
         assert len(children) >= 3  # policy server, worker, web server
     finally:
-        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-        try:
-            run.wait(timeout=60)
-        finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
+        make_run_stop(run)
     log.seek(0)
     assert "Stopped." in log.read()
     _, alive = psutil.wait_procs(children, timeout=10)
