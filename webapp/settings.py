@@ -245,6 +245,9 @@ SPECTACULAR_SETTINGS = {
         # every background job shares its states (webapp.core.jobs); policy versions and reward models theirs
         "JobStatusEnum": "webapp.core.jobs.JobStatus",
         "ServingStatusEnum": "webapp.runs.models.ModelVersion.Status",
+        # a person's role on the site, and their role in one project
+        "SiteRoleEnum": "webapp.accounts.models.User.Role",
+        "ProjectRoleEnum": "webapp.feedback.models.ProjectMember.Role",
     },
 }
 

@@ -206,6 +206,15 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-message-stream": ("get", ("message_id",), {}, OWNER),
     "api-message-regenerate": ("post", ("message_id",), {}, OWNER),
     "api-message-rank": ("post", ("message_id",), {"ranking": []}, OWNER),
+    "api-people": ("get", (), {}, ADMIN_ONLY),
+    "api-person": ("get", ("username",), {}, ADMIN_ONLY),
+    "api-invitations": ("get", (), {}, ADMIN_ONLY),
+    "api-invitation-revoke": ("post", ("invitation_id",), {}, ADMIN_ONLY),
+    "api-task-adjudication": ("put", ("task_id",), {"choice": "a"}, {**MEMBERS, "member": 404}),  # reviewers
+    "api-webhooks": ("get", (), {}, ADMIN_ONLY),
+    "api-webhook": ("get", ("hook_id",), {}, ADMIN_ONLY),
+    "api-webhook-deliveries": ("get", ("hook_id",), {}, ADMIN_ONLY),
+    "api-webhook-delivery-resend": ("post", ("delivery_id",), {}, ADMIN_ONLY),
     "api-schema": ("get", (), {}, ANYONE),
     "api-docs": ("get", (), {}, ANYONE),
 }
@@ -214,6 +223,12 @@ ACCEPT = {"username": "joiner", "password": "a-long-passphrase-1", "password_aga
 EXTRA: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-prompts POST": ("post", (), {"text": "a question"}, SIGNED_IN),
     "api-conversations POST": ("post", (), {"system_prompt": "Be brief."}, SIGNED_IN),
+    "api-people POST": ("post", (), {"username": "newbie", "password": "a-long-passphrase-1"}, ADMIN_ONLY),
+    "api-person PATCH": ("patch", ("username",), {"is_active": False}, ADMIN_ONLY),
+    "api-invitations POST": ("post", (), {"note": "Ann"}, ADMIN_ONLY),
+    "api-webhooks POST": ("post", (), {"url": "http://127.0.0.1:9/h", "events": ["run.finished"]}, ADMIN_ONLY),
+    "api-webhook PATCH": ("patch", ("hook_id",), {"active": False}, ADMIN_ONLY),
+    "api-webhook DELETE": ("delete", ("hook_id",), {}, ADMIN_ONLY),
     "api-conversation PATCH": ("patch", ("conversation_id",), {"title": "Renamed"}, OWNER),
     "api-conversation DELETE": ("delete", ("conversation_id",), {}, OWNER),
     "api-labels POST": ("post", (), {"task": "task_id", "choice": "a"}, MEMBERS),

@@ -25,6 +25,7 @@ from .records import (
     ImportedCandidate,
     ImportedItem,
     ImportedLabel,
+    validate_gold,
     validate_messages,
     validate_ranking,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "read_feedback",
     "rows_from_item",
     "rows_from_items",
+    "validate_gold",
     "validate_messages",
     "validate_ranking",
     "validate_row",

@@ -11,8 +11,9 @@ Formats (``FORMATS``):
 ``jsonl``
     Prefloop's own: one object a line, ``{"prompt": "..."}`` or ``{"messages": [...]}`` (a chat
     ending with a user turn; ``"prompt"`` may also be such a list), optional ``"id"``, optional
-    ``"candidates": ["...", ...]`` (2 = a pairwise item, 3..9 = a ranking item, no labels). Other
-    keys go to ``meta``.
+    ``"candidates": ["...", ...]`` (2 = a pairwise item, 3..9 = a ranking item, no labels), optional
+    ``"gold"``: the known answer that makes it a gold item (``{"choice": "a"}``, or
+    ``{"ranking": [[1], [0, 2]]}`` by answer position). Other keys go to ``meta``.
 ``csv``
     A header with a ``prompt`` column; optional ``id`` and ``system`` columns; other columns go to
     ``meta``. A quoted field may span lines; a record's line is the line it starts on.
@@ -83,6 +84,7 @@ from .records import (
     ImportedItem,
     ImportedLabel,
     has_nul,
+    validate_gold,
     validate_messages,
 )
 
@@ -338,6 +340,11 @@ def _jsonl_item(line: int, obj: dict[str, Any]) -> ImportedItem:
                 raise RecordError(f"candidates[{i}] must be a non-empty string")
         candidates = [ImportedCandidate(text.strip()) for text in texts]
         kind = "pairwise" if len(candidates) == 2 else "ranking"
+    if obj.get("gold") is not None:  # a gold item: the answer annotators are checked against
+        try:
+            validate_gold(kind, obj["gold"], len(candidates))
+        except ValueError as exc:
+            raise RecordError(f"'gold': {exc}") from None
     external_id = _given_id(obj.get("id")) or _content_id("jsonl", messages, [c.text for c in candidates])
     meta = {k: v for k, v in obj.items() if k not in ("id", "prompt", "messages", "candidates")}
     return ImportedItem(line, external_id, kind, messages, candidates, [], meta)

@@ -85,6 +85,28 @@ def validate_ranking(groups: Any, n_candidates: int) -> None:
         raise ValueError(f"ranking {groups!r} must hold each candidate index 0..{n_candidates - 1} exactly once")
 
 
+def validate_gold(kind: str, gold: Any, n_candidates: int) -> None:
+    """Raise ValueError unless ``gold`` is an answer in the shape its item kind scores:
+    ``{"choice": "a"|"b"|"tie"|"both_bad"}`` (pairwise), ``{"ranking": groups of answer positions,
+    best first, 0 = the first answer given}`` (ranking), ``{"rating": 1-7}`` (rating); a critique
+    has no gold answer to score."""
+    if not isinstance(gold, dict):
+        raise ValueError(f"a gold answer must be an object, got {type(gold).__name__}")
+    if kind == "pairwise" and gold.get("choice") not in ("a", "b", "tie", "both_bad"):
+        raise ValueError('a pairwise gold answer is {"choice": "a", "b", "tie" or "both_bad"}')
+    if kind == "ranking":
+        try:
+            validate_ranking(gold.get("ranking"), n_candidates)
+        except ValueError as exc:
+            raise ValueError(
+                f'a ranking gold answer is {{"ranking": groups of answer positions from 0}}: {exc}'
+            ) from None
+    if kind == "rating" and not (_is_int(gold.get("rating")) and 1 <= gold["rating"] <= 7):
+        raise ValueError('a rating gold answer is {"rating": 1 to 7}')
+    if kind in ("critique", "prompt"):
+        raise ValueError(f"a {kind} item has no gold answer to score")
+
+
 @dataclass
 class ImportedCandidate:
     """One answer shown to labellers."""

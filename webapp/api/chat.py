@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.api.serializers import RefuseUnknownFields, paginated
+from webapp.api.serializers import RefuseUnknownFields, StrictCharField, paginated
 from webapp.core.http import api_user, streaming_response
 from webapp.feedback import chat
 from webapp.feedback import services as feedback_services
@@ -73,8 +73,8 @@ class ConversationDetailSerializer(ConversationSerializer):
 
 
 class ConversationInputSerializer(RefuseUnknownFields, serializers.Serializer):
-    title = serializers.CharField(required=False, allow_blank=True, max_length=200)
-    system_prompt = serializers.CharField(
+    title = StrictCharField(required=False, allow_blank=True, max_length=200)
+    system_prompt = StrictCharField(
         required=False, allow_blank=True, max_length=SYSTEM_PROMPT_MAX_CHARS, trim_whitespace=False
     )
     policy_version = serializers.IntegerField(
@@ -87,7 +87,7 @@ class ConversationInputSerializer(RefuseUnknownFields, serializers.Serializer):
 
 
 class TurnInputSerializer(RefuseUnknownFields, serializers.Serializer):
-    text = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    text = StrictCharField(trim_whitespace=False, allow_blank=True)
     parent = serializers.IntegerField(  # type: ignore[assignment]
         required=False,
         allow_null=True,

@@ -38,6 +38,15 @@ class RefuseUnknownFields:
         return super().to_internal_value(data)  # type: ignore[misc]
 
 
+class StrictCharField(serializers.CharField):
+    """Text, and only text: REST framework's CharField turns a number or a boolean into its string."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["system", "user", "assistant"])
     content = serializers.CharField()
@@ -85,6 +94,7 @@ class ProjectSerializer(RefuseUnknownFields, serializers.ModelSerializer):
             "overlap",
             "gold_rate",
             "allow_partial_ranking",
+            "show_gold_results",
             "lease_seconds",
             "answers_per_prompt",
             "temperature",
@@ -210,28 +220,12 @@ class TaskBulkItemSerializer(PromptInputSerializer):
 
 
 def _check_gold(kind: str, gold: Any, n_candidates: int) -> None:
-    """A gold answer in the shape its kind scores: {"choice": "a"|"b"|"tie"|"both_bad"} (pairwise),
-    {"ranking": groups of answer positions, best first, 0 = the first answer given} (ranking),
-    {"rating": 1-7} (rating); critiques have no gold answer to score."""
-    from training.feedback_io import validate_ranking
+    from training.feedback_io import validate_gold
 
-    if not isinstance(gold, dict):
-        raise serializers.ValidationError({"gold": f"must be an object, got {type(gold).__name__}"})
-    if kind == "pairwise" and gold.get("choice") not in ("a", "b", "tie", "both_bad"):
-        raise serializers.ValidationError(
-            {"gold": 'a pairwise gold answer is {"choice": "a", "b", "tie" or "both_bad"}'}
-        )
-    if kind == "ranking":
-        try:
-            validate_ranking(gold.get("ranking"), n_candidates)
-        except ValueError as exc:
-            raise serializers.ValidationError(
-                {"gold": f'a ranking gold answer is {{"ranking": groups of answer positions from 0}}: {exc}'}
-            ) from None
-    if kind == "rating" and not (isinstance(gold.get("rating"), int) and 1 <= gold["rating"] <= 7):
-        raise serializers.ValidationError({"gold": 'a rating gold answer is {"rating": 1 to 7}'})
-    if kind == "critique":
-        raise serializers.ValidationError({"gold": "a critique item has no gold answer to score"})
+    try:
+        validate_gold(kind, gold, n_candidates)
+    except ValueError as exc:
+        raise serializers.ValidationError({"gold": str(exc)}) from None
 
 
 class TaskBulkSerializer(RefuseUnknownFields, serializers.Serializer):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from webapp.api import apis, auth, chat
+from webapp.api import apis, auth, campaign, chat
 
 urlpatterns = [
     path("auth/token/", auth.TokenCreateApi.as_view(), name="api-token"),
@@ -60,6 +60,23 @@ urlpatterns = [
     path("messages/<int:message_id>/regenerate/", chat.MessageRegenerateApi.as_view(), name="api-message-regenerate"),
     path("messages/<int:message_id>/rank/", chat.MessageRankApi.as_view(), name="api-message-rank"),
     path("messages/<int:message_id>/thumbs/", apis.MessageThumbsApi.as_view(), name="api-message-thumbs"),
+    path("people/", campaign.PersonListCreateApi.as_view(), name="api-people"),
+    path("people/<str:username>/", campaign.PersonDetailApi.as_view(), name="api-person"),
+    path("invitations/", campaign.InvitationListCreateApi.as_view(), name="api-invitations"),
+    path(
+        "invitations/<int:invitation_id>/revoke/", campaign.InvitationRevokeApi.as_view(), name="api-invitation-revoke"
+    ),
+    path("tasks/<int:task_id>/adjudication/", campaign.TaskAdjudicationApi.as_view(), name="api-task-adjudication"),
+    path("webhooks/", campaign.WebhookListCreateApi.as_view(), name="api-webhooks"),
+    path("webhooks/<int:hook_id>/", campaign.WebhookDetailApi.as_view(), name="api-webhook"),
+    path(
+        "webhooks/<int:hook_id>/deliveries/", campaign.WebhookDeliveryListApi.as_view(), name="api-webhook-deliveries"
+    ),
+    path(
+        "webhook-deliveries/<int:delivery_id>/resend/",
+        campaign.WebhookDeliveryResendApi.as_view(),
+        name="api-webhook-delivery-resend",
+    ),
     path("jobs/", apis.JobListApi.as_view(), name="api-jobs"),
     path("jobs/<str:kind>/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api-job-cancel"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

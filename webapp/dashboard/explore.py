@@ -10,6 +10,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -17,7 +18,16 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from webapp.core.http import AuthedHttpRequest
 from webapp.core.parsing import parse_id
-from webapp.feedback.explore import SORTS, adjudicate, explore, filters_from, reviewable_projects
+from webapp.feedback.explore import (
+    SORTS,
+    adjudicate,
+    explore,
+    filters_from,
+    gold_from_answer,
+    gold_text,
+    reviewable_projects,
+    task_gold_set,
+)
 from webapp.feedback.models import Label, Task
 
 
@@ -68,12 +78,21 @@ def item(request: AuthedHttpRequest, task_id: int) -> HttpResponse:
         pk=task_id,
     )
     error = ""
+    gold_wanted = request.POST.get("make_gold") == "1" or request.POST.get("gold_off") == "1"
+    if request.method == "POST" and gold_wanted and not request.user.is_prefloop_admin:
+        return HttpResponse("Only an admin makes gold items.", status=403)
+    if request.method == "POST" and request.POST.get("gold_off") == "1":
+        task_gold_set(task=task, gold=None)
+        return redirect("dashboard:item", task.pk)
     if request.method == "POST":
         data: dict[str, Any] = {k: request.POST.get(k, "") for k in ("choice", "critique", "rewrite", "rating")}
         if task.kind == Task.Kind.RANKING:
             data = {"ranking": _ranking_from(request.POST, task)}
         try:
-            adjudicate(task=task, reviewer=request.user, data=data, note=request.POST.get("note", ""))
+            with transaction.atomic():
+                settled, _ = adjudicate(task=task, reviewer=request.user, data=data, note=request.POST.get("note", ""))
+                if request.POST.get("make_gold") == "1":
+                    task_gold_set(task=task, gold=gold_from_answer(task, settled.answer))
         except ValidationError as exc:
             error = " ".join(exc.messages)
         else:
@@ -91,6 +110,8 @@ def item(request: AuthedHttpRequest, task_id: int) -> HttpResponse:
         "settled_answer": _answer_text(answer.get("choice", ""), answer.get("ranking"), answer.get("rating"), letter),
         "error": error,
         "settled": request.GET.get("settled") == "1",
+        "gold_answer": gold_text(task),
+        "gold_scored": Label.objects.filter(task=task, gold_correct__isnull=False).count() if task.is_gold else 0,
     }
     return render(request, "dashboard/item.html", context, status=400 if error else 200)
 

@@ -30,6 +30,7 @@ def project_form_data(post: QueryDict) -> dict[str, Any]:
         "guidelines": post.get("guidelines", ""),
         "feedback_types": post.getlist("feedback_types"),
         "allow_partial_ranking": post.get("allow_partial_ranking") == "on",
+        "show_gold_results": post.get("show_gold_results") == "on",
         "queue_order": post.get("queue_order", Project.QueueOrder.FIFO),
     }
     for field in INT_FIELDS + FLOAT_FIELDS:
@@ -59,7 +60,8 @@ def _form_context(project: Project | None, values: dict[str, Any], errors: dict[
 
 
 FORM_FIELDS = (
-    "name", "guidelines", "feedback_types", "allow_partial_ranking", "queue_order", *INT_FIELDS, *FLOAT_FIELDS
+    "name", "guidelines", "feedback_types", "allow_partial_ranking", "show_gold_results", "queue_order", *INT_FIELDS,
+    *FLOAT_FIELDS,
 )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from django.db.models.functions import Cast
 
 from webapp.accounts.models import User
 from webapp.core.parsing import parse_id
+from webapp.feedback.figures import figures_changed
 from webapp.feedback.models import Adjudication, Assignment, Candidate, Label, Project, ProjectMember, Prompt, Task
 from webapp.feedback.quality import label_category
 from webapp.feedback.validation import clean_label
@@ -196,4 +197,67 @@ def adjudicate(*, task: Task, reviewer: User, data: dict[str, Any], note: str = 
         adjudication, created = Adjudication.objects.update_or_create(
             task=task, defaults={"reviewer": reviewer, "answer": answer, "note": note.strip()[:5000]}
         )
+    figures_changed()  # a changed final answer changes what a run would train on
     return adjudication, created
+
+
+def gold_from_answer(task: Task, answer: dict[str, Any]) -> dict[str, Any]:
+    """A final answer (a label's fields) as the task's gold answer: rankings by answer position."""
+    if task.kind == Task.Kind.PAIRWISE:
+        return {"choice": answer["choice"]}
+    if task.kind == Task.Kind.RANKING:
+        position = dict(task.slots.values_list("candidate_id", "position"))
+        return {"ranking": [[position[c] for c in group] for group in answer["ranking"]]}
+    if task.kind == Task.Kind.RATING:
+        return {"rating": answer["rating"]}
+    raise ValidationError(f"a {task.kind} item has no gold answer to score")
+
+
+@transaction.atomic
+def task_gold_set(*, task: Task, gold: dict[str, Any] | None) -> int:
+    """Make `task` a gold item with answer `gold` (None: no longer gold), and score its labels
+    against it again; return how many labels were scored."""
+    from training.feedback_io import validate_gold
+    from webapp.feedback.services import gold_correct
+
+    if gold is not None:
+        try:
+            validate_gold(task.kind, gold, task.slots.count())
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+    task.is_gold, task.gold = gold is not None, gold
+    task.save(update_fields=["is_gold", "gold"])
+    labels = list(Label.objects.filter(task=task))
+    for label in labels:
+        label.gold_correct = gold_correct(
+            task, {"choice": label.choice, "ranking": label.ranking, "rating": label.rating}
+        )
+    Label.objects.bulk_update(labels, ["gold_correct"])
+    figures_changed()
+    return len(labels)
+
+
+ANSWER_LETTERS = "ABCDEFGHI"
+
+
+def gold_text(task: Task) -> str:
+    """A gold answer as people read it: "a", "B > A = C" (answers by letter, best first), "rated 4"."""
+    gold = task.gold or {}
+    if gold.get("ranking"):
+        return " > ".join(" = ".join(ANSWER_LETTERS[p] for p in group) for group in gold["ranking"])
+    if gold.get("rating"):
+        return f"rated {gold['rating']}"
+    return {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both bad"}.get(
+        str(gold.get("choice")), ""
+    )
+
+
+def gold_results(*, project: Project, annotator: User, judged: Label | None = None) -> dict[str, Any]:
+    """How a person did on a project's gold items: matched of answered, and, when `judged` (the
+    label just given) was on a gold item, whether it matched and the item's answer."""
+    scored = Label.objects.filter(task__project=project, annotator=annotator, gold_correct__isnull=False)
+    total = scored.count()
+    result: dict[str, Any] = {"total": total, "correct": scored.filter(gold_correct=True).count() if total else 0}
+    if judged is not None and judged.gold_correct is not None:
+        result["last"] = {"correct": judged.gold_correct, "answer": gold_text(judged.task)}
+    return result

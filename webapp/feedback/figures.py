@@ -21,6 +21,16 @@ from webapp.feedback.models import Adjudication, Label, Message, MessageFeedback
 from webapp.feedback.quality import project_quality
 
 FIGURE_TTL_S = 7 * 24 * 3600
+EPOCH_KEY = "prefloop:figures-epoch"
+
+
+def figures_changed() -> None:
+    """Say that data changed in a way the newest ids do not show (a gold answer set, a final
+    answer changed): every stored figure is computed again when next asked for."""
+    try:
+        cache.incr(EPOCH_KEY)
+    except ValueError:  # not there yet
+        cache.set(EPOCH_KEY, 1, None)
 
 
 def data_state(*extra: Any) -> str:
@@ -32,7 +42,8 @@ def data_state(*extra: Any) -> str:
         model.objects.aggregate(m=Max("id"))["m"] or 0 for model in (Label, Adjudication, MessageFeedback, Message)
     ]
     serving = version_serving()
-    raw = json.dumps([newest, serving.pk if serving else None, *extra], sort_keys=True, default=str)
+    epoch = cache.get(EPOCH_KEY, 0)
+    raw = json.dumps([newest, serving.pk if serving else None, epoch, *extra], sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 

@@ -39,6 +39,10 @@ class Project(models.Model):
     overlap = models.PositiveSmallIntegerField(default=1, help_text="How many annotators judge each item (k).")
     gold_rate = models.FloatField(default=0.0, help_text="Share of served tasks that are gold items (0 to 1).")
     allow_partial_ranking = models.BooleanField(default=False, help_text="Allow ranking only the top k answers.")
+    show_gold_results = models.BooleanField(
+        default=False,
+        help_text="Annotators see, after each gold item, whether they matched its answer, and their gold accuracy.",
+    )
     lease_seconds = models.PositiveIntegerField(default=900, help_text="How long a served task is held for one person.")
     recipe = models.JSONField(
         default=dict, blank=True, help_text="The project's training recipe (webapp.runs.recipe.Recipe); {} = defaults."

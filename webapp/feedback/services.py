@@ -127,7 +127,8 @@ def prompt_create(
     )
 
 
-def _gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
+def gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
+    """Whether a judgment (a label's fields) matches a gold item's answer; None for other items."""
     if not task.is_gold or not task.gold:
         return None
     if task.kind == Task.Kind.PAIRWISE:
@@ -172,7 +173,7 @@ def label_create(
                 assignment=assignment,
                 kind=task.kind,
                 source=source,
-                gold_correct=_gold_correct(task, fields),
+                gold_correct=gold_correct(task, fields),
                 idempotency_key=idempotency_key,
                 **fields,
             )

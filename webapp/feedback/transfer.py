@@ -143,6 +143,8 @@ def _import_batch(project: Project, batch: list[ImportedItem], report: ImportRep
                 "messages": i.messages,
                 "candidates": [c.text for c in i.candidates],
                 "external_id": i.external_id,
+                "is_gold": i.meta.get("gold") is not None,  # a file's gold column (jsonl: "gold")
+                "gold": i.meta.get("gold"),
             }
             for i in with_tasks
         ],

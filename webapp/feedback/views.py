@@ -15,18 +15,20 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from webapp.core.http import AuthedHttpRequest
 from webapp.feedback import assignments, people
-from webapp.feedback.explore import reviewable_projects
-from webapp.feedback.models import Assignment, Project
+from webapp.feedback.explore import gold_results, reviewable_projects
+from webapp.feedback.models import Assignment, Label, Project
 from webapp.feedback.selectors import projects_for, task_with_candidates
 
 
-def _task_context(request: AuthedHttpRequest, project: Project) -> dict[str, Any]:
+def _task_context(request: AuthedHttpRequest, project: Project, judged: Label | None = None) -> dict[str, Any]:
     assignment = assignments.assignment_next(project=project, annotator=request.user)
     context: dict[str, Any] = {
         "project": project,
         "assignment": assignment,
         "progress": assignments.project_progress(project=project, annotator=request.user),
     }
+    if project.show_gold_results:  # the project lets people see how they did on its gold items
+        context["gold"] = gold_results(project=project, annotator=request.user, judged=judged)
     if assignment is not None:
         task = task_with_candidates(task_id=assignment.task_id)
         context["task"] = task
@@ -76,12 +78,12 @@ def _label_data(request: AuthedHttpRequest) -> dict[str, Any]:
 def submit(request: AuthedHttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
     try:
-        assignments.assignment_submit(assignment=assignment, data=_label_data(request))
+        label, _ = assignments.assignment_submit(assignment=assignment, data=_label_data(request))
     except ValidationError as exc:
         return HttpResponse(" ".join(exc.messages), status=400)
     except ValueError as exc:
         return HttpResponse(str(exc), status=409)
-    return _next(request, assignment.task.project)
+    return _next(request, assignment.task.project, judged=label)
 
 
 @require_POST
@@ -97,10 +99,10 @@ def skip(request: AuthedHttpRequest, assignment_id: int) -> HttpResponse:
     return _next(request, assignment.task.project)
 
 
-def _next(request: AuthedHttpRequest, project: Project) -> HttpResponse:
+def _next(request: AuthedHttpRequest, project: Project, judged: Label | None = None) -> HttpResponse:
     if not request.htmx:
         return redirect("feedback:project", project.pk)
-    return render(request, "feedback/_task.html", _task_context(request, project))
+    return render(request, "feedback/_task.html", _task_context(request, project, judged))
 
 
 @require_http_methods(["GET", "POST"])
