@@ -3,11 +3,15 @@ serious or critical accessibility violation (missing labels, contrast, names of 
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from tests.e2e.test_annotate_browser import login
+from tests.e2e.test_loop_browser import SHOTS_DIR_ENV
 from tests.factories import make_project, make_serving_version, make_task, make_user
 from webapp.accounts.models import User
 from webapp.feedback import services
@@ -19,6 +23,26 @@ from webapp.runs.models import TrainingRun
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 AXE = Path(__file__).resolve().parents[2] / "static" / "vendor" / "axe-core" / "axe-4.14.1.min.js"
+# With PREFLOOP_SCREENSHOT_DIR set, the pages the README shows are saved there as they are checked.
+SHOTS = {
+    "annotator /annotate/{project}/": "annotate.png",
+    "admin /dashboard/": "overview.png",
+    "admin /dashboard/projects/{project}/": "project.png",
+    "admin /dashboard/explore/": "explore.png",
+    "admin /dashboard/items/{task}/": "item.png",
+    "admin /dashboard/person/ann/": "person.png",
+}
+
+
+def _shoot(page, where: str, ids: dict) -> None:
+    shots = os.environ.get(SHOTS_DIR_ENV)
+    name = next((file for key, file in SHOTS.items() if key.format(**ids) == where), None)
+    if shots and name == "overview.png":  # the dashboard's overview card, whole
+        page.wait_for_timeout(300)  # the charts draw after the page loads
+        page.locator("#overview").screenshot(path=str(Path(shots) / name))
+    elif shots and name:
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(Path(shots) / name), full_page=False)
 
 
 def _violations(page) -> list[str]:
@@ -43,6 +67,12 @@ def _world() -> dict[str, int | str]:
     task = make_task(project=project, texts=("A short answer.", "A longer, kinder answer."))
     make_task(project=project, kind="ranking", texts=("one", "two", "three"))
     services.label_create(task=task, annotator=admin, data={"choice": "a"}, source=Label.Source.API)
+    for day in range(12):  # some history for the overview's charts and the person's page
+        made = make_task(project=project, question=f"Question {day} about the river?", texts=("Yes.", "No, not today."))
+        label, _ = services.label_create(
+            task=made, annotator=ann, data={"choice": "ab"[day % 2], "rationale": "clearer"}, source=Label.Source.API
+        )
+        Label.objects.filter(pk=label.pk).update(created_at=timezone.now() - timedelta(days=day % 7))
     conversation = services.conversation_create(owner=ann)
     _, reply = services.chat_turn_start(conversation=conversation, text="Hello?")
     services.chat_reply_finish(message=reply, content="Hi! **How** can I help?")
@@ -73,6 +103,7 @@ def test_no_page_has_a_serious_or_critical_accessibility_violation(live_server, 
         page.goto(base + path)
         page.wait_for_load_state("networkidle")
         found[f"annotator {path}"] = _violations(page)
+        _shoot(page, f"annotator {path}", ids)
     context.close()
 
     context = browser.new_context(viewport={"width": 1200, "height": 900})
@@ -107,6 +138,7 @@ def test_no_page_has_a_serious_or_critical_accessibility_violation(live_server, 
         page.goto(base + path)
         page.wait_for_load_state("networkidle")
         found[f"admin {path}"] = _violations(page)
+        _shoot(page, f"admin {path}", ids)
     context.close()
 
     bad = {where: v for where, v in found.items() if v}

@@ -695,3 +695,39 @@ def test_trl_reader_reads_back_what_the_preference_export_writes(tmp_path: Path)
         got.append((texts[chosen], texts[1 - chosen]))
     assert got == [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
     assert len({i.external_id for i in items}) == len(items)  # stable ids: a second upload skips them
+
+
+def test_labelstudio_reads_pairwise_and_choices_annotations_and_ground_truth(tmp_path: Path) -> None:
+    tasks = [
+        {
+            "id": 11,
+            "data": {"prompt": "Say hello.", "answer1": "Hello there!", "answer2": "Go away."},
+            "annotations": [
+                {"completed_by": 3, "result": [{"type": "pairwise", "value": {"selected": "left"}}]},
+                {"completed_by": {"id": 4, "email": "ann@example.org"}, "ground_truth": True,
+                 "result": [{"type": "choices", "value": {"choices": ["Answer 1"]}}]},
+                {"completed_by": 5, "was_cancelled": True, "result": []},
+            ],
+        },
+        {"id": 12, "data": {"question": [{"role": "user", "content": "2+2?"}], "text1": "4", "text2": "5"},
+         "annotations": [{"completed_by": 3, "result": [{"type": "choices", "value": {"choices": ["Right"]}}]}]},
+        {"id": 13, "data": {"prompt": "No answers here"}},
+        {"id": 14, "data": {"prompt": "Odd", "answer1": "x", "answer2": "y"},
+         "annotations": [{"completed_by": 3, "result": [{"type": "choices", "value": {"choices": ["Maybe"]}}]}]},
+    ]  # fmt: skip
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(tasks, indent=2))
+    records = list(read_feedback(path, "labelstudio"))
+    items = [r for r in records if isinstance(r, ImportedItem)]
+    bad = [r for r in records if isinstance(r, BadRecord)]
+    assert [i.external_id for i in items] == ["labelstudio:11", "labelstudio:12"]
+    first, second = items
+    assert [c.text for c in first.candidates] == ["Hello there!", "Go away."]
+    assert [(label.annotator, label.choice) for label in first.labels] == [
+        ("labelstudio-3", "a"),
+        ("labelstudio-ann@example.org", "a"),
+    ]
+    assert first.meta["gold"] == {"choice": "a"}  # the ground truth annotation
+    assert second.messages == [{"role": "user", "content": "2+2?"}] and second.labels[0].choice == "b"
+    assert "gold" not in second.meta
+    assert [(b.line > 1, "no two answers" in b.message or "Maybe" in b.message) for b in bad] == [(True, True)] * 2

@@ -51,6 +51,16 @@ Formats (``FORMATS``):
     one that differs from the candidate. ``meta`` keeps ``has_error``, ``evidence``, the error
     types and the reference summary.
 
+``labelstudio``
+    A Label Studio JSON export (an array of tasks; JSON lines too) of pairwise comparisons: the
+    prompt is ``data.prompt`` (or ``instruction``, ``question``, ``input``; text or chat messages),
+    the answers ``data.answer1``/``answer2`` (or ``text1``/``text2``, ``response1``/``response2``,
+    ``answer_a``/``answer_b``, ``chosen``/``rejected``). Each annotation not cancelled is one
+    pairwise label by ``labelstudio-<completed_by>``: a Pairwise tag's ``{"selected": "left"}`` or a
+    Choices tag naming A or B (``A``, ``Answer 1``, ``left``, ``tie``, ``both bad`` ...). A ground
+    truth annotation makes the item a gold item with its choice. Task ids keep re-imports apart
+    (``labelstudio:<id>``).
+
 Empty texts: a prompt or context turn must not be empty; an unlabelled candidate (``jsonl``)
 must not be empty; a candidate that people judged (``hh``, ``oasst``, ``pandalm``) is kept even
 when empty, because the judgement is still data (HH has 4 empty replies, PandaLM 54 empty
@@ -88,7 +98,7 @@ from .records import (
     validate_messages,
 )
 
-FORMATS = ("jsonl", "csv", "trl", "hh", "oasst", "pandalm", "defacto")
+FORMATS = ("jsonl", "csv", "trl", "hh", "oasst", "pandalm", "defacto", "labelstudio")
 Record = ImportedItem | BadRecord
 
 HH_ANNOTATOR = "hh-rlhf"
@@ -645,10 +655,15 @@ def _pandalm_item(line: int, obj: dict[str, Any]) -> ImportedItem:
 
 
 def _read_pandalm(path: Path) -> Iterator[Record]:
+    return _from_json_array(path, _pandalm_item)
+
+
+def _from_json_array(path: Path, convert: Callable[[int, dict[str, Any]], ImportedItem]) -> Iterator[Record]:
+    """The records of a file holding one JSON array of objects (JSON lines are read too)."""
     with _open_binary(path) as f:
         head = f.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
     if not head.startswith(b"["):  # JSON lines: one object a line
-        yield from _from_json_lines(path, _pandalm_item)
+        yield from _from_json_lines(path, convert)
         return
     last_line = 1
     with _open_binary(path) as f:
@@ -662,9 +677,96 @@ def _read_pandalm(path: Path) -> Iterator[Record]:
                 if not isinstance(obj, dict):
                     yield BadRecord(line, f"expected a JSON object in the array, got {_type_name(obj)}")
                 else:
-                    yield _checked(lambda: _pandalm_item(line, obj), line)  # noqa: B023 (called at once)
+                    yield _checked(lambda: convert(line, obj), line)  # noqa: B023 (called at once)
         except UnicodeDecodeError:
             yield BadRecord(last_line, "the file is not valid UTF-8 after this line; reading stopped")
+
+
+# --- Label Studio --------------------------------------------------------------------------------
+
+LABELSTUDIO_PROMPT_KEYS = ("prompt", "instruction", "question", "input")
+LABELSTUDIO_ANSWER_KEYS = (
+    ("answer1", "answer2"),
+    ("text1", "text2"),
+    ("response1", "response2"),
+    ("answer_a", "answer_b"),
+    ("chosen", "rejected"),
+)
+# what a Choices answer may say, read case-blind: A, B, a tie or both bad
+LABELSTUDIO_CHOICES = {
+    "a": "a", "left": "a", "answer 1": "a", "answer1": "a", "text1": "a", "1": "a", "a is better": "a",
+    "b": "b", "right": "b", "answer 2": "b", "answer2": "b", "text2": "b", "2": "b", "b is better": "b",
+    "tie": "tie", "same": "tie", "equal": "tie", "both bad": "both_bad", "both_bad": "both_bad", "neither": "both_bad",
+}  # fmt: skip
+
+
+def _labelstudio_choice(result: Any, where: str) -> str | None:
+    """A pairwise choice from one annotation's results: a Pairwise tag (``{"selected": "left"}``)
+    or a Choices tag naming A or B; None when it has neither."""
+    if not isinstance(result, list):
+        raise RecordError(f"{where}: 'result' must be a list")
+    for entry in result:
+        if not isinstance(entry, dict) or not isinstance(entry.get("value"), dict):
+            continue
+        value = entry["value"]
+        picked = value.get("selected")
+        if picked is None and isinstance(value.get("choices"), list) and len(value["choices"]) == 1:
+            picked = value["choices"][0]
+        if picked is None:
+            continue
+        choice = LABELSTUDIO_CHOICES.get(str(picked).strip().lower())
+        if choice is None:
+            raise RecordError(f"{where}: cannot read {picked!r} as A, B, a tie or both bad")
+        return choice
+    return None
+
+
+def _labelstudio_item(line: int, obj: dict[str, Any]) -> ImportedItem:
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        raise RecordError("missing field 'data' (an object): is this a Label Studio JSON export?")
+    prompt_key = next((k for k in LABELSTUDIO_PROMPT_KEYS if k in data), None)
+    if prompt_key is None:
+        raise RecordError(f"'data' has no prompt: one of {', '.join(LABELSTUDIO_PROMPT_KEYS)}")
+    messages = (
+        _user(_text(data, prompt_key))
+        if isinstance(data[prompt_key], str)
+        else _messages_from(data[prompt_key], prompt_key)
+    )
+    keys = next((pair for pair in LABELSTUDIO_ANSWER_KEYS if all(k in data for k in pair)), None)
+    if keys is None:
+        raise RecordError("'data' has no two answers: " + ", ".join(f"{a}/{b}" for a, b in LABELSTUDIO_ANSWER_KEYS))
+    candidates = [ImportedCandidate(_text(data, k, allow_empty=True)) for k in keys]
+    labels, gold = [], None
+    annotations = obj.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise RecordError("'annotations' must be a list")
+    for i, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+            continue  # a skipped task in Label Studio says nothing of the answers
+        choice = _labelstudio_choice(annotation.get("result", []), f"annotations[{i}]")
+        if choice is None:
+            continue
+        who = annotation.get("completed_by")
+        if isinstance(who, dict):
+            who = who.get("email") or who.get("id")
+        labels.append(
+            ImportedLabel(f"labelstudio-{who if who not in (None, '') else 'unknown'}", "pairwise", choice=choice)
+        )
+        if annotation.get("ground_truth") and gold is None:
+            gold = {"choice": choice}  # Label Studio's ground truth: a gold item here
+    task_id = _given_id(obj.get("id"))
+    external_id = (
+        f"labelstudio:{task_id}" if task_id else _content_id("labelstudio", messages, [c.text for c in candidates])
+    )
+    meta: dict[str, Any] = {"source": "labelstudio"}
+    if gold is not None:
+        meta["gold"] = gold
+    return ImportedItem(line, external_id, "pairwise", messages, candidates, labels, meta)
+
+
+def _read_labelstudio(path: Path) -> Iterator[Record]:
+    return _from_json_array(path, _labelstudio_item)
 
 
 # --- DeFacto -----------------------------------------------------------------------------------
@@ -710,6 +812,7 @@ _READERS: dict[str, Callable[[Path], Iterator[Record]]] = {
     "oasst": _read_oasst,
     "pandalm": _read_pandalm,
     "defacto": _read_defacto,
+    "labelstudio": _read_labelstudio,
 }
 assert tuple(_READERS) == FORMATS
 assert set(OASST_ROLES.values()) <= set(ROLES)

@@ -25,6 +25,7 @@ FORMAT_LABELS = {
     "oasst": "Open-Assistant message trees (ranked replies)",
     "pandalm": "PandaLM (two responses, annotators' choices)",
     "defacto": "DeFacto summary critiques",
+    "labelstudio": "Label Studio JSON export (pairwise: Pairwise or Choices tags)",
 }
 EXPORT_LABELS = {
     "preference": "preference: prompt, chosen, rejected (DPO, reward models)",
