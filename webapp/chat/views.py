@@ -68,7 +68,6 @@ def conversation(request: AuthedHttpRequest, conversation_id: int) -> HttpRespon
             "turns": turns,
             "ranked": chat.ranked_questions(conversation=conv, by=request.user),
             "serving": version_serving(),
-            "answering": chat.reply_version(conv),
             "versions": ModelVersion.objects.order_by("-number")[:50] if request.user.is_prefloop_admin else [],
         },
     )
@@ -76,7 +75,7 @@ def conversation(request: AuthedHttpRequest, conversation_id: int) -> HttpRespon
 
 @require_POST
 @login_required
-def settings(request: AuthedHttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_settings(request: AuthedHttpRequest, conversation_id: int) -> HttpResponse:
     """The conversation's system prompt and (admins) the version that answers it."""
     conv = _own_conversation(request, conversation_id)
     pin = "version" in request.POST
@@ -167,11 +166,12 @@ def message(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def regenerate(request: AuthedHttpRequest, message_id: int) -> HttpResponse:
+    found = _own_message(request, message_id)
     try:
-        chat.chat_regenerate(message=_own_message(request, message_id))
+        chat.chat_regenerate(message=found)
     except ValidationError as exc:
         return HttpResponse(" ".join(exc.messages), status=400)
-    return redirect("chat:conversation", _own_message(request, message_id).conversation_id)
+    return redirect("chat:conversation", found.conversation_id)
 
 
 @require_POST

@@ -397,7 +397,7 @@ def job_waiting_on(job: Job, listeners: dict[str, list[str]]) -> str:
     return f"no worker listens on the {queue!r} queue: start one (`celery -A worker.celery worker -Q {queue}`)"
 
 
-JOB_KINDS = ("policy", "reward", "generation", "import", "webhook")
+JOB_KINDS = ("policy", "reward", "generation", "import", "webhook", "embedding")
 
 
 def job_model_for(kind: str) -> type[Job]:

@@ -29,6 +29,7 @@ from webapp.feedback.explore import (
     task_gold_set,
 )
 from webapp.feedback.models import Label, Task
+from webapp.feedback.similar import similar_items
 
 
 def reviewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -111,6 +112,7 @@ def item(request: AuthedHttpRequest, task_id: int) -> HttpResponse:
         "error": error,
         "settled": request.GET.get("settled") == "1",
         "gold_answer": gold_text(task),
+        "similar": similar_items(task),
         "gold_scored": Label.objects.filter(task=task, gold_correct__isnull=False).count() if task.is_gold else 0,
     }
     return render(request, "dashboard/item.html", context, status=400 if error else 200)

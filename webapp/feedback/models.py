@@ -135,6 +135,20 @@ class ProjectMember(models.Model):
         return f"{self.user_id} in {self.project_id} as {self.role}"
 
 
+class ItemVector(models.Model):
+    """An item's sentence embedding (its question and answers, one unit vector) and the items of
+    its project nearest to it when it was embedded: the explorer's "similar items"."""
+
+    task = models.OneToOneField("Task", primary_key=True, on_delete=models.CASCADE, related_name="vector")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    vector = models.BinaryField(help_text="float32, L2-normalised")
+    neighbours = models.JSONField(default=list, help_text="[[task id, cosine], ...], most similar first")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"vector of item {self.task_id}"
+
+
 class Invitation(models.Model):
     """A one-time link that lets a person make their own account: the link carries a random token,
     of which only the SHA-256 digest is stored; it expires, and it works once. Accepting it may make
@@ -606,3 +620,27 @@ class GenerationJob(Job):
     @property
     def job_progress(self) -> float | None:
         return self.prompts_done / self.prompts_total if self.prompts_total else None
+
+
+class EmbeddingJob(Job):
+    """Embed a project's items that have no vector yet, then find each one's nearest items."""
+
+    job_kind = "embedding"
+    on_lost = "retry"  # it resumes: what was embedded stays
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="embedding_jobs")
+    items_total = models.PositiveIntegerField(default=0)
+    items_done = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"embedding {self.pk} of {self.project} ({self.status})"
+
+    def job_task(self) -> tuple[str, str]:
+        return "prefloop.items_embed", "cpu"
+
+    @property
+    def job_progress(self) -> float | None:
+        return min(self.items_done / self.items_total, 1.0) if self.items_total else None
