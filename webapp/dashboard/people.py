@@ -8,6 +8,7 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Max
 from django.db.models.functions import TruncDate
@@ -28,12 +29,22 @@ from webapp.feedback.models import Assignment, Invitation, Label, Project, Proje
 from webapp.feedback.services import project_member_add
 
 
+def _labels_per_person() -> tuple[dict[int, int], dict[int, Any]]:
+    """Each person's label count and newest label time: one grouped pass over every label, kept in
+    the cache until a label is added (the newest label id is in the key)."""
+    newest = Label.objects.aggregate(m=Max("id"))["m"] or 0
+    key = f"prefloop:labels-per-person:{newest}"
+    stored = cache.get(key)
+    if stored is None:
+        per_person = Label.objects.values_list("annotator").annotate(n=Count("id"), at=Max("created_at")).order_by()
+        stored = ({a: n for a, n, _ in per_person}, {a: at for a, _, at in per_person})
+        cache.set(key, stored, 3600)
+    return stored
+
+
 def _people_context(request: AuthedHttpRequest, **extra: Any) -> dict[str, Any]:
     users = list(User.objects.order_by("-is_active", "username"))
-    per_person = Label.objects.values_list("annotator").annotate(n=Count("id"), at=Max("created_at")).order_by()
-    labels, last = {}, {}
-    for annotator, n, at in per_person:
-        labels[annotator], last[annotator] = n, at
+    labels, last = _labels_per_person()
     roles: dict[int, list[ProjectMember]] = defaultdict(list)
     for membership in ProjectMember.objects.select_related("project").order_by("project__name"):
         roles[membership.user_id].append(membership)
