@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # feedback -> runs, the one tie between apps that goes both ways (runs reads the labels): the policy
 # writes the answers people judge (generation, the serving version), and a label can queue a run.
 FEEDBACK_TO_RUNS = {
+    ("webapp.feedback.chat", "webapp.runs.models"),  # an admin pins the version that answers a chat
+    ("webapp.feedback.figures", "webapp.runs.selectors"),  # a figure's data state names the serving version
     ("webapp.feedback.generation", "webapp.runs.models"),
     ("webapp.feedback.generation", "webapp.runs.policy"),
     ("webapp.feedback.generation", "webapp.runs.selectors"),

@@ -170,7 +170,7 @@ def test_the_policy_server_going_away_is_said_clearly_labelling_goes_on_and_its_
         assert "The policy server could not answer" in streamed  # the chat says so
         reply.refresh_from_db()
         assert reply.status == reply.Status.FAILED and "cannot connect to the policy server" in reply.error
-        footer = page.get(f"/chat/message/{reply.pk}/footer/").content.decode()  # and keeps saying why
+        footer = page.get(f"/chat/message/{reply.pk}/").content.decode()  # and keeps saying why
         assert "could not answer: cannot connect to the policy server" in footer
         # labelling the candidates that exist goes on
         for _ in tasks:

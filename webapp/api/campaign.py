@@ -33,6 +33,8 @@ from webapp.hooks.services import delivery_again, hook_create
 
 
 class PersonSerializer(serializers.ModelSerializer):
+    # Django's usernames take any letter; the model field's pattern, read as JSON Schema, only ASCII ones
+    username = serializers.CharField(read_only=True)
     labels = serializers.IntegerField(source="n_labels", read_only=True, default=0)
     last_label_at = serializers.DateTimeField(read_only=True, allow_null=True, default=None)
 

@@ -18,9 +18,10 @@ from webapp.accounts.models import User
 from webapp.feedback.generation import item_create
 from webapp.feedback.models import Conversation, Label, Message, Prompt, Task
 from webapp.feedback.projects import project_default
+from webapp.feedback.selectors import context_before
+from webapp.feedback.services import label_create, reply_version
 from webapp.feedback.validation import clean_user_text
 from webapp.runs.models import ModelVersion
-from webapp.runs.selectors import version_serving
 
 SYSTEM_PROMPT_MAX_CHARS = 8000
 
@@ -51,11 +52,6 @@ class Turn:
             return []
         done = [s for s in self.siblings if s.status == Message.Status.COMPLETE and s.content]
         return done if len(done) >= 2 else []
-
-
-def reply_version(conversation: Conversation) -> ModelVersion | None:
-    """The version that writes the next answer: the one an admin pinned, else the serving one."""
-    return conversation.policy_version or version_serving()
 
 
 def _children(messages: list[Message]) -> dict[int | None, list[Message]]:
@@ -202,9 +198,6 @@ def chat_rank(*, question: Message, places: dict[int, int], by: User) -> tuple[L
     existing = Label.objects.filter(annotator=by, idempotency_key=key).first()
     if existing is not None:
         return existing, False
-    from webapp.feedback.selectors import context_before
-    from webapp.feedback.services import label_create
-
     conversation = question.conversation
     context = context_before(message=answers[0])
     prompt = Prompt.objects.create(

@@ -18,6 +18,7 @@ from django.db.models.functions import Cast
 from webapp.accounts.models import User
 from webapp.core.parsing import parse_id
 from webapp.feedback.figures import figures_changed
+from webapp.feedback.gold import gold_correct
 from webapp.feedback.models import Adjudication, Assignment, Candidate, Label, Project, ProjectMember, Prompt, Task
 from webapp.feedback.quality import label_category
 from webapp.feedback.validation import clean_label
@@ -218,7 +219,6 @@ def task_gold_set(*, task: Task, gold: dict[str, Any] | None) -> int:
     """Make `task` a gold item with answer `gold` (None: no longer gold), and score its labels
     against it again; return how many labels were scored."""
     from training.feedback_io import validate_gold
-    from webapp.feedback.services import gold_correct
 
     if gold is not None:
         try:

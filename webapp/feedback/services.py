@@ -16,6 +16,7 @@ from django.utils import timezone
 from webapp.accounts.models import User
 from webapp.feedback.explore import task_stats_refresh
 from webapp.feedback.generation import answers_for, item_create
+from webapp.feedback.gold import gold_correct
 from webapp.feedback.models import (
     Assignment,
     Candidate,
@@ -43,6 +44,11 @@ def conversation_create(*, owner: User, title: str = "") -> Conversation:
     return Conversation.objects.create(owner=owner, title=title[:200])
 
 
+def reply_version(conversation: Conversation) -> ModelVersion | None:
+    """The version that writes a conversation's next answer: the one an admin pinned, else the serving one."""
+    return conversation.policy_version or version_serving()
+
+
 @transaction.atomic
 def chat_turn_start(
     *, conversation: Conversation, text: str, parent: Message | None = None, at_root: bool = False
@@ -53,8 +59,6 @@ def chat_turn_start(
     given; `at_root` starts a new first turn. The assistant turn records the version asked to
     write it: the one an admin pinned to the conversation, else the serving one.
     """
-    from webapp.feedback.chat import reply_version
-
     content = clean_user_text(text)
     if parent is not None and (parent.conversation_id != conversation.pk or parent.role != "assistant"):
         raise ValidationError("A turn follows an answer of this conversation.")
@@ -125,22 +129,6 @@ def prompt_create(
     return Prompt.objects.create(
         project=project or project_default(), messages=clean_messages(messages), source=source, created_by=created_by
     )
-
-
-def gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
-    """Whether a judgment (a label's fields) matches a gold item's answer; None for other items."""
-    if not task.is_gold or not task.gold:
-        return None
-    if task.kind == Task.Kind.PAIRWISE:
-        return fields.get("choice") == task.gold.get("choice")
-    if task.kind == Task.Kind.RANKING:  # the gold ranks positions (the order the answers were given in)
-        expected = task.gold.get("ranking") or []
-        position = {slot.candidate_id: slot.position for slot in task.slots.all()}
-        top = {position.get(candidate_id) for candidate_id in fields["ranking"][0]}
-        return bool(expected) and top == set(expected[0])
-    if task.kind == Task.Kind.RATING:
-        return abs(int(fields["rating"]) - int(task.gold.get("rating", 0))) <= 1
-    return None
 
 
 def label_create(
