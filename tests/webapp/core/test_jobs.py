@@ -15,7 +15,7 @@ from django.utils import timezone
 from tests.factories import make_project, make_serving_version
 from webapp.core.jobs import JobGuard, JobStatus, job_cancel, job_label, job_models, job_start, jobs_reap
 from webapp.feedback.generation import generation_job_create
-from webapp.feedback.models import GenerationJob, ImportJob
+from webapp.feedback.models import EmbeddingJob, GenerationJob, ImportJob
 from webapp.feedback.transfer import import_job_run
 from webapp.hooks.models import WebhookDelivery
 from webapp.hooks.services import hook_create
@@ -41,6 +41,7 @@ def _jobs_of_every_kind(tmp_path: Path) -> dict[str, object]:
         "policy": TrainingRun.objects.create(kind="dpo", trigger="api", project=project),
         "reward": TrainingRun.objects.create(kind="reward", trigger="api", project=project),
         "generation": GenerationJob.objects.create(project=project),
+        "embedding": EmbeddingJob.objects.create(project=project),
         "import": _import_job(tmp_path, _items(2)),
         "webhook": WebhookDelivery.objects.create(
             hook=hook_create(url="http://127.0.0.1:9/hook", events=["run.finished"])[0],
@@ -51,7 +52,8 @@ def _jobs_of_every_kind(tmp_path: Path) -> dict[str, object]:
 
 
 def test_every_kind_of_job_is_under_the_one_lifecycle():
-    assert {m.__name__ for m in job_models()} == {"TrainingRun", "GenerationJob", "ImportJob", "WebhookDelivery"}
+    names = {m.__name__ for m in job_models()}
+    assert names == {"TrainingRun", "GenerationJob", "ImportJob", "WebhookDelivery", "EmbeddingJob"}
 
 
 def test_a_lost_worker_is_found_by_its_heartbeat_and_each_kind_ends_as_it_promises(settings, tmp_path):
@@ -68,7 +70,7 @@ def test_a_lost_worker_is_found_by_its_heartbeat_and_each_kind_ends_as_it_promis
     for kind, job in jobs.items():
         job.refresh_from_db()
         assert "the worker was lost" in job.error, kind
-        if kind in ("generation", "webhook"):  # it resumes (a delivery is sent again): queued again
+        if kind in ("generation", "webhook", "embedding"):  # it resumes (a delivery is sent again): queued again
             assert job.status == JobStatus.QUEUED and job_label(job) in report["requeued"]
         else:
             assert job.status == JobStatus.FAILED and job_label(job) in report["lost"], kind
