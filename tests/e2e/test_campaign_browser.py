@@ -210,9 +210,11 @@ def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, sta
     # the first branch, another answer there, and the two sibling answers ranked.
     ann.click("nav >> text=Chat")
     ann.click("#new-chat")
+    ann.wait_for_load_state("load")  # chat.js has bound Enter to send (a key pressed before is a new line)
     ann.fill("#system-prompt", "Be kind and brief.")
     ann.click("#chat-settings button[type=submit]")
     ann.wait_for_selector("#chat-settings summary >> text=a system prompt is set")
+    ann.wait_for_load_state("load")
     ann.fill("#composer-text", "Say something kind.")
     ann.keyboard.press("Enter")
     _answered(ann, 1)

@@ -126,6 +126,7 @@ def _campaign(base: str, database: Path, browser) -> None:
     # The annotator chats on a branch of their own.
     ann.click("nav >> text=Chat")
     ann.click("#new-chat")
+    ann.wait_for_load_state("load")  # chat.js has bound Enter to send (a key pressed before is a new line)
     ann.fill("#composer-text", "Say something kind.")
     ann.keyboard.press("Enter")
     _answered(ann, 1)
