@@ -4,7 +4,6 @@ server-sent events. A conversation is its owner's alone, as on the pages (admins
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,24 +14,20 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from webapp.api.serializers import RefuseUnknownFields, StrictCharField, paginated
+from webapp.chat.answers import AnswerFailed, answer_deltas, answer_unwritable
 from webapp.core.http import api_user, streaming_response
 from webapp.feedback import chat
 from webapp.feedback import services as feedback_services
 from webapp.feedback.chat import SYSTEM_PROMPT_MAX_CHARS
 from webapp.feedback.models import Conversation, Message
-from webapp.feedback.selectors import context_before
-from webapp.runs import policy
 from webapp.runs.models import ModelVersion
-from webapp.runs.selectors import version_serving
-
-logger = logging.getLogger(__name__)
 
 
 class ChatMessageSerializer(serializers.ModelSerializer):
@@ -269,11 +264,6 @@ class MessageRankApi(APIView):
         )
 
 
-class AnswerWritten(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
-
-
 def _event(name: str, data: dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
@@ -315,29 +305,16 @@ class MessageStreamApi(APIView):
             raise ValidationError({"detail": ["only an answer of the policy is streamed"]})
         if message.status != Message.Status.STREAMING:
             return _replay(message)
-        version = message.policy_version
-        if version is None:
-            why = "no policy version is serving: an admin must run the set-up first (manage.py prefloop_setup)"
-            feedback_services.chat_reply_finish(message=message, content="", failed=True, error=why)
+        if answer_unwritable(message) is not None:
             return _replay(message)
-        context = context_before(message=message)
 
         def events() -> Iterator[str]:
-            parts: list[str] = []
             try:
-                if version != version_serving():
-                    policy.adapter_load(version)
-                for delta in policy.stream(context, version=version):
-                    parts.append(delta)
+                for delta in answer_deltas(message):
                     yield _event("delta", {"text": delta})
-            except policy.PolicyServerError as exc:
-                logger.warning("policy server failed while streaming message %s: %s", message.pk, exc)
-                feedback_services.chat_reply_finish(
-                    message=message, content="".join(parts), failed=True, error=str(exc)
-                )
+            except AnswerFailed as exc:
                 yield _event("error", {"detail": f"The policy server could not answer: {exc}"})
                 return
-            feedback_services.chat_reply_finish(message=message, content="".join(parts))
             yield _event("done", {"message": ChatMessageSerializer(message).data})
 
         return _sse(streaming_response(request, events(), content_type="text/event-stream; charset=utf-8"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 from django.contrib.auth.decorators import login_required
@@ -13,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from webapp.chat.answers import AnswerFailed, answer_deltas, answer_unwritable
 from webapp.core.http import AuthedHttpRequest, streaming_response
 from webapp.core.parsing import parse_id
 from webapp.feedback import chat, services
@@ -21,8 +21,6 @@ from webapp.feedback.selectors import context_before, conversation_list, task_wi
 from webapp.runs import policy
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import run_active, version_serving
-
-logger = logging.getLogger(__name__)
 
 
 def _own_message(request: AuthedHttpRequest, message_id: int) -> Message:
@@ -125,27 +123,15 @@ def stream(request: AuthedHttpRequest, message_id: int) -> HttpResponseBase:
     message = _own_message(request, message_id)
     if message.role != "assistant" or message.status != Message.Status.STREAMING:
         return HttpResponse("This answer is already written.", status=409)
-    context = context_before(message=message)
-    version = message.policy_version
-    if version is None:
-        why = "no policy version is serving: an admin must run the set-up first (manage.py prefloop_setup)"
-        services.chat_reply_finish(message=message, content="", failed=True, error=why)
+    why = answer_unwritable(message)
+    if why is not None:
         return HttpResponse(f"The policy could not answer: {why}.", status=503)
 
     def chunks() -> Iterator[str]:
-        parts: list[str] = []
         try:
-            if version != version_serving():  # a version an admin picked, or one retired since
-                policy.adapter_load(version)
-            for delta in policy.stream(context, version=version):
-                parts.append(delta)
-                yield delta
-        except policy.PolicyServerError as exc:
-            logger.warning("policy server failed while streaming message %s: %s", message.pk, exc)
-            services.chat_reply_finish(message=message, content="".join(parts), failed=True, error=str(exc))
+            yield from answer_deltas(message)
+        except AnswerFailed as exc:
             yield f"\n[The policy server could not answer: {exc}]"
-            return
-        services.chat_reply_finish(message=message, content="".join(parts))
 
     response = streaming_response(request, chunks(), content_type="text/plain; charset=utf-8")
     response["Cache-Control"] = "no-cache"

@@ -19,7 +19,7 @@ from webapp.feedback.generation import item_create
 from webapp.feedback.models import Conversation, Label, Message, Prompt, Task
 from webapp.feedback.projects import project_default
 from webapp.feedback.selectors import context_before
-from webapp.feedback.services import label_create, reply_version
+from webapp.feedback.services import label_create, reply_start
 from webapp.feedback.validation import clean_user_text
 from webapp.runs.models import ModelVersion
 
@@ -92,19 +92,6 @@ def message_turn(*, message: Message) -> Turn:
     return Turn(message=message, siblings=list(siblings.select_related("policy_version").order_by("created_at", "id")))
 
 
-def _reply_start(conversation: Conversation, parent: Message) -> Message:
-    reply = Message.objects.create(
-        conversation=conversation,
-        parent=parent,
-        role="assistant",
-        status=Message.Status.STREAMING,
-        policy_version=reply_version(conversation),
-    )
-    conversation.current = reply
-    conversation.save(update_fields=["current", "updated_at"])
-    return reply
-
-
 @transaction.atomic
 def chat_regenerate(*, message: Message) -> Message:
     """Another answer to the question `message` answered: a sibling, written by the reply version."""
@@ -112,7 +99,7 @@ def chat_regenerate(*, message: Message) -> Message:
         raise ValidationError("Only an answer of the policy can be written again.")
     if message.parent_id is None:
         raise ValidationError("This answer has no question before it to answer again.")
-    return _reply_start(message.conversation, message.parent)  # type: ignore[arg-type]
+    return reply_start(conversation=message.conversation, parent=message.parent)  # type: ignore[arg-type]
 
 
 @transaction.atomic
@@ -125,7 +112,7 @@ def chat_edit(*, message: Message, text: str) -> tuple[Message, Message]:
     edited = Message.objects.create(
         conversation=message.conversation, parent=message.parent, role="user", content=content
     )
-    return edited, _reply_start(message.conversation, edited)
+    return edited, reply_start(conversation=message.conversation, parent=edited)
 
 
 @transaction.atomic

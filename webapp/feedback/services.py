@@ -49,6 +49,21 @@ def reply_version(conversation: Conversation) -> ModelVersion | None:
     return conversation.policy_version or version_serving()
 
 
+def reply_start(*, conversation: Conversation, parent: Message, also: list[str] | None = None) -> Message:
+    """An empty answer to `parent` that the stream will fill, by the conversation's reply version,
+    made the branch on screen; the conversation is saved with its fields `also`."""
+    reply = Message.objects.create(
+        conversation=conversation,
+        parent=parent,
+        role="assistant",
+        status=Message.Status.STREAMING,
+        policy_version=reply_version(conversation),
+    )
+    conversation.current = reply
+    conversation.save(update_fields=["current", "updated_at", *(also or [])])
+    return reply
+
+
 @transaction.atomic
 def chat_turn_start(
     *, conversation: Conversation, text: str, parent: Message | None = None, at_root: bool = False
@@ -65,17 +80,9 @@ def chat_turn_start(
     if parent is None and not at_root:
         parent = conversation.current or conversation.messages.order_by("-created_at", "-id").first()
     user_message = Message.objects.create(conversation=conversation, parent=parent, role="user", content=content)
-    reply = Message.objects.create(
-        conversation=conversation,
-        parent=user_message,
-        role="assistant",
-        status=Message.Status.STREAMING,
-        policy_version=reply_version(conversation),
-    )
     if not conversation.title:
         conversation.title = content[:80]
-    conversation.current = reply
-    conversation.save(update_fields=["title", "current", "updated_at"])
+    reply = reply_start(conversation=conversation, parent=user_message, also=["title"])
     if parent is not None and parent.role == "assistant":  # the user's reply is feedback on that answer
         from webapp.feedback.followups import followups_send
 
