@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from datetime import datetime, timedelta
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from explorer import fill, timed  # noqa: E402
+from explorer import fill, median_ms, timed  # noqa: E402
 
 from tests.processes import scratch_database  # noqa: E402
 
@@ -124,19 +123,11 @@ def main() -> None:
             rows.append((what, *timed(client, url, args.repeats)))
             print(f"  {what:<18} first {cold[what]:8.1f} ms, then p95 {rows[-1][2]:8.1f} ms", flush=True)
 
-        def median_ms(fn) -> float:
-            fn()
-            times = []
-            for _ in range(max(5, args.repeats // 2)):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1000)
-            return statistics.median(times)
-
         today = timezone.localdate()
         since = timezone.make_aware(datetime.combine(today - timedelta(days=OVERVIEW_DAYS - 1), dtime.min))
-        ours = median_ms(labels_per_day)
-        plain = median_ms(lambda: _day_counts(since, None))
+        repeats = max(5, args.repeats // 2)
+        ours = median_ms(labels_per_day, repeats)
+        plain = median_ms(lambda: _day_counts(since, None), repeats)
 
         n_labels = Label.objects.count()
         print(f"\ndashboard pages, {n_labels:,} labels, {args.repeats} requests each (ms, in process):")

@@ -93,6 +93,17 @@ def timed(client, url: str, repeats: int) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, int(0.95 * len(times)))]
 
 
+def median_ms(fn, repeats: int) -> float:
+    """The median milliseconds of `repeats` calls of `fn` (one warm-up first)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def deep_cursor(url: str, pages: int) -> str:
     """`url` at page `pages + 1` by disagreement: the cursor the explorer's own next-page link
     carries after `pages` pages (the last row's disagreement and id)."""
@@ -176,13 +187,7 @@ def main() -> None:
             explore.explore(user=admin, filters=explore.Filters(q="violin"))
 
         def ms(fn) -> float:
-            fn()
-            times = []
-            for _ in range(max(5, args.repeats // 2)):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1000)
-            return statistics.median(times)
+            return median_ms(fn, max(5, args.repeats // 2))
 
         pairs = {"page by keyset vs OFFSET": (ms(by_keyset), ms(by_offset)),
                  "search by full text vs ILIKE": (ms(fulltext), ms(ilike))}  # fmt: skip
