@@ -12,6 +12,7 @@ server)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -50,8 +51,67 @@ def _leaving(page) -> None:
     page.evaluate("window.__leaving = true")  # a page that loads after this has no such mark
 
 
-def _upload(page, base: str, project: Project, name: str, content: bytes, fmt: str) -> None:
-    page.goto(f"{base}/dashboard/projects/{project.pk}/")
+def project_make(page, guidelines: str) -> int:
+    """The "Kindness" project, made on its page: `guidelines`, pairwise by default, answers of 16
+    tokens, two people an item; its id."""
+    page.click("nav >> text=Projects")
+    page.click("#project-new")
+    page.fill("#project-name", "Kindness")
+    page.fill("#project-guidelines", guidelines)
+    assert page.is_checked("#kind-pairwise")
+    page.fill("#project-max_tokens", "16")
+    page.fill("#project-overlap", "2")
+    page.click("#project-save")
+    page.wait_for_selector("#project-created")
+    return int(re.search(r"/dashboard/projects/(\d+)/", page.url).group(1))
+
+
+def invitation_accepted(page, browser, base: str, project_id: int):
+    """From the project's page, an invitation to it, accepted as "ann" in a browser context of its
+    own; that context and its page."""
+    page.click("#invite-for-project")
+    assert page.locator("#invite-project").input_value() == str(project_id)
+    page.fill("#invite-note", "Ann")
+    page.click("#invite-make")
+    link = page.locator("#invite-link").input_value()
+    annotator = browser.new_context(viewport={"width": 1200, "height": 900})
+    ann = annotator.new_page()
+    ann.set_default_timeout(30_000)
+    ann.goto(link)
+    ann.fill("#invitation-username", "ann")
+    ann.fill("#invitation-password", "kind-words-2026")
+    ann.fill("#invitation-password-again", "kind-words-2026")
+    ann.click("#invitation-accept")
+    ann.wait_for_url(f"{base}/annotate/")
+    return annotator, ann
+
+
+def chat_edited_onto_a_branch(ann, system_prompt: str = "") -> None:
+    """A new chat (with `system_prompt`, if given), a turn answered, and that turn edited onto a
+    branch of its own, answered too."""
+    ann.click("nav >> text=Chat")
+    ann.click("#new-chat")
+    ann.wait_for_load_state("load")  # chat.js has bound Enter to send (a key pressed before is a new line)
+    if system_prompt:
+        ann.fill("#system-prompt", system_prompt)
+        ann.click("#chat-settings button[type=submit]")
+        ann.wait_for_selector("#chat-settings summary >> text=a system prompt is set")
+        ann.wait_for_load_state("load")
+    ann.fill("#composer-text", "Say something kind.")
+    ann.keyboard.press("Enter")
+    _answered(ann, 1)
+    ann.locator(".message.user .edit-turn summary").click()
+    ann.fill(".message.user .edit-turn textarea", "Greet a friend.")
+    _leaving(ann)
+    ann.click(".message.user .edit-turn button[type=submit]")
+    _answered(ann, 1)
+    assert ann.locator(".message.user .content").inner_text() == "Greet a friend."
+    assert ann.locator(".message.user .sibling-pos").inner_text() == "2 / 2"
+
+
+def upload(page, base: str, project_id: int, name: str, content: bytes, fmt: str) -> None:
+    """A file uploaded from the project's page, waited for until its import ended: it succeeded."""
+    page.goto(f"{base}/dashboard/projects/{project_id}/")
     page.click("#project-upload")
     page.set_input_files("#upload-file", files=[{"name": name, "mimeType": "application/json", "buffer": content}])
     page.select_option("#upload-format", fmt)
@@ -86,16 +146,9 @@ def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, sta
     login(page, live_server, "boss", "boss-password")
 
     # A project, made on its page: Markdown guidelines, pairwise by default, short answers.
-    page.click("nav >> text=Projects")
-    page.click("#project-new")
-    page.fill("#project-name", "Kindness")
-    page.fill("#project-guidelines", "Prefer the **kind** answer.\n\n<script>window.__leak = 1</script>")
-    assert page.is_checked("#kind-pairwise")
-    page.fill("#project-max_tokens", "16")
-    page.fill("#project-overlap", "2")
-    page.click("#project-save")
-    page.wait_for_selector("#project-created")
-    project = Project.objects.get(name="Kindness")
+    project = Project.objects.get(
+        pk=project_make(page, "Prefer the **kind** answer.\n\n<script>window.__leak = 1</script>")
+    )
     assert (project.feedback_types, project.max_tokens, project.overlap) == (["pairwise"], 16, 2)
     # its recipe, on the same page: a short run after every 3 new labels
     page.fill("#recipe-auto_train_every", "3")
@@ -116,24 +169,11 @@ def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, sta
     page.goto(f"{base}/dashboard/projects/{project.pk}/")
 
     # An invitation to this project, accepted in the annotator's own browser.
-    page.click("#invite-for-project")
-    assert page.locator("#invite-project").input_value() == str(project.pk)
-    page.fill("#invite-note", "Ann")
-    page.click("#invite-make")
-    link = page.locator("#invite-link").input_value()
-    annotator = browser.new_context(viewport={"width": 1200, "height": 900})
-    ann = annotator.new_page()
-    ann.set_default_timeout(30_000)
-    ann.goto(link)
-    ann.fill("#invitation-username", "ann")
-    ann.fill("#invitation-password", "kind-words-2026")
-    ann.fill("#invitation-password-again", "kind-words-2026")
-    ann.click("#invitation-accept")
-    ann.wait_for_url(f"{base}/annotate/")
+    annotator, ann = invitation_accepted(page, browser, base, project.pk)
     assert "Kindness" in ann.content()
 
     # Prompts, answered by the serving version on the worker; the annotator judges both answers.
-    _upload(page, base, project, "prompts.jsonl", PROMPTS, "jsonl")
+    upload(page, base, project.pk, "prompts.jsonl", PROMPTS, "jsonl")
     deadline = time.monotonic() + 180
     while Task.objects.filter(project=project).count() < 2:
         assert time.monotonic() < deadline, "the worker did not answer the uploaded prompts"
@@ -148,7 +188,7 @@ def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, sta
         wait_for_next(ann, done)
 
     # A labelled TRL file with a bad line: the import's page names the line; its report downloads.
-    _upload(page, base, project, "preferences.jsonl", TRL, "trl")
+    upload(page, base, project.pk, "preferences.jsonl", TRL, "trl")
     assert page.locator("#import-progress").get_attribute("value") == "1.0000"
     assert page.locator("#import-bad-lines").inner_text() == "1"
     assert page.locator("#import-bad tbody td").first.inner_text() == "2"  # the bad line, by number
@@ -208,23 +248,7 @@ def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, sta
 
     # The annotator chats: a system prompt, a turn, an edit of it on a branch of its own, back to
     # the first branch, another answer there, and the two sibling answers ranked.
-    ann.click("nav >> text=Chat")
-    ann.click("#new-chat")
-    ann.wait_for_load_state("load")  # chat.js has bound Enter to send (a key pressed before is a new line)
-    ann.fill("#system-prompt", "Be kind and brief.")
-    ann.click("#chat-settings button[type=submit]")
-    ann.wait_for_selector("#chat-settings summary >> text=a system prompt is set")
-    ann.wait_for_load_state("load")
-    ann.fill("#composer-text", "Say something kind.")
-    ann.keyboard.press("Enter")
-    _answered(ann, 1)
-    ann.locator(".message.user .edit-turn summary").click()
-    ann.fill(".message.user .edit-turn textarea", "Greet a friend.")
-    _leaving(ann)
-    ann.click(".message.user .edit-turn button[type=submit]")
-    _answered(ann, 1)
-    assert ann.locator(".message.user .content").inner_text() == "Greet a friend."
-    assert ann.locator(".message.user .sibling-pos").inner_text() == "2 / 2"
+    chat_edited_onto_a_branch(ann, system_prompt="Be kind and brief.")
     _leaving(ann)
     ann.click(".message.user .sibling-prev")
     _answered(ann, 1)

@@ -7,7 +7,6 @@ item the annotator was served, and to check what the pages said was stored.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from pathlib import Path
@@ -15,22 +14,17 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_annotate_browser import login, wait_for_next
-from tests.e2e.test_campaign_browser import PROMPTS, TRL, _answered, _leaving
+from tests.e2e.test_campaign_browser import (
+    PROMPTS,
+    TRL,
+    chat_edited_onto_a_branch,
+    invitation_accepted,
+    project_make,
+    upload,
+)
 from tests.e2e.test_make_run import make_run_start, make_run_stop
 
 pytestmark = pytest.mark.e2e
-
-
-def _upload(page, base: str, project_id: int, name: str, content: bytes, fmt: str) -> None:
-    page.goto(f"{base}/dashboard/projects/{project_id}/import/")
-    page.set_input_files("#upload-file", files=[{"name": name, "mimeType": "application/json", "buffer": content}])
-    page.select_option("#upload-format", fmt)
-    page.click("#upload-send")
-    page.wait_for_function(
-        "() => ['succeeded', 'failed'].includes(document.getElementById('import-status').textContent)",
-        timeout=120_000,
-    )
-    assert page.locator("#import-status").inner_text() == "succeeded", page.locator("#import-detail").inner_text()
 
 
 def test_a_campaign_from_the_browser_on_sqlite_and_the_filesystem_broker(tmp_path, browser):
@@ -51,32 +45,11 @@ def _campaign(base: str, database: Path, browser) -> None:
     page = admin.new_page()
     page.set_default_timeout(30_000)
     login(page, Server, "admin", "prefloop-admin")
-    page.click("nav >> text=Projects")
-    page.click("#project-new")
-    page.fill("#project-name", "Kindness")
-    page.fill("#project-guidelines", "Prefer the **kind** answer.")
-    page.fill("#project-max_tokens", "16")
-    page.fill("#project-overlap", "2")
-    page.click("#project-save")
-    page.wait_for_selector("#project-created")
-    project_id = int(re.search(r"/dashboard/projects/(\d+)/", page.url).group(1))
-
-    page.click("#invite-for-project")
-    page.fill("#invite-note", "Ann")
-    page.click("#invite-make")
-    link = page.locator("#invite-link").input_value()
-    annotator = browser.new_context(viewport={"width": 1200, "height": 900})
-    ann = annotator.new_page()
-    ann.set_default_timeout(30_000)
-    ann.goto(link)
-    ann.fill("#invitation-username", "ann")
-    ann.fill("#invitation-password", "kind-words-2026")
-    ann.fill("#invitation-password-again", "kind-words-2026")
-    ann.click("#invitation-accept")
-    ann.wait_for_url(f"{base}/annotate/")
+    project_id = project_make(page, "Prefer the **kind** answer.")
+    annotator, ann = invitation_accepted(page, browser, base, project_id)
 
     # Prompts, answered by make run's worker (its generate queue, over the filesystem broker).
-    _upload(page, base, project_id, "prompts.jsonl", PROMPTS, "jsonl")
+    upload(page, base, project_id, "prompts.jsonl", PROMPTS, "jsonl")
     deadline = time.monotonic() + 180
     while db.execute("SELECT count(*) FROM feedback_task WHERE project_id = ?", (project_id,)).fetchone()[0] < 2:
         assert time.monotonic() < deadline, "the worker did not answer the uploaded prompts"
@@ -89,7 +62,7 @@ def _campaign(base: str, database: Path, browser) -> None:
         ann.keyboard.press("1")
         wait_for_next(ann, done)
 
-    _upload(page, base, project_id, "preferences.jsonl", TRL, "trl")
+    upload(page, base, project_id, "preferences.jsonl", TRL, "trl")
     assert page.locator("#import-bad-lines").inner_text() == "1"
     assert page.locator("#import-bad tbody td").first.inner_text() == "2"
     with page.expect_download() as download:
@@ -124,18 +97,7 @@ def _campaign(base: str, database: Path, browser) -> None:
     assert all(r["adjudication"]["choice"] == theirs for r in rows if r["task_id"] == served)
 
     # The annotator chats on a branch of their own.
-    ann.click("nav >> text=Chat")
-    ann.click("#new-chat")
-    ann.wait_for_load_state("load")  # chat.js has bound Enter to send (a key pressed before is a new line)
-    ann.fill("#composer-text", "Say something kind.")
-    ann.keyboard.press("Enter")
-    _answered(ann, 1)
-    ann.locator(".message.user .edit-turn summary").click()
-    ann.fill(".message.user .edit-turn textarea", "Greet a friend.")
-    _leaving(ann)
-    ann.click(".message.user .edit-turn button[type=submit]")
-    _answered(ann, 1)
-    assert ann.locator(".message.user .sibling-pos").inner_text() == "2 / 2"
+    chat_edited_onto_a_branch(ann)
     messages = db.execute("SELECT role, content, status FROM feedback_message ORDER BY id").fetchall()
     assert [m[0] for m in messages] == ["user", "assistant", "user", "assistant"]
     assert all(status == "complete" for role, _, status in messages if role == "assistant")
