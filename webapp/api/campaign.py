@@ -12,7 +12,7 @@ from django.db.models import Count, Max
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,7 +22,7 @@ from webapp.accounts.models import User
 from webapp.api.permissions import IsPrefloopAdmin
 from webapp.api.serializers import RefuseUnknownFields, StrictCharField
 from webapp.core.http import api_user
-from webapp.feedback.explore import adjudicate, gold_from_answer, reviewable_projects, task_gold_set
+from webapp.feedback.explore import adjudicate, reviewable_projects
 from webapp.feedback.models import Adjudication, Invitation, Project, ProjectMember, Task
 from webapp.feedback.people import invitation_create, invitation_revoke, person_set_active
 from webapp.feedback.services import project_member_add
@@ -220,13 +220,10 @@ class TaskAdjudicationApi(APIView):
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
         note, make_gold = data.pop("note", ""), data.pop("make_gold")
-        if make_gold and not api_user(request).is_prefloop_admin:
-            raise PermissionDenied("Only an admin makes gold items.")
         try:
-            with transaction.atomic():
-                adjudication, created = adjudicate(task=task, reviewer=api_user(request), data=data, note=note)
-                if make_gold:
-                    task_gold_set(task=task, gold=gold_from_answer(task, adjudication.answer))
+            adjudication, created = adjudicate(
+                task=task, reviewer=api_user(request), data=data, note=note, make_gold=make_gold
+            )
         except DjangoValidationError as exc:
             raise ValidationError({"detail": exc.messages}) from None
         return Response(

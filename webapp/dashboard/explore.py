@@ -10,7 +10,6 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -23,7 +22,6 @@ from webapp.feedback.explore import (
     adjudicate,
     explore,
     filters_from,
-    gold_from_answer,
     gold_text,
     reviewable_projects,
     task_gold_set,
@@ -90,10 +88,13 @@ def item(request: AuthedHttpRequest, task_id: int) -> HttpResponse:
         if task.kind == Task.Kind.RANKING:
             data = {"ranking": _ranking_from(request.POST, task)}
         try:
-            with transaction.atomic():
-                settled, _ = adjudicate(task=task, reviewer=request.user, data=data, note=request.POST.get("note", ""))
-                if request.POST.get("make_gold") == "1":
-                    task_gold_set(task=task, gold=gold_from_answer(task, settled.answer))
+            adjudicate(
+                task=task,
+                reviewer=request.user,
+                data=data,
+                note=request.POST.get("note", ""),
+                make_gold=request.POST.get("make_gold") == "1",
+            )
         except ValidationError as exc:
             error = " ".join(exc.messages)
         else:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast
@@ -186,9 +186,14 @@ def explore(*, user: User, filters: Filters) -> tuple[list[Task], str]:
     return rows, f"{value!r}:{last.pk}"
 
 
-def adjudicate(*, task: Task, reviewer: User, data: dict[str, Any], note: str = "") -> tuple[Adjudication, bool]:
+def adjudicate(
+    *, task: Task, reviewer: User, data: dict[str, Any], note: str = "", make_gold: bool = False
+) -> tuple[Adjudication, bool]:
     """Record (or change) the final answer for `task`; its raw labels stay as they are. The answer
-    is checked as a label of the item's kind is (ValidationError names what is wrong)."""
+    is checked as a label of the item's kind is (ValidationError names what is wrong). With
+    `make_gold` (an admin's only: PermissionDenied otherwise) it becomes the item's gold answer."""
+    if make_gold and not reviewer.is_prefloop_admin:
+        raise PermissionDenied("Only an admin makes gold items.")
     if task.kind == Task.Kind.THUMBS:
         raise ValidationError("thumbs in chat are not adjudicated")
     slots = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
@@ -198,6 +203,8 @@ def adjudicate(*, task: Task, reviewer: User, data: dict[str, Any], note: str = 
         adjudication, created = Adjudication.objects.update_or_create(
             task=task, defaults={"reviewer": reviewer, "answer": answer, "note": note.strip()[:5000]}
         )
+        if make_gold:
+            task_gold_set(task=task, gold=gold_from_answer(task, answer))
     figures_changed()  # a changed final answer changes what a run would train on
     return adjudication, created
 
