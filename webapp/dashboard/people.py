@@ -24,7 +24,7 @@ from webapp.core.http import AuthedHttpRequest
 from webapp.core.parsing import parse_id
 from webapp.dashboard.views import admin_required
 from webapp.feedback import people as people_services
-from webapp.feedback.figures import project_quality_figure
+from webapp.feedback.figures import data_state, project_quality_figure
 from webapp.feedback.models import Assignment, Invitation, Label, Project, ProjectMember
 from webapp.feedback.services import project_member_add
 
@@ -187,8 +187,9 @@ def person(request: AuthedHttpRequest, username: str) -> HttpResponse:
         year, week, _ = at.isocalendar()
         gold_weeks[f"{year}-W{week:02d}"].append(bool(correct))
     quality = []
+    state = data_state()  # one read of the data's state for every project's report
     for membership_project in Project.objects.filter(tasks__labels__annotator=user).distinct():
-        report = project_quality_figure(membership_project)
+        report = project_quality_figure(membership_project, state=state)
         mine = next((a for a in report["annotators"] if a["username"] == user.username), None)
         if mine is not None:
             quality.append((membership_project, mine))

@@ -47,10 +47,11 @@ def data_state(*extra: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def figure(name: str, project: Project, compute: Callable[[], Any], *extra: Any) -> Any:
-    """`compute()`'s value for `project` in the current data state, from the cache when it has it."""
+def figure(name: str, project: Project, compute: Callable[[], Any], *extra: Any, state: str | None = None) -> Any:
+    """`compute()`'s value for `project` in the current data state (`state`: one `data_state()` read
+    already, for several figures in one request), from the cache when it has it."""
     key = f"prefloop:figure:{name}:{project.pk}"
-    state = data_state(*extra)
+    state = state if state is not None else data_state(*extra)
     stored = cache.get(key)
     if isinstance(stored, dict) and stored.get("state") == state:
         return stored["value"]
@@ -59,5 +60,5 @@ def figure(name: str, project: Project, compute: Callable[[], Any], *extra: Any)
     return value
 
 
-def project_quality_figure(project: Project) -> dict[str, Any]:
-    return figure("quality", project, lambda: project_quality(project=project))  # type: ignore[no-any-return]
+def project_quality_figure(project: Project, *, state: str | None = None) -> dict[str, Any]:
+    return figure("quality", project, lambda: project_quality(project=project), state=state)  # type: ignore[no-any-return]
