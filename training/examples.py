@@ -11,6 +11,7 @@ same examples. What each label kind becomes (docs/training.md has it as a table)
   KTO: the best group liked, the worst disliked, the middle left out;
 - partial ranking (top k): as a ranking whose unranked answers form a last, tied group;
 - critique with a rewrite: a pair, the rewrite over the answer; KTO: rewrite liked, answer disliked;
+- thumbs "up" / "down" on one answer (an unpaired TRL row): KTO: the answer liked or disliked;
 - critique without a rewrite, rating: nothing to train on (kept in the raw export).
 
 Pairs train DPO, IPO, robust DPO, online DPO's human share and the reward model.
@@ -61,9 +62,10 @@ def label_examples(
     ranking: Sequence[Sequence[int]] | None = None,
     rewrite: str | None = None,
 ) -> Examples:
-    """What a label of `kind` ("pairwise", "ranking", "critique", "rating") over `answers` teaches:
-    `choice` ("a", "b", "tie", "both_bad") and `strength` for pairwise, `ranking` (groups of answer
-    indexes, best first; partial rankings allowed) for ranking, `rewrite` for critique."""
+    """What a label of `kind` ("pairwise", "ranking", "critique", "rating", "thumbs") over `answers`
+    teaches: `choice` ("a", "b", "tie", "both_bad") and `strength` for pairwise, "up" or "down" for
+    thumbs, `ranking` (groups of answer indexes, best first; partial rankings allowed) for ranking,
+    `rewrite` for critique."""
     out = Examples()
     if kind == "pairwise" and choice and len(answers) == 2:
         a, b = answers
@@ -96,6 +98,8 @@ def label_examples(
             best, worst = [answers[i] for i in groups[0]], [answers[i] for i in groups[-1]]
             out.kto += [(t, True) for t in best if not any(_same(t, w) for w in worst)]
             out.kto += [(t, False) for t in worst if not any(_same(t, b) for b in best)]
+    elif kind == "thumbs" and choice in ("up", "down") and len(answers) == 1:
+        out.kto.append((answers[0], choice == "up"))
     elif kind == "critique" and rewrite and answers and not _same(rewrite, answers[0]):
         out.pairs.append((rewrite, answers[0], None))
         out.kto += [(rewrite, True), (answers[0], False)]

@@ -239,7 +239,6 @@ SPECTACULAR_SETTINGS = {
     # several choice sets are named "kind": give each its own schema name
     "ENUM_NAME_OVERRIDES": {
         "FeedbackKindEnum": "webapp.feedback.models.FeedbackKind",
-        "TaskKindEnum": ["pairwise", "ranking", "critique", "rating"],
         "RunKindEnum": "webapp.runs.models.TrainingRun.Kind",
         "RunRequestKindEnum": "webapp.api.serializers.RUN_REQUEST_KINDS",
         # every background job shares its states (webapp.core.jobs); policy versions and reward models theirs

@@ -19,6 +19,7 @@ from training.feedback_io import (
     ImportedItem,
     ImportedLabel,
     critique_row,
+    kto_row,
     kto_rows_from_pairwise,
     kto_rows_from_ranking,
     listwise_row,
@@ -695,6 +696,68 @@ def test_trl_reader_reads_back_what_the_preference_export_writes(tmp_path: Path)
         got.append((texts[chosen], texts[1 - chosen]))
     assert got == [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
     assert len({i.external_id for i in items}) == len(items)  # stable ids: a second upload skips them
+
+
+def test_trl_unpaired_rows_become_thumbs_items_and_read_back_the_kto_export(tmp_path: Path) -> None:
+    """TRL's unpaired `prompt/completion/label` (what KTO trains on), plain and conversational:
+    one answer with one thumbs label; Prefloop's own `kto` export reads back the same rows."""
+    rows = [kto_row(USER, "Hello!", True), kto_row(USER, "Go away.", False)]
+    lines = [json.dumps(r) for r in rows] + [
+        json.dumps({"prompt": "2+2?", "completion": "4", "label": True, "id": "q1"}),
+        json.dumps({"prompt": "2+2?", "completion": "5", "label": "yes"}),
+        json.dumps({"completion": "5", "label": False}),
+    ]
+    items, bad = _split(read_feedback(_write_lines(tmp_path / "kto.jsonl", lines), "trl"))
+    assert [(i.kind, [c.text for c in i.candidates], i.labels[0].choice) for i in items] == [
+        ("thumbs", ["Hello!"], "up"),
+        ("thumbs", ["Go away."], "down"),
+        ("thumbs", ["4"], "up"),
+    ]
+    assert {label.annotator for i in items for label in i.labels} == {"trl"}
+    assert items[2].external_id == "q1" and items[2].messages == [{"role": "user", "content": "2+2?"}]
+    assert [(b.line, "true or false" in b.message or "'prompt'" in b.message) for b in bad] == [(4, True), (5, True)]
+    again = [row for item in items[:2] for row in rows_from_item(item, "kto")]
+    assert again == rows  # the export of what was read is the file
+
+
+def test_argilla_records_export_rankings_labels_and_thumbs(tmp_path: Path) -> None:
+    """An Argilla `records.to_json` export: a ranking question on two or three answers, a label
+    question naming an answer, good/bad on one answer; discarded responses and suggestions left out."""
+    records = [
+        {"id": "r1", "fields": {"prompt": "Say hello.", "response1": "Go away.", "response2": "Hello!"},
+         "metadata": {"topic": "greeting"},
+         "suggestions": {"preference": {"value": ["response1", "response2"], "score": 0.9, "agent": "judge"}},
+         "responses": {"preference": [
+             {"value": ["response2", "response1"], "user_id": "u1"},
+             {"value": ["response1", "response2"], "user_id": "u2", "status": "discarded"},
+             {"value": [{"rank": 1, "value": "response1"}, {"rank": 1, "value": "response2"}], "user_id": "u3"},
+         ]}, "vectors": {}, "_server_id": None},
+        {"id": "r2", "fields": {"instruction": "Count.", "response_1": "1 2 3", "response_2": "1 3", "response_3": "3"},
+         "responses": {"best": [{"value": "response_1", "user_id": "u1"}],
+                       "ranking": [{"value": ["response_1", "response_3", "response_2"], "user_id": "u2"}],
+                       "topic": [{"value": "maths", "user_id": "u2"}]}},
+        {"id": "r3", "fields": {"chat": [{"role": "user", "content": "Sky?"}], "response": "Blue."},
+         "responses": {"good": [{"value": "Good", "user_id": "u1"}, {"value": False, "user_id": "u2"}]}},
+        {"id": "r4", "fields": {"prompt": "No answers"}},
+        {"id": "r5", "responses": {}},
+    ]  # fmt: skip
+    path = tmp_path / "argilla.json"
+    path.write_text(json.dumps(records))
+    items, bad = _split(read_feedback(path, "argilla"))
+    assert [(i.external_id, i.kind) for i in items] == [("argilla:r1", "pairwise"), ("argilla:r2", "ranking"),
+                                                          ("argilla:r3", "thumbs")]  # fmt: skip
+    pair, ranking, thumbs = items
+    assert [(label.annotator, label.choice) for label in pair.labels] == [("argilla-u1", "b"), ("argilla-u3", "tie")]
+    assert pair.meta == {"source": "argilla", "topic": "greeting"}
+    assert [c.text for c in ranking.candidates] == ["1 2 3", "1 3", "3"]
+    assert [(label.annotator, label.ranking) for label in ranking.labels] == [
+        ("argilla-u1", [[0], [1, 2]]),  # a label question naming the best answer
+        ("argilla-u2", [[0], [2], [1]]),
+    ]
+    assert ranking.meta["questions_not_read"] == ["topic"]
+    assert thumbs.messages == [{"role": "user", "content": "Sky?"}]
+    assert [(label.kind, label.choice) for label in thumbs.labels] == [("thumbs", "up"), ("thumbs", "down")]
+    assert ["answers" in bad[0].message, "'fields'" in bad[1].message] == [True, True]
 
 
 def test_labelstudio_reads_pairwise_and_choices_annotations_and_ground_truth(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ Example: PandaLM's labels as DPO / reward-model data::
 
 from __future__ import annotations
 
-from .readers import FORMATS, read_feedback
+from .readers import FORMAT_KINDS, FORMATS, read_feedback
 from .records import (
     ITEM_KINDS,
     LABEL_KINDS,
@@ -54,6 +54,7 @@ __all__ = [
     "COLUMNS",
     "EXPORT_KINDS",
     "FORMATS",
+    "FORMAT_KINDS",
     "ITEM_KINDS",
     "LABEL_KINDS",
     "PAIRWISE_CHOICES",

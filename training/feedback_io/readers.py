@@ -23,7 +23,10 @@ Formats (``FORMATS``):
     messages ending with the user's turn, each answer a list holding one assistant message). With
     no ``"prompt"`` (TRL's implicit prompt), ``chosen`` and ``rejected`` are whole conversations
     and their shared turns up to the last user turn are the prompt. A pairwise item with one label
-    by ``"trl"``; A and B in an order fixed by a hash of the record, as for ``hh``.
+    by ``"trl"``; A and B in an order fixed by a hash of the record, as for ``hh``. TRL's unpaired
+    preference set (``{"prompt", "completion", "label"}``, ``label`` true for a good answer, plain
+    or conversational, what KTO trains on) is read from the same file: a thumbs item, one answer
+    with one ``"up"`` or ``"down"`` label by ``"trl"``.
 ``hh``
     Anthropic HH-RLHF (``{"chosen": transcript, "rejected": transcript}``). The context is the
     longest shared part of the two transcripts that ends before an ``Assistant:`` marker and with
@@ -60,6 +63,19 @@ Formats (``FORMATS``):
     Choices tag naming A or B (``A``, ``Answer 1``, ``left``, ``tie``, ``both bad`` ...). A ground
     truth annotation makes the item a gold item with its choice. Task ids keep re-imports apart
     (``labelstudio:<id>``).
+
+``argilla``
+    An Argilla records export (``dataset.records.to_json``: an array of ``{"id", "fields",
+    "responses", "metadata", ...}``; JSON lines too). The prompt is ``fields.prompt`` (or
+    ``instruction``, ``question``, ``input``, a chat field ``chat``/``messages``/``conversation``);
+    the answers are ``response1``, ``response2``, ... (or ``answer``, ``completion``, ``generation``,
+    ``output``, ``text`` with a number or letter), or one ``response``. One answer makes a thumbs
+    item, two a pairwise item, three to nine a ranking item. Each person's first response that
+    judges the answers is one label by ``argilla-<user_id>``: a RankingQuestion (field names best
+    first, or Argilla 1's ``{"rank", "value"}`` where equal ranks tie), a LabelQuestion naming an
+    answer field (or A, B, tie, both bad), or, on one answer, good/bad, yes/no, up/down. Discarded
+    and draft responses and the suggestions (a model's, not a person's) are left out; questions
+    that judge nothing are named in ``meta["questions_not_read"]``.
 
 Empty texts: a prompt or context turn must not be empty; an unlabelled candidate (``jsonl``)
 must not be empty; a candidate that people judged (``hh``, ``oasst``, ``pandalm``) is kept even
@@ -98,7 +114,19 @@ from .records import (
     validate_messages,
 )
 
-FORMATS = ("jsonl", "csv", "trl", "hh", "oasst", "pandalm", "defacto", "labelstudio")
+FORMATS = ("jsonl", "csv", "trl", "hh", "oasst", "pandalm", "defacto", "labelstudio", "argilla")
+# the item kinds each format's records may be (besides "prompt"): what a project must ask for
+FORMAT_KINDS = {
+    "jsonl": ("pairwise", "ranking"),
+    "csv": ("pairwise",),
+    "trl": ("pairwise", "thumbs"),
+    "hh": ("pairwise",),
+    "oasst": ("ranking",),
+    "pandalm": ("pairwise",),
+    "defacto": ("critique",),
+    "labelstudio": ("pairwise",),
+    "argilla": ("pairwise", "ranking", "thumbs"),
+}
 Record = ImportedItem | BadRecord
 
 HH_ANNOTATOR = "hh-rlhf"
@@ -509,17 +537,40 @@ def _trl_implicit(chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], Any
     return _messages_from(chosen[:shared], "chosen"), chosen[shared:], rejected[shared:]
 
 
+def _trl_prompt(obj: dict[str, Any]) -> list[dict[str, str]]:
+    if isinstance(obj["prompt"], str):
+        return _user(_text(obj, "prompt"))
+    return _messages_from(obj["prompt"], "prompt")
+
+
+def _trl_unpaired_item(line: int, obj: dict[str, Any]) -> ImportedItem:
+    """One row of TRL's unpaired preference set: an answer and whether it is good."""
+    if "prompt" not in obj:
+        raise RecordError("missing field 'prompt' (an unpaired row is prompt, completion and label)")
+    if not isinstance(obj.get("label"), bool):
+        raise RecordError(f"field 'label' must be true or false, got {_type_name(obj.get('label'))}")
+    messages = _trl_prompt(obj)
+    completion = _trl_answer(obj["completion"], "completion")
+    digest = hashlib.sha256(json.dumps([messages, completion], ensure_ascii=False).encode()).hexdigest()
+    label = ImportedLabel(TRL_ANNOTATOR, "thumbs", choice="up" if obj["label"] else "down")
+    external_id = _given_id(obj.get("id")) or f"trl:{digest[:16]}"
+    meta = {k: v for k, v in obj.items() if k not in ("id", "prompt", "completion", "label")}
+    return ImportedItem(
+        line, external_id, "thumbs", messages, [ImportedCandidate(completion)], [label], {"source": "trl", **meta}
+    )
+
+
 def _trl_item(line: int, obj: dict[str, Any]) -> ImportedItem:
+    if "completion" in obj and "chosen" not in obj:
+        return _trl_unpaired_item(line, obj)
     chosen, rejected = obj.get("chosen"), obj.get("rejected")
     for key, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None:
             raise RecordError(f"missing field {key!r}")
     if "prompt" not in obj:
         messages, chosen, rejected = _trl_implicit(chosen, rejected)
-    elif isinstance(obj["prompt"], str):
-        messages = _user(_text(obj, "prompt"))
     else:
-        messages = _messages_from(obj["prompt"], "prompt")
+        messages = _trl_prompt(obj)
     texts = {"chosen": _trl_answer(chosen, "chosen"), "rejected": _trl_answer(rejected, "rejected")}
     digest = hashlib.sha256(json.dumps([messages, texts], ensure_ascii=False, sort_keys=True).encode()).hexdigest()
     chosen_is_a = int(digest[-1], 16) % 2 == 0
@@ -721,18 +772,24 @@ def _labelstudio_choice(result: Any, where: str) -> str | None:
     return None
 
 
-def _labelstudio_item(line: int, obj: dict[str, Any]) -> ImportedItem:
-    data = obj.get("data")
+def _tool_prompt(
+    obj: dict[str, Any], key: str, tool: str, prompt_keys: tuple[str, ...]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """An annotation tool's record: its `key` object (Label Studio's data, Argilla's fields) and the
+    prompt in it, under the first of `prompt_keys` it has (a text, or chat messages)."""
+    data = obj.get(key)
     if not isinstance(data, dict):
-        raise RecordError("missing field 'data' (an object): is this a Label Studio JSON export?")
-    prompt_key = next((k for k in LABELSTUDIO_PROMPT_KEYS if k in data), None)
+        raise RecordError(f"missing field {key!r} (an object): is this a {tool} export?")
+    prompt_key = next((k for k in prompt_keys if k in data), None)
     if prompt_key is None:
-        raise RecordError(f"'data' has no prompt: one of {', '.join(LABELSTUDIO_PROMPT_KEYS)}")
-    messages = (
-        _user(_text(data, prompt_key))
-        if isinstance(data[prompt_key], str)
-        else _messages_from(data[prompt_key], prompt_key)
-    )
+        raise RecordError(f"{key!r} has no prompt: one of {', '.join(prompt_keys)}")
+    if isinstance(data[prompt_key], str):
+        return data, _user(_text(data, prompt_key))
+    return data, _messages_from(data[prompt_key], prompt_key)
+
+
+def _labelstudio_item(line: int, obj: dict[str, Any]) -> ImportedItem:
+    data, messages = _tool_prompt(obj, "data", "Label Studio JSON", LABELSTUDIO_PROMPT_KEYS)
     keys = next((pair for pair in LABELSTUDIO_ANSWER_KEYS if all(k in data for k in pair)), None)
     if keys is None:
         raise RecordError("'data' has no two answers: " + ", ".join(f"{a}/{b}" for a, b in LABELSTUDIO_ANSWER_KEYS))
@@ -767,6 +824,96 @@ def _labelstudio_item(line: int, obj: dict[str, Any]) -> ImportedItem:
 
 def _read_labelstudio(path: Path) -> Iterator[Record]:
     return _from_json_array(path, _labelstudio_item)
+
+
+# --- Argilla -----------------------------------------------------------------------------------
+
+ARGILLA_PROMPT_KEYS = ("prompt", "instruction", "question", "input", "chat", "messages", "conversation")
+# answer fields: response1, response_2, answer-a, completion_b, generation3, ... (or one `response`)
+_ARGILLA_ANSWER = re.compile(r"^(?:response|answer|completion|generation|output|text)[_-]?(\d|[a-i])?$")
+ARGILLA_THUMBS = {
+    "good": "up", "up": "up", "yes": "up", "positive": "up", "accept": "up", "correct": "up", "true": "up",
+    "👍": "up", "bad": "down", "down": "down", "no": "down", "negative": "down", "reject": "down",
+    "incorrect": "down", "false": "down", "👎": "down",
+}  # fmt: skip
+ARGILLA_SKIPPED_STATUS = ("discarded", "draft")
+
+
+def _argilla_answers(fields: dict[str, Any]) -> list[str]:
+    """The names of a record's answer fields, in their order (response1 before response2)."""
+    found = [(m.group(1) or "", key) for key in fields if (m := _ARGILLA_ANSWER.match(key.lower()))]
+    if len(found) > 1:
+        found = [(suffix, key) for suffix, key in found if suffix]  # `text` beside text1/text2 is no answer
+    return [key for _, key in sorted(found, key=lambda f: (len(f[0]), f[0]))]
+
+
+def _argilla_groups(value: list[Any], names: list[str]) -> list[list[int]] | None:
+    """A RankingQuestion's answer as groups of answer indexes, best first: a list of field names
+    (Argilla 2) or of ``{"rank", "value"}`` (Argilla 1, equal ranks tie); None if it names others."""
+    index = {name: i for i, name in enumerate(names)}
+    ranked: dict[Any, list[int]] = {}
+    for position, entry in enumerate(value):
+        name, rank = (entry.get("value"), entry.get("rank")) if isinstance(entry, dict) else (entry, position)
+        if name not in index or not isinstance(rank, int):
+            return None
+        ranked.setdefault(rank, []).append(index[name])
+    return [ranked[rank] for rank in sorted(ranked)]
+
+
+def _argilla_label(who: str, value: Any, names: list[str]) -> ImportedLabel | None:
+    """One response as a label of the item's kind (one answer: thumbs; two: pairwise; more: a
+    ranking); None for a response to a question that is not a judgment of the answers."""
+    if len(names) == 1:
+        thumb = ARGILLA_THUMBS.get(str(value).strip().lower()) if isinstance(value, str | bool) else None
+        return ImportedLabel(who, "thumbs", choice=thumb) if thumb else None
+    groups = None
+    if isinstance(value, list):
+        groups = _argilla_groups(value, names)
+    elif isinstance(value, str) and value in names:  # a LabelQuestion naming the best answer
+        best = names.index(value)
+        groups = [[best], [i for i in range(len(names)) if i != best]]
+    elif isinstance(value, str) and len(names) == 2 and value.strip().lower() in LABELSTUDIO_CHOICES:
+        return ImportedLabel(who, "pairwise", choice=LABELSTUDIO_CHOICES[value.strip().lower()])
+    if not groups or sorted(i for g in groups for i in g) != list(range(len(names))):
+        return None
+    if len(names) == 2:
+        return ImportedLabel(who, "pairwise", choice="tie" if len(groups) == 1 else "ab"[groups[0][0]])
+    return ImportedLabel(who, "ranking", ranking=groups)
+
+
+def _argilla_item(line: int, obj: dict[str, Any]) -> ImportedItem:
+    fields, messages = _tool_prompt(obj, "fields", "Argilla records", ARGILLA_PROMPT_KEYS)
+    names = _argilla_answers(fields)
+    if not names or len(names) > MAX_RANKED:
+        raise RecordError(f"'fields' must hold 1 to {MAX_RANKED} answers (response1, response2, ...), got {len(names)}")
+    candidates = [ImportedCandidate(_text(fields, k, allow_empty=True)) for k in names]
+    kind = "thumbs" if len(names) == 1 else "pairwise" if len(names) == 2 else "ranking"
+    responses = obj.get("responses") or {}
+    if not isinstance(responses, dict):
+        raise RecordError("'responses' must be an object of question names to lists of responses")
+    labels: dict[str, ImportedLabel] = {}  # one label a person: their first response that judges the answers
+    unread: set[str] = set()
+    for question, given in responses.items():
+        for response in given if isinstance(given, list) else []:
+            if not isinstance(response, dict) or response.get("status") in ARGILLA_SKIPPED_STATUS:
+                continue
+            who = f"argilla-{response.get('user_id') or 'unknown'}"
+            label = _argilla_label(who, response.get("value"), names)
+            if label is None:
+                unread.add(str(question))
+            elif who not in labels:
+                labels[who] = label
+    record_id = _given_id(obj.get("id"))
+    texts = [c.text for c in candidates]
+    external_id = f"argilla:{record_id}" if record_id else _content_id("argilla", messages, texts)
+    meta: dict[str, Any] = {"source": "argilla", **(obj.get("metadata") or {})}
+    if unread:
+        meta["questions_not_read"] = sorted(unread)
+    return ImportedItem(line, external_id, kind, messages, candidates, list(labels.values()), meta)
+
+
+def _read_argilla(path: Path) -> Iterator[Record]:
+    return _from_json_array(path, _argilla_item)
 
 
 # --- DeFacto -----------------------------------------------------------------------------------
@@ -813,6 +960,7 @@ _READERS: dict[str, Callable[[Path], Iterator[Record]]] = {
     "pandalm": _read_pandalm,
     "defacto": _read_defacto,
     "labelstudio": _read_labelstudio,
+    "argilla": _read_argilla,
 }
-assert tuple(_READERS) == FORMATS
+assert tuple(_READERS) == FORMATS == tuple(FORMAT_KINDS)
 assert set(OASST_ROLES.values()) <= set(ROLES)

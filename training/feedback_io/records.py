@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ITEM_KINDS = ("prompt", "pairwise", "ranking", "critique")
-LABEL_KINDS = ("pairwise", "ranking", "critique", "rating")
+ITEM_KINDS = ("prompt", "pairwise", "ranking", "critique", "thumbs")
+LABEL_KINDS = ("pairwise", "ranking", "critique", "rating", "thumbs")
 PAIRWISE_CHOICES = ("a", "b", "tie", "both_bad")
+THUMBS_CHOICES = ("up", "down")
 ROLES = ("system", "user", "assistant")
 # Label kinds an item of each kind may carry ("rating" rates the item's only or every candidate).
 _LABELS_FOR_ITEM = {
@@ -21,10 +22,13 @@ _LABELS_FOR_ITEM = {
     "pairwise": ("pairwise", "rating"),
     "ranking": ("ranking", "rating"),
     "critique": ("critique", "rating"),
+    "thumbs": ("thumbs", "rating"),
 }
 MAX_RANKED = 9
 # (fewest, most) candidates of each item kind.
-_CANDIDATES_FOR_ITEM = {"prompt": (0, 0), "pairwise": (2, 2), "ranking": (2, MAX_RANKED), "critique": (1, 1)}
+_CANDIDATES_FOR_ITEM = {
+    "prompt": (0, 0), "pairwise": (2, 2), "ranking": (2, MAX_RANKED), "critique": (1, 1), "thumbs": (1, 1),
+}  # fmt: skip
 
 
 def _is_int(value: Any) -> bool:
@@ -88,8 +92,8 @@ def validate_ranking(groups: Any, n_candidates: int) -> None:
 def validate_gold(kind: str, gold: Any, n_candidates: int) -> None:
     """Raise ValueError unless ``gold`` is an answer in the shape its item kind scores:
     ``{"choice": "a"|"b"|"tie"|"both_bad"}`` (pairwise), ``{"ranking": groups of answer positions,
-    best first, 0 = the first answer given}`` (ranking), ``{"rating": 1-7}`` (rating); a critique
-    has no gold answer to score."""
+    best first, 0 = the first answer given}`` (ranking), ``{"rating": 1-7}`` (rating),
+    ``{"choice": "up"|"down"}`` (thumbs); a critique has no gold answer to score."""
     if not isinstance(gold, dict):
         raise ValueError(f"a gold answer must be an object, got {type(gold).__name__}")
     if kind == "pairwise" and gold.get("choice") not in ("a", "b", "tie", "both_bad"):
@@ -101,6 +105,8 @@ def validate_gold(kind: str, gold: Any, n_candidates: int) -> None:
             raise ValueError(
                 f'a ranking gold answer is {{"ranking": groups of answer positions from 0}}: {exc}'
             ) from None
+    if kind == "thumbs" and gold.get("choice") not in THUMBS_CHOICES:
+        raise ValueError('a thumbs gold answer is {"choice": "up" or "down"}')
     if kind == "rating" and not (_is_int(gold.get("rating")) and 1 <= gold["rating"] <= 7):
         raise ValueError('a rating gold answer is {"rating": 1 to 7}')
     if kind in ("critique", "prompt"):
@@ -127,7 +133,9 @@ class ImportedLabel:
 
     annotator: str = field(metadata={"help": "Who labelled: a dataset name or an annotator id."})
     kind: str = field(metadata={"help": f"One of {LABEL_KINDS}."})
-    choice: str | None = field(default=None, metadata={"help": f"pairwise: one of {PAIRWISE_CHOICES}."})
+    choice: str | None = field(
+        default=None, metadata={"help": f"pairwise: one of {PAIRWISE_CHOICES}; thumbs: one of {THUMBS_CHOICES}."}
+    )
     strength: int | None = field(default=None, metadata={"help": "pairwise: 1 (slightly) to 3 (clearly), or None."})
     ranking: list[list[int]] | None = field(
         default=None, metadata={"help": "ranking: groups of candidate indexes, best first; a group of >1 is a tie."}
@@ -143,6 +151,8 @@ class ImportedLabel:
             raise ValueError(f"label kind {self.kind!r} is not one of {LABEL_KINDS}")
         if self.kind == "pairwise" and self.choice not in PAIRWISE_CHOICES:
             raise ValueError(f"pairwise choice {self.choice!r} is not one of {PAIRWISE_CHOICES}")
+        if self.kind == "thumbs" and self.choice not in THUMBS_CHOICES:
+            raise ValueError(f"thumbs choice {self.choice!r} is not one of {THUMBS_CHOICES}")
         if self.strength is not None and (not _is_int(self.strength) or not 1 <= self.strength <= 3):
             raise ValueError(f"strength must be None or an integer from 1 to 3, got {self.strength!r}")
         if self.kind == "ranking" and self.ranking is None:
@@ -163,7 +173,9 @@ class ImportedItem:
     external_id: str = field(metadata={"help": "Stable id (same file, same id on every run) to skip re-imports."})
     kind: str = field(metadata={"help": f"One of {ITEM_KINDS}."})
     messages: list[dict[str, str]] = field(metadata={"help": "Chat context ending with a user turn."})
-    candidates: list[ImportedCandidate] = field(metadata={"help": "Answers: 0 (prompt), 2 (pairwise), 2..9, or 1."})
+    candidates: list[ImportedCandidate] = field(
+        metadata={"help": "Answers: 0 (prompt), 2 (pairwise), 2..9 (ranking), or 1 (critique, thumbs)."}
+    )
     labels: list[ImportedLabel] = field(metadata={"help": "Judgements from the file (none for plain imports)."})
     meta: dict[str, Any] = field(default_factory=dict, metadata={"help": "Source-specific extras (JSON-able)."})
 

@@ -196,7 +196,7 @@ class TaskBulkItemSerializer(PromptInputSerializer):
     """One item of a bulk task upload: a context, its candidates, and optionally a gold answer."""
 
     project = None  # type: ignore[assignment]
-    kind = serializers.ChoiceField(choices=[k for k in FeedbackKind.values if k != "thumbs"], default="pairwise")
+    kind = serializers.ChoiceField(choices=FeedbackKind.values, default="pairwise")
     candidates = serializers.ListField(child=serializers.CharField(max_length=20_000), min_length=1, max_length=9)
     is_gold = serializers.BooleanField(default=False)
     gold = serializers.JSONField(required=False, allow_null=True)
@@ -204,7 +204,7 @@ class TaskBulkItemSerializer(PromptInputSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         kind, candidates = attrs["kind"], attrs["candidates"]
-        wanted = {"pairwise": (2, 2), "ranking": (2, 9), "critique": (1, 1), "rating": (1, 1)}[kind]
+        wanted = {"pairwise": (2, 2), "ranking": (2, 9), "critique": (1, 1), "rating": (1, 1), "thumbs": (1, 1)}[kind]
         if not wanted[0] <= len(candidates) <= wanted[1]:
             raise serializers.ValidationError(
                 f"a {kind} task takes {wanted[0]}"

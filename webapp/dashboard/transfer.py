@@ -20,12 +20,13 @@ from webapp.feedback.transfer import export_download, import_job_create
 FORMAT_LABELS = {
     "jsonl": "Prefloop JSON lines: prompts, or prompts with 2 to 9 answers",
     "csv": "CSV with a prompt column",
-    "trl": "TRL preference: prompt, chosen, rejected (plain or conversational)",
+    "trl": "TRL: prompt, chosen, rejected; or unpaired prompt, completion, label (plain or conversational)",
     "hh": "Anthropic HH-RLHF (chosen and rejected transcripts)",
     "oasst": "Open-Assistant message trees (ranked replies)",
     "pandalm": "PandaLM (two responses, annotators' choices)",
     "defacto": "DeFacto summary critiques",
     "labelstudio": "Label Studio JSON export (pairwise: Pairwise or Choices tags)",
+    "argilla": "Argilla records export (responses to a ranking or label question on 1 to 9 answers)",
 }
 EXPORT_LABELS = {
     "preference": "preference: prompt, chosen, rejected (DPO, reward models)",

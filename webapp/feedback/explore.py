@@ -194,8 +194,6 @@ def adjudicate(
     `make_gold` (an admin's only: PermissionDenied otherwise) it becomes the item's gold answer."""
     if make_gold and not reviewer.is_prefloop_admin:
         raise PermissionDenied("Only an admin makes gold items.")
-    if task.kind == Task.Kind.THUMBS:
-        raise ValidationError("thumbs in chat are not adjudicated")
     slots = list(task.slots.order_by("position").values_list("candidate_id", flat=True))
     answer = clean_label(kind=task.kind, data=data, candidate_ids=slots, allow_partial_ranking=False)
     answer.pop("rationale", None)
@@ -211,7 +209,7 @@ def adjudicate(
 
 def gold_from_answer(task: Task, answer: dict[str, Any]) -> dict[str, Any]:
     """A final answer (a label's fields) as the task's gold answer: rankings by answer position."""
-    if task.kind == Task.Kind.PAIRWISE:
+    if task.kind in (Task.Kind.PAIRWISE, Task.Kind.THUMBS):
         return {"choice": answer["choice"]}
     if task.kind == Task.Kind.RANKING:
         position = dict(task.slots.values_list("candidate_id", "position"))
@@ -245,6 +243,7 @@ def task_gold_set(*, task: Task, gold: dict[str, Any] | None) -> int:
 
 
 ANSWER_LETTERS = "ABCDEFGHI"
+THUMBS_TEXT = {"up": "a good answer", "down": "a bad answer"}
 
 
 def gold_text(task: Task) -> str:
@@ -254,7 +253,7 @@ def gold_text(task: Task) -> str:
         return " > ".join(" = ".join(ANSWER_LETTERS[p] for p in group) for group in gold["ranking"])
     if gold.get("rating"):
         return f"rated {gold['rating']}"
-    return {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both bad"}.get(
+    return {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both bad", **THUMBS_TEXT}.get(
         str(gold.get("choice")), ""
     )
 

@@ -11,7 +11,7 @@ def gold_correct(task: Task, fields: dict[str, Any]) -> bool | None:
     """Whether a judgment (a label's fields) matches a gold item's answer; None for other items."""
     if not task.is_gold or not task.gold:
         return None
-    if task.kind == Task.Kind.PAIRWISE:
+    if task.kind in (Task.Kind.PAIRWISE, Task.Kind.THUMBS):
         return fields.get("choice") == task.gold.get("choice")
     if task.kind == Task.Kind.RANKING:  # the gold ranks positions (the order the answers were given in)
         expected = task.gold.get("ranking") or []

@@ -20,7 +20,7 @@ class FeedbackKind(models.TextChoices):
     RANKING = "ranking", "Ranking"
     CRITIQUE = "critique", "Critique"
     RATING = "rating", "Rating"
-    THUMBS = "thumbs", "Thumbs in chat"
+    THUMBS = "thumbs", "Thumbs up or down"
 
 
 def default_feedback_types() -> list[str]:
@@ -34,7 +34,8 @@ class Project(models.Model):
     name = models.CharField(max_length=120, unique=True)
     guidelines = models.TextField(blank=True, help_text="Markdown shown beside every task.")
     feedback_types = models.JSONField(
-        default=default_feedback_types, help_text="Enabled kinds: pairwise, ranking, critique, rating, thumbs."
+        default=default_feedback_types,
+        help_text="Enabled kinds: pairwise, ranking, critique, rating, thumbs (in the chat, and on one answer).",
     )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="How many annotators judge each item (k).")
     gold_rate = models.FloatField(default=0.0, help_text="Share of served tasks that are gold items (0 to 1).")
@@ -413,6 +414,8 @@ class Label(models.Model):
         B = "b", "B is better"
         TIE = "tie", "Tie"
         BOTH_BAD = "both_bad", "Both bad"
+        UP = "up", "Good answer"  # thumbs, on an item's only answer
+        DOWN = "down", "Bad answer"
 
     class Source(models.TextChoices):
         UI = "ui", "Web page"
@@ -471,6 +474,9 @@ class Label(models.Model):
             ),
             models.CheckConstraint(
                 condition=~Q(kind="pairwise") | ~Q(choice=""), name="feedback_pairwise_label_has_choice"
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="thumbs") | Q(choice__in=["up", "down"]), name="feedback_thumbs_label_up_or_down"
             ),
         ]
 

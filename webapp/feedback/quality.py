@@ -15,12 +15,12 @@ from typing import Any
 from training import aggregation
 from webapp.feedback.models import Label, Project, Task
 
-AGREEMENT_KINDS = (Task.Kind.PAIRWISE, Task.Kind.RATING, Task.Kind.RANKING)
+AGREEMENT_KINDS = (Task.Kind.PAIRWISE, Task.Kind.RATING, Task.Kind.RANKING, Task.Kind.THUMBS)
 
 
 def label_category(kind: str, choice: str, rating: int | None, ranking: Any) -> Hashable | None:
     """What a label answered, as a category two labels can agree on (None: free text, no category)."""
-    if kind == Task.Kind.PAIRWISE:
+    if kind in (Task.Kind.PAIRWISE, Task.Kind.THUMBS):
         return choice or None
     if kind == Task.Kind.RATING:
         return rating

@@ -68,6 +68,8 @@ def _annotator(name: str, cache: dict[str, User]) -> User:
 def _label_fields(label: ImportedLabel, candidate_ids: list[int]) -> dict[str, Any]:
     if label.kind == "pairwise":
         return {"choice": label.choice or "", "strength": label.strength}
+    if label.kind == "thumbs":
+        return {"choice": label.choice or ""}
     if label.kind == "ranking":
         return {"ranking": [[candidate_ids[i] for i in group] for group in (label.ranking or [])]}
     if label.kind == "critique":
@@ -105,8 +107,9 @@ def import_items(
                 progress(report)
     if batch:
         _import_batch(project, batch, report, users)
-        if progress:
-            progress(report)
+    report.bad.sort(key=lambda bad: bad.line)  # a batch's refused items come after the lines read past them
+    if progress and batch:
+        progress(report)
     if report.created_prompts:  # prompts without answers: the policy writes them on a worker
         with transaction.atomic():
             generation_job_create(project=project)
@@ -115,12 +118,19 @@ def import_items(
 
 @transaction.atomic
 def _import_batch(project: Project, batch: list[ImportedItem], report: ImportReport, users: dict[str, User]) -> None:
-    report.items += len(batch)
     unique: dict[str, ImportedItem] = {}
     for item in batch:  # the same id twice in one file: the first one counts
         unique.setdefault(item.external_id, item)
+    # an item of a kind the project does not ask for is a bad line, with the fix in its words
+    refused = [i for i in unique.values() if i.kind != "prompt" and i.kind not in project.feedback_types]
+    asks = ", ".join(project.feedback_types) or "nothing"
+    report.bad += [
+        BadRecord(i.line, f"a {i.kind} item, and the project asks for {asks}: add {i.kind} to its judgment kinds")
+        for i in refused
+    ]
+    report.items += len(batch) - len(refused)
     prompts_only = [i for i in unique.values() if i.kind == "prompt"]
-    with_tasks = [i for i in unique.values() if i.kind != "prompt"]
+    with_tasks = [i for i in unique.values() if i.kind != "prompt" and i.kind in project.feedback_types]
     known = set(
         Prompt.objects.filter(project=project, external_id__in=[i.external_id for i in prompts_only]).values_list(
             "external_id", flat=True
@@ -134,7 +144,7 @@ def _import_batch(project: Project, batch: list[ImportedItem], report: ImportRep
         ]
     )
     report.created_prompts += len(fresh_prompts)
-    report.skipped += len(batch) - len(fresh_prompts) - len(with_tasks)
+    report.skipped += len(batch) - len(refused) - len(fresh_prompts) - len(with_tasks)
     result = tasks_bulk_create(
         project=project,
         items=[
@@ -158,9 +168,11 @@ def _import_batch(project: Project, batch: list[ImportedItem], report: ImportRep
     for task, spec in zip(result.tasks, result.items, strict=True):
         item = by_id[spec["external_id"]]
         candidate_ids = [slot.candidate_id for slot in task.prepared_slots]  # type: ignore[attr-defined]
+        seen: set[str] = set()
         for label in item.labels:
-            if label.kind != task.kind:
-                continue  # e.g. a rating attached to a pairwise item: not a judgment this task asks for
+            if label.kind != task.kind or label.annotator in seen:
+                continue  # a rating attached to a pairwise item, or a person's second label: one counts
+            seen.add(label.annotator)
             labels.append(
                 Label(
                     task=task,

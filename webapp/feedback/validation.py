@@ -77,6 +77,11 @@ def clean_label(
         return {"critique": critique, "rewrite": rewrite, "rationale": rationale}
     if kind == "rating":
         return {"rating": _int_in(data.get("rating"), "rating", 1, 7), "rationale": rationale}
+    if kind == "thumbs":
+        choice = data.get("choice")
+        if choice not in ("up", "down"):
+            raise ValidationError(f"choice must be up or down for a thumbs item (got {choice!r})")
+        return {"choice": choice, "rationale": rationale}
     raise ValidationError(f"tasks of kind {kind!r} take no label")
 
 

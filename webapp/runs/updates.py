@@ -96,9 +96,10 @@ def _dpo_update(data: TrainingData, recipe: Recipe) -> Update:
     """DPO (sigmoid), robust DPO (with ε) or IPO on the project's training pairs."""
     rows = data.pairs
     if not rows:
+        hint = "; thumbs up or down train KTO: set the recipe's method to kto" if data.kto or data.thumbs else ""
         raise ValueError(
             "no decisive pairwise labels yet to train on (ties and 'both bad' carry no preference); "
-            f"left out: {data.excluded or 'none'}"
+            f"left out: {data.excluded or 'none'}{hint}"
         )
     pairs = [
         PreferencePair(

@@ -95,6 +95,7 @@ def test_gold_items_are_mixed_in_and_scored():
         pytest.param("ranking", ("x", "y", "z"), {"ranking": [[0], [1]]}, "not a candidate", id="ranking-unknown"),
         pytest.param("rating", ("x",), {"rating": 9}, "rating must be", id="rating-range"),
         pytest.param("critique", ("x",), {"critique": " "}, "critique must", id="critique-empty"),
+        pytest.param("thumbs", ("x",), {"choice": "a"}, "up or down", id="thumbs-bad-choice"),
     ],
 )
 def test_bad_labels_are_refused_with_a_clear_message(kind, texts, data, fragment):

@@ -22,7 +22,9 @@ def _key(prompt: list[dict[str, str]]) -> str:
 
 
 def _labelled_project():
-    project = make_project(name="Every kind", allow_partial_ranking=True)
+    project = make_project(
+        name="Every kind", allow_partial_ranking=True, feedback_types=["pairwise", "ranking", "critique", "thumbs"]
+    )
     ann = make_user(username="ann")
 
     def label(kind: str, texts: tuple[str, ...], question: str, data: dict) -> None:
@@ -41,6 +43,8 @@ def _labelled_project():
     label("ranking", ("x", "y", "z", "w"), "Letters?", {"ranking": [[2], [0]]})  # top 2 of 4
     label("critique", ("The sun is cold.",), "Is the sun hot?", {"critique": "Wrong.", "rewrite": "The sun is hot."})
     label("critique", ("Fine answer.",), "Anything?", {"critique": "Too short."})
+    label("thumbs", ("Rome.",), "Capital of Italy?", {"choice": "up"})
+    label("thumbs", ("Bern is in Italy.",), "Where is Bern?", {"choice": "down"})
     return project
 
 
@@ -63,6 +67,7 @@ def test_an_export_and_a_run_see_the_same_examples_of_every_label_kind():
     assert liked["two"] is True and liked["three"] is False
     assert (liked["z"], liked["y"], liked["w"]) == (True, False, False) and "x" not in liked  # unranked: the worst
     assert liked["The sun is hot."] is True and liked["The sun is cold."] is False
+    assert liked["Rome."] is True and liked["Bern is in Italy."] is False  # thumbs items: the answer as judged
     assert "Yes." not in liked and "Same." not in liked  # a tie, and twins, say nothing of quality
 
     exported_lists = {(_key(r["prompt"]), tuple(c[0]["content"] for c in r["completions"]), tuple(r["ranks"]))
@@ -83,3 +88,5 @@ def test_the_converter_on_its_own():
     assert not label_examples(kind="ranking", answers=["a", "b"], ranking=[[0, 1]]).pairs  # all tied
     assert not label_examples(kind="critique", answers=["x"], rewrite="x ")
     assert not label_examples(kind="rating", answers=["x"])
+    assert label_examples(kind="thumbs", answers=["x"], choice="down").kto == [("x", False)]
+    assert not label_examples(kind="thumbs", answers=["x"], choice="a")

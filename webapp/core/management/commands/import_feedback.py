@@ -6,25 +6,16 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from training.feedback_io import FORMATS, read_feedback
+from training.feedback_io import FORMAT_KINDS, FORMATS, read_feedback
 from webapp.feedback.models import Project
 from webapp.feedback.transfer import ImportReport, import_items
-
-KINDS_OF_FORMAT = {
-    "jsonl": ["pairwise", "ranking"],
-    "csv": ["pairwise"],
-    "hh": ["pairwise"],
-    "oasst": ["ranking"],
-    "pandalm": ["pairwise"],
-    "defacto": ["critique"],
-}
 
 
 class Command(BaseCommand):
     help = (
         "Import prompts and human feedback into a project, streaming: plain prompt lists (jsonl, csv) and "
-        "HH-RLHF, Open-Assistant, PandaLM and DeFacto files. Bad lines are reported with their line number; "
-        "each batch is atomic, and a re-run skips what is already in."
+        "TRL, HH-RLHF, Open-Assistant, PandaLM, DeFacto, Label Studio and Argilla files. Bad lines are "
+        "reported with their line number; each batch is atomic, and a re-run skips what is already in."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -43,9 +34,9 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         project, created = Project.objects.get_or_create(
             name=options["project"],
-            defaults={"feedback_types": KINDS_OF_FORMAT[options["format"]], "overlap": options["overlap"] or 1},
+            defaults={"feedback_types": list(FORMAT_KINDS[options["format"]]), "overlap": options["overlap"] or 1},
         )
-        missing = [k for k in KINDS_OF_FORMAT[options["format"]] if k not in project.feedback_types]
+        missing = [k for k in list(FORMAT_KINDS[options["format"]]) if k not in project.feedback_types]
         if missing:  # the project is asked for the judgments the file holds
             project.feedback_types = [*project.feedback_types, *missing]
             project.save(update_fields=["feedback_types"])
