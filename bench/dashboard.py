@@ -7,10 +7,11 @@ It makes a database of its own (dropped at the end) with explorer.py's data: --i
 items in four projects, two labels each (1,000,000 labels at the default), the labels spread
 over the last 180 days (then vacuumed: the update leaves a dead row version of every label, which
 labels made over time do not). The target (issue 27): every page under 300 ms of server time with 1M
-labels. Pages are timed twice: the first request after the data changed (project figures, such as
-the quality report and what a run would train on, are computed then and kept in the cache) and
-the requests after it. The baseline, measured in the same run: the overview's day counts asked the
-plain way, all 14 days counted at each request.
+labels. Pages are timed three ways: the first request ever (no stored figure: project figures,
+such as the quality report and what a run would train on, are computed then and stored), the first
+request after a new label (a figure that took long is served as stored while a worker computes it
+again; webapp.feedback.figures), and the requests after it. The baseline, measured in the same
+run: the overview's day counts asked the plain way, all 14 days counted at each request.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
         from tests.factories import make_serving_version
         from webapp.accounts.models import User
         from webapp.dashboard.overview import OVERVIEW_DAYS, _day_counts, labels_per_day
-        from webapp.feedback.models import Label, Project, Task
+        from webapp.feedback.models import Figure, Label, Project, Task
         from webapp.hooks.services import hook_create
         from webapp.runs.models import TrainingRun
 
@@ -114,14 +115,24 @@ def main() -> None:
             "people": f"{d}/people/",
             "person": f"{d}/person/annotator7/",
         }
-        rows, cold = [], {}
-        for what, url in urls.items():
-            cache.clear()  # the first request after the data changed: figures are computed again
+        annotator = User.objects.get(username="annotator7")
+        fresh_tasks = iter(Task.objects.filter(project=project).exclude(labels__annotator=annotator)[:100])
+
+        def first_request(url: str) -> float:
             start = time.perf_counter()
             assert client.get(url).status_code == 200, url
-            cold[what] = (time.perf_counter() - start) * 1000
+            return (time.perf_counter() - start) * 1000
+
+        rows, cold, changed = [], {}, {}
+        for what, url in urls.items():
+            cache.clear()
+            Figure.objects.all().delete()  # the first request ever: figures are computed and stored
+            cold[what] = first_request(url)
+            Label.objects.create(task=next(fresh_tasks), annotator=annotator, kind="pairwise", choice="a", strength=1)
+            changed[what] = first_request(url)  # the first request after a new label
             rows.append((what, *timed(client, url, args.repeats)))
-            print(f"  {what:<18} first {cold[what]:8.1f} ms, then p95 {rows[-1][2]:8.1f} ms", flush=True)
+            print(f"  {what:<18} first ever {cold[what]:8.1f} ms, after a label {changed[what]:8.1f} ms, "
+                  f"then p95 {rows[-1][2]:8.1f} ms", flush=True)  # fmt: skip
 
         today = timezone.localdate()
         since = timezone.make_aware(datetime.combine(today - timedelta(days=OVERVIEW_DAYS - 1), dtime.min))
@@ -131,16 +142,20 @@ def main() -> None:
 
         n_labels = Label.objects.count()
         print(f"\ndashboard pages, {n_labels:,} labels, {args.repeats} requests each (ms, in process):")
-        print(f"{'page':<20} {'first':>9} {'p50':>8} {'p95':>8}  p95 under {TARGET_MS:.0f} ms")
+        print(f"{'page':<20} {'first ever':>10} {'new label':>10} {'p50':>8} {'p95':>8}  under {TARGET_MS:.0f} ms")
         for what, p50, p95 in rows:
-            print(f"{what:<20} {cold[what]:9.1f} {p50:8.1f} {p95:8.1f}  {'yes' if p95 < TARGET_MS else 'NO'}")
-        print("first: the first request after the data changed (project figures computed again, then kept)")
+            ok = "yes" if max(p95, changed[what]) < TARGET_MS else "NO"
+            print(f"{what:<20} {cold[what]:10.1f} {changed[what]:10.1f} {p50:8.1f} {p95:8.1f}  {ok}")
+        print(
+            "first ever: no stored figure (computed in the request); new label: the first request after one "
+            "(a slow figure is served as stored and a worker computes it again); under: p95 and new label"
+        )
         print(f"\nthe overview's labels per day, median ms: {ours:.1f} (past days kept, today counted), "
               f"{plain:.1f} counting the {OVERVIEW_DAYS} days each time: {plain / ours:.1f}x faster")  # fmt: skip
-        slow = [what for what, _, p95 in rows if p95 >= TARGET_MS]
-        worst = max(p95 for _, _, p95 in rows)
+        slow = [what for what, _, p95 in rows if max(p95, changed[what]) >= TARGET_MS]
+        worst = max(max(p95, changed[what]) for what, _, p95 in rows)
         verdict = "met" if not slow else f"NOT met ({', '.join(slow)})"
-        print(f"worst p95 {worst:.1f} ms: target under {TARGET_MS:.0f} ms {verdict}")
+        print(f"worst of p95 and after a new label {worst:.1f} ms: target under {TARGET_MS:.0f} ms {verdict}")
 
 
 if __name__ == "__main__":

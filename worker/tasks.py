@@ -93,6 +93,14 @@ def items_embed(job_id: int) -> None:
     embedding_job_run(job_id=job_id)
 
 
+@app.task(name="prefloop.figure_refresh", queue="cpu", ignore_result=True)
+def figure_refresh(figure_id: int) -> None:
+    """Compute again a project figure that a page found behind the data (webapp.feedback.figures)."""
+    from webapp.feedback.figures import figure_refresh as refresh
+
+    refresh(figure_id=figure_id)
+
+
 @app.task(name="prefloop.reap_runs", queue="cpu", ignore_result=True)
 def reap_runs() -> None:
     """Scheduled by beat: the one reaper of every kind of job (webapp.core.jobs.jobs_reap), and the

@@ -48,3 +48,27 @@ def test_a_large_upload_is_imported_by_a_worker_and_watched_through_the_api(
     assert any(0 < n < 2312 for n in seen), seen[:20]  # counts moved while it ran
     exported = api.get(f"/projects/{project.pk}/export/", params={"kind": "preference"}, headers=headers)
     assert len(exported.text.splitlines()) == 2312
+
+    # the worker that imported the file also computed the project's quality report
+    from django.test import Client
+
+    from webapp.accounts.models import User
+    from webapp.feedback.figures import data_state
+    from webapp.feedback.models import Figure, Task
+
+    warmed = Figure.objects.get(project=project, name="quality")
+    assert warmed.state == data_state() and warmed.value["kinds"]["pairwise"]["labels"] == 2312
+    # a report slow to compute is shown as it was while the worker counts the new label
+    Figure.objects.filter(pk=warmed.pk).update(seconds=30.0)
+    task = Task.objects.filter(project=project).first()
+    sent = api.post("/labels/", json={"task": task.pk, "choice": "b"}, headers=headers)
+    assert sent.status_code == 201, sent.text
+    page = Client()
+    page.force_login(User.objects.get(username="boss"))
+    quality = page.get(f"/dashboard/quality/?project={project.pk}").content.decode()
+    assert "newer labels are being counted on a worker" in quality
+    deadline = time.monotonic() + 60
+    while Figure.objects.get(pk=warmed.pk).state != data_state() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert Figure.objects.get(pk=warmed.pk).value["kinds"]["pairwise"]["labels"] == 2313
+    assert "being counted" not in page.get(f"/dashboard/quality/?project={project.pk}").content.decode()

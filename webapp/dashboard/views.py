@@ -18,13 +18,12 @@ from webapp.core.http import AuthedHttpRequest
 from webapp.core.jobs import JOB_KINDS, job_cancel, job_model_for, job_waiting_on, jobs_list, queue_listeners
 from webapp.core.parsing import parse_id
 from webapp.dashboard.overview import active_annotators, labels_per_day, queue_depth
-from webapp.feedback.figures import figure, project_quality_figure
+from webapp.feedback.figures import data_state, figure, figure_age, project_quality_figure
 from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
 from webapp.feedback.models import Conversation, GenerationJob, ImportJob, JobStatus, Label, Project, Task
 from webapp.runs import services
 from webapp.runs.arena import arena_board
-from webapp.runs.data import training_preview
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun, VersionEvent
 from webapp.runs.recipe import GATE_CHECKS, METHOD_LABELS, PRESETS, Recipe, RecipeError
 from webapp.runs.selectors import reward_model_list, reward_model_serving, run_list, version_list, version_serving
@@ -304,11 +303,13 @@ def recipe_preview(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
             '<section class="card" id="recipe-preview"><p>Fix the recipe to see what a run would train on.</p>'
             "</section>"
         )
-    summary = figure(
-        "training-preview", project, lambda: training_preview(project=project, recipe=current), current.to_dict()
-    )
+    state = data_state()
+    summary = figure("training-preview", project, current.to_dict(), state=state)
+    age = figure_age("training-preview", project, current.to_dict(), state=state)
     return render(
-        request, "dashboard/_recipe_preview.html", {"project": project, "summary": summary, "kind": current.kind}
+        request,
+        "dashboard/_recipe_preview.html",
+        {"project": project, "summary": summary, "kind": current.kind, "age": age},
     )
 
 
@@ -375,8 +376,10 @@ def quality(request: AuthedHttpRequest) -> HttpResponse:
     """Agreement per project and kind, and each annotator's agreement, gold accuracy and trust."""
     projects = Project.objects.all()
     selected = projects.filter(pk=request.GET.get("project") or 0).first() or projects.first()
-    report = project_quality_figure(selected) if selected else None
-    context: dict[str, Any] = {"projects": projects, "selected": selected, "report": report}
+    state = data_state()
+    report = project_quality_figure(selected, state=state) if selected else None
+    age = figure_age("quality", selected, state=state) if selected else None
+    context: dict[str, Any] = {"projects": projects, "selected": selected, "report": report, "age": age}
     if selected is not None:  # groups of annotators, as the project's serving reward model found them
         reward_model = reward_model_serving(selected)
         context["reward_model"] = reward_model

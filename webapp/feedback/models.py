@@ -520,6 +520,38 @@ class MessageFeedback(models.Model):
         return f"{self.value} on message {self.message_id}"
 
 
+class Figure(models.Model):
+    """A figure over all of a project's labels (webapp.feedback.figures), kept with the state of the
+    data it was computed from, so a page reads it instead of every label."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="figures")
+    name = models.CharField(max_length=64)
+    params = models.JSONField(default=list, blank=True, help_text="What it was computed with (a recipe).")
+    params_key = models.CharField(max_length=32)
+    state = models.CharField(max_length=32, help_text="The data state it was computed in (figures.data_state).")
+    value = models.JSONField()
+    seconds = models.FloatField(default=0.0, help_text="How long it took to compute.")
+    computed_at = models.DateTimeField()
+    refresh_queued_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name", "params_key"], name="feedback_one_figure_per_params")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} of project {self.project_id}"
+
+
+class DataEpoch(models.Model):
+    """One row: how many times data changed in a way the newest ids do not show (figures_changed)."""
+
+    value = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"data epoch {self.value}"
+
+
 class ImportJob(Job):
     """A feedback file too large to import inside a request: stored, then read by a worker, with
     counts the admin can watch as it goes (`GET /api/imports/<id>/`, the dashboard)."""

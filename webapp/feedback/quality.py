@@ -33,6 +33,11 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
+def quality_figure(project: Project) -> dict[str, Any]:
+    """The quality report as a stored figure (webapp.feedback.figures)."""
+    return project_quality(project=project)
+
+
 def project_quality(*, project: Project) -> dict[str, Any]:
     """Agreement per kind, aggregates, and each annotator's agreement, gold accuracy and trust."""
     rows = Label.objects.filter(task__project=project).values_list(

@@ -27,6 +27,7 @@ from training.feedback_io import (
 )
 from webapp.accounts.models import User
 from webapp.core.jobs import JobGuard, JobStatus, job_enqueue, job_finish, job_guarded, job_start
+from webapp.feedback.figures import figures_warm
 from webapp.feedback.followups import followup_rows
 from webapp.feedback.generation import generation_job_create
 from webapp.feedback.models import ImportJob, Label, MessageFeedback, Project, Prompt, Task
@@ -390,6 +391,8 @@ def import_job_run(*, job_id: int) -> ImportJob | None:
             job_finish(ImportJob, job_id, JobStatus.FAILED, error=error, attempt=guard.attempt)
             return
         job_finish(ImportJob, job_id, JobStatus.SUCCEEDED, attempt=guard.attempt, **report_counts(report))
+        if report.labels:  # the project's quality report, ready for the first page that asks
+            figures_warm(job.project)
 
     job_guarded(ImportJob, job_id, body, cancelled="cancelled while it ran; the items imported before stay")
     return ImportJob.objects.get(pk=job_id)

@@ -338,3 +338,8 @@ def _answer_example(message: Any, desirable: bool) -> dict[str, Any] | None:
     if not message.content.strip() or not context or context[-1]["role"] != "user":
         return None
     return {"prompt": context, "completion": message.content, "desirable": desirable}
+
+
+def preview_figure(project: Project, recipe: dict[str, Any]) -> dict[str, Any]:
+    """`training_preview` of a stored recipe, as a stored figure (webapp.feedback.figures)."""
+    return training_preview(project=project, recipe=Recipe.from_dict(recipe))

@@ -71,26 +71,6 @@ def test_the_dashboard_shows_the_overview():
     assert 'id="overview-queue"' in page and ">Shown</a></td><td>1</td>" in page
 
 
-def test_a_project_figure_is_kept_until_its_data_or_its_inputs_change():
-    from webapp.feedback.figures import figure
-
-    ann = make_user()
-    project = make_project(name="Figures", members=[ann])
-    task = make_task(project=project)
-    calls: list[int] = []
-
-    def compute() -> int:
-        calls.append(1)
-        return len(calls)
-
-    assert figure("count", project, compute) == 1
-    assert figure("count", project, compute) == 1  # nothing changed: the stored figure, not computed again
-    _label(task, ann)
-    assert figure("count", project, compute) == 2  # a new label: computed once more
-    assert figure("count", project, compute, {"beta": 0.2}) == 3  # other inputs (a recipe): their own figure
-    assert figure("count", project, compute, {"beta": 0.2}) == 3
-
-
 def test_past_days_are_counted_once_and_today_at_every_request():
     ann = make_user()
     project = make_project(name="Daily", members=[ann])
