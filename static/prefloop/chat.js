@@ -53,8 +53,25 @@
     (root || document).querySelectorAll("[data-stream-url]").forEach(stream);
   }
 
+  // Sibling answers are ranked by dragging them into order (best on top); each one's place select
+  // follows its position, and stays there to set a tie or to rank from the keyboard.
+  function renumber(list) {
+    list.querySelectorAll(":scope > li select").forEach(function (select, i) {
+      select.value = String(i + 1);
+    });
+  }
+
+  function sortableRankings(root) {
+    if (!window.Sortable) return;
+    (root || document).querySelectorAll(".rank-list:not([data-sortable])").forEach(function (list) {
+      list.setAttribute("data-sortable", "1");
+      Sortable.create(list, { animation: 120, filter: "select", preventOnFilter: false, onEnd: function () { renumber(list); } });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     startStreams(document);
+    sortableRankings(document);
     scrollToEnd();
     var composer = document.getElementById("composer");
     if (composer) {
@@ -69,6 +86,7 @@
   });
   document.addEventListener("htmx:afterSettle", function (event) {
     startStreams(event.detail.elt);
+    sortableRankings(event.detail.elt);
   });
   document.addEventListener("htmx:responseError", function (event) {
     var box = document.getElementById("chat-error");

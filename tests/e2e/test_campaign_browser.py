@@ -22,7 +22,7 @@ from tests.e2e.conftest import serve_version_one
 from tests.e2e.test_annotate_browser import login, wait_for_next
 from tests.factories import make_user
 from tests.webhook_receiver import webhook_receiver
-from webapp.feedback.models import Label, Project, Task
+from webapp.feedback.models import Candidate, Label, Message, Project, Task
 from webapp.runs.models import TrainingRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -260,11 +260,14 @@ def _campaign(live_server, loop_settings, loop_files, builtin_policy_server, sta
     assert ann.locator(".message.assistant .sibling-pos").inner_text() == "2 / 2"
     rank = ann.locator(".message.assistant .rank-siblings")
     rank.locator("summary").click()
-    rank.locator("select").nth(0).select_option("2")
-    rank.locator("select").nth(1).select_option("1")
+    answers = rank.locator("li")
+    answers.nth(1).drag_to(answers.nth(0), target_position={"x": 20, "y": 5})  # the newer answer on top
+    assert [rank.locator("select").nth(i).input_value() for i in range(2)] == ["1", "2"]
     rank.locator("button[type=submit]").click()
     ann.wait_for_selector(".rank-siblings[data-ranked]")
     chat_labels = Label.objects.filter(annotator__username="ann", kind="ranking")
     assert chat_labels.count() == 1 and chat_labels.get().task.prompt.messages[0]["content"] == "Be kind and brief."
+    newest = Message.objects.filter(role="assistant", conversation__owner__username="ann").order_by("-id").first()
+    assert Candidate.objects.get(pk=chat_labels.get().ranking[0][0]).text == newest.content
     admin.close()
     annotator.close()

@@ -186,10 +186,13 @@ def person(request: AuthedHttpRequest, username: str) -> HttpResponse:
     ):
         year, week, _ = at.isocalendar()
         gold_weeks[f"{year}-W{week:02d}"].append(bool(correct))
-    quality = []
+    quality, pending = [], []
     state = data_state()  # one read of the data's state for every project's report
     for membership_project in Project.objects.filter(tasks__labels__annotator=user).distinct():
         report = project_quality_figure(membership_project, state=state)
+        if report is None:  # a large project's first report: a worker computes it
+            pending.append(membership_project)
+            continue
         mine = next((a for a in report["annotators"] if a["username"] == user.username), None)
         if mine is not None:
             quality.append((membership_project, mine))
@@ -211,6 +214,7 @@ def person(request: AuthedHttpRequest, username: str) -> HttpResponse:
         "median_seconds": statistics.median(durations) if durations else None,
         "timed_items": len(durations),
         "quality": quality,
+        "quality_pending": pending,
         "skipped": skipped,
     }
     return render(request, "dashboard/person.html", context)

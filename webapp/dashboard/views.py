@@ -306,6 +306,13 @@ def recipe_preview(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
     state = data_state()
     summary = figure("training-preview", project, current.to_dict(), state=state)
     age = figure_age("training-preview", project, current.to_dict(), state=state)
+    if summary is None:  # a large project's first count: a worker does it; the card asks again
+        again = reverse("dashboard:recipe_preview", args=[project.pk])
+        return HttpResponse(
+            f'<section class="card" id="recipe-preview" hx-get="{again}" hx-trigger="load delay:3s" '
+            'hx-swap="outerHTML"><h2>What a run will train on</h2><p class="hint" role="status">This project has '
+            "many labels: a worker is counting the ones a run would use…</p></section>"
+        )
     return render(
         request,
         "dashboard/_recipe_preview.html",

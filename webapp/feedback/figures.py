@@ -9,7 +9,9 @@ A page asks for a figure with `figure(name, project, *params)`:
   computed again in the request, so a page always shows what was just labelled;
 - a slow one (a project of a million labels) is not: the page gets the stored figure at once and a
   worker computes the new one (`prefloop.figure_refresh`, queued once however many pages ask). The
-  page says when its figure is from (`figure_age`).
+  page says when its figure is from (`figure_age`);
+- a project's first figure is computed in the request unless the project has `LARGE_PROJECT`
+  labels or more: then a worker computes it and the page says so (`figure` returns None).
 
 The state is read from primary-key maxima (index lookups), so asking costs a few milliseconds with
 millions of labels. A worker that dies while computing leaves the stored figure in place; the
@@ -42,6 +44,7 @@ FIGURES = {
 }
 INLINE_SECONDS = 0.25  # a figure computed faster than this is computed again in the request
 REFRESH_RETRY = timedelta(minutes=10)  # a refresh queued this long ago with no figure yet is queued again
+LARGE_PROJECT = 20_000  # labels from which a project's first figure is left to a worker
 
 
 def figures_changed() -> None:
@@ -75,22 +78,39 @@ def figure(name: str, project: Project, *params: Any, state: str | None = None) 
     or the stored one while a worker computes it again (see the module). `state`: one
     `data_state()` read already, for several figures in one request."""
     state = state if state is not None else data_state()
-    stored = Figure.objects.filter(project=project, name=name, params_key=_params_key(params)).first()
+    key = _params_key(params)
+    stored = Figure.objects.filter(project=project, name=name, params_key=key).first()
     if stored is not None and stored.state == state:
         return stored.value
-    if stored is not None and stored.seconds > INLINE_SECONDS:
-        _refresh_queue(stored)
-        return stored.value
-    return figure_compute(project, name, list(params), state).value
+    quick = stored.computed_at is not None and stored.seconds <= INLINE_SECONDS if stored else not _large(project)
+    if quick:
+        return figure_compute(project, name, list(params), state).value
+    if stored is None:  # a large project's first figure: a placeholder the worker fills
+        stored, _ = Figure.objects.get_or_create(
+            project=project, name=name, params_key=key, defaults={"params": list(params), "value": None}
+        )
+    _refresh_queue(stored)
+    return stored.value
+
+
+def _large(project: Project) -> bool:
+    """Whether the project has `LARGE_PROJECT` labels or more (counting no further)."""
+    return Label.objects.filter(task__project=project).values("id")[:LARGE_PROJECT].count() >= LARGE_PROJECT
 
 
 def figure_age(name: str, project: Project, *params: Any, state: str | None = None) -> dict[str, Any] | None:
-    """When the stored figure was computed and whether it is behind the data (None: none stored)."""
+    """When the stored figure was computed, whether it is behind the data, and whether it is still to
+    be computed for the first time (`pending`); None when none is stored."""
     state = state if state is not None else data_state()
     stored = Figure.objects.filter(project=project, name=name, params_key=_params_key(params)).first()
     if stored is None:
         return None
-    return {"computed_at": stored.computed_at, "stale": stored.state != state, "seconds": stored.seconds}
+    return {
+        "computed_at": stored.computed_at,
+        "stale": stored.state != state,
+        "pending": stored.computed_at is None,
+        "seconds": stored.seconds,
+    }
 
 
 def figure_compute(project: Project, name: str, params: list[Any], state: str) -> Figure:
@@ -151,5 +171,6 @@ def figures_warm(project: Project) -> None:
         logger.exception("the quality report of project %s could not be computed", project.pk)
 
 
-def project_quality_figure(project: Project, *, state: str | None = None) -> dict[str, Any]:
+def project_quality_figure(project: Project, *, state: str | None = None) -> dict[str, Any] | None:
+    """The project's quality report (None: a worker computes it for the first time)."""
     return figure("quality", project, state=state)  # type: ignore[no-any-return]

@@ -528,10 +528,12 @@ class Figure(models.Model):
     name = models.CharField(max_length=64)
     params = models.JSONField(default=list, blank=True, help_text="What it was computed with (a recipe).")
     params_key = models.CharField(max_length=32)
-    state = models.CharField(max_length=32, help_text="The data state it was computed in (figures.data_state).")
-    value = models.JSONField()
+    state = models.CharField(
+        max_length=32, blank=True, help_text="The data state it was computed in (figures.data_state)."
+    )
+    value = models.JSONField(null=True, blank=True, help_text="Empty until a worker computes it the first time.")
     seconds = models.FloatField(default=0.0, help_text="How long it took to compute.")
-    computed_at = models.DateTimeField()
+    computed_at = models.DateTimeField(null=True, blank=True)
     refresh_queued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

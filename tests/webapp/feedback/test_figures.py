@@ -93,3 +93,27 @@ def test_the_quality_page_says_its_figures_are_being_updated():
     _label(project, ann)
     stale = client.get(f"/dashboard/quality/?project={project.pk}").content.decode()
     assert "newer labels are being counted on a worker" in stale
+
+
+def test_a_large_projects_first_figure_is_left_to_a_worker_and_its_pages_say_so(
+    counted, monkeypatch, django_capture_on_commit_callbacks
+):
+    project, ann = counted
+    _label(project, ann)
+    _label(project, ann)
+    monkeypatch.setattr(figures, "LARGE_PROJECT", 2)  # two labels stand for a million
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        assert figures.figure("count", project) is None  # nothing computed in the request
+        assert figures.figure("count", project) is None
+    assert len(sent) == 1 and CALLS == [] and figures.figure_age("count", project)["pending"] is True
+    figures.figure_refresh(figure_id=Figure.objects.get().pk)
+    assert figures.figure("count", project) == 1 and figures.figure_age("count", project)["pending"] is False
+
+    client = Client()
+    client.force_login(make_user(User.Role.ADMIN))
+    quality = client.get(f"/dashboard/quality/?project={project.pk}").content.decode()
+    assert "computing these figures for the first time" in quality and 'id="agreement"' not in quality
+    person = client.get(f"/dashboard/person/{ann.username}/").content.decode()
+    assert 'id="person-quality-pending"' in person and "Figures" in person
+    preview = client.get(f"/dashboard/projects/{project.pk}/recipe/preview/").content.decode()
+    assert "a worker is counting" in preview and 'hx-trigger="load delay:3s"' in preview
