@@ -71,6 +71,7 @@ def main() -> None:
         from tests.factories import make_serving_version
         from webapp.accounts.models import User
         from webapp.dashboard.overview import OVERVIEW_DAYS, _day_counts, labels_per_day
+        from webapp.feedback.figures import figure_refresh
         from webapp.feedback.models import Figure, Label, Project, Task
         from webapp.hooks.services import hook_create
         from webapp.runs.models import TrainingRun
@@ -123,16 +124,20 @@ def main() -> None:
             assert client.get(url).status_code == 200, url
             return (time.perf_counter() - start) * 1000
 
-        rows, cold, changed = [], {}, {}
+        rows, cold, changed, worker = [], {}, {}, {}
         for what, url in urls.items():
             cache.clear()
             Figure.objects.all().delete()  # the first request ever: figures are computed and stored
             cold[what] = first_request(url)
+            start = time.perf_counter()  # what the worker does next for a large project
+            for pending in Figure.objects.filter(computed_at__isnull=True):
+                figure_refresh(figure_id=pending.pk)
+            worker[what] = time.perf_counter() - start
             Label.objects.create(task=next(fresh_tasks), annotator=annotator, kind="pairwise", choice="a", strength=1)
             changed[what] = first_request(url)  # the first request after a new label
             rows.append((what, *timed(client, url, args.repeats)))
-            print(f"  {what:<18} first ever {cold[what]:8.1f} ms, after a label {changed[what]:8.1f} ms, "
-                  f"then p95 {rows[-1][2]:8.1f} ms", flush=True)  # fmt: skip
+            print(f"  {what:<18} first ever {cold[what]:8.1f} ms (worker {worker[what]:5.1f} s), after a label "
+                  f"{changed[what]:8.1f} ms, then p95 {rows[-1][2]:8.1f} ms", flush=True)  # fmt: skip
 
         today = timezone.localdate()
         since = timezone.make_aware(datetime.combine(today - timedelta(days=OVERVIEW_DAYS - 1), dtime.min))
@@ -142,13 +147,17 @@ def main() -> None:
 
         n_labels = Label.objects.count()
         print(f"\ndashboard pages, {n_labels:,} labels, {args.repeats} requests each (ms, in process):")
-        print(f"{'page':<20} {'first ever':>10} {'new label':>10} {'p50':>8} {'p95':>8}  under {TARGET_MS:.0f} ms")
+        print(f"{'page':<20} {'first ever':>10} {'worker s':>9} {'new label':>10} {'p50':>8} {'p95':>8}  "
+              f"under {TARGET_MS:.0f} ms")  # fmt: skip
         for what, p50, p95 in rows:
             ok = "yes" if max(p95, changed[what]) < TARGET_MS else "NO"
-            print(f"{what:<20} {cold[what]:10.1f} {changed[what]:10.1f} {p50:8.1f} {p95:8.1f}  {ok}")
+            print(
+                f"{what:<20} {cold[what]:10.1f} {worker[what]:9.1f} {changed[what]:10.1f} {p50:8.1f} {p95:8.1f}  {ok}"
+            )
         print(
-            "first ever: no stored figure (computed in the request); new label: the first request after one "
-            "(a slow figure is served as stored and a worker computes it again); under: p95 and new label"
+            "first ever: no stored figure (a small project's computed in the request, a large one's left to a "
+            "worker: 'worker s', done here before the next request); new label: the first request after one (a slow "
+            "figure is served as stored while a worker computes it again); under: p95 and new label"
         )
         print(f"\nthe overview's labels per day, median ms: {ours:.1f} (past days kept, today counted), "
               f"{plain:.1f} counting the {OVERVIEW_DAYS} days each time: {plain / ours:.1f}x faster")  # fmt: skip

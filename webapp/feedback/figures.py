@@ -11,7 +11,7 @@ A page asks for a figure with `figure(name, project, *params)`:
   worker computes the new one (`prefloop.figure_refresh`, queued once however many pages ask). The
   page says when its figure is from (`figure_age`);
 - a project's first figure is computed in the request unless the project has `LARGE_PROJECT`
-  labels or more: then a worker computes it and the page says so (`figure` returns None).
+  items or more: then a worker computes it and the page says so (`figure` returns None).
 
 The state is read from primary-key maxima (index lookups), so asking costs a few milliseconds with
 millions of labels. A worker that dies while computing leaves the stored figure in place; the
@@ -33,7 +33,16 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from webapp.feedback.models import Adjudication, DataEpoch, Figure, Label, Message, MessageFeedback, Project
+from webapp.feedback.models import (
+    Adjudication,
+    DataEpoch,
+    Figure,
+    Label,
+    Message,
+    MessageFeedback,
+    Project,
+    Task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +53,7 @@ FIGURES = {
 }
 INLINE_SECONDS = 0.25  # a figure computed faster than this is computed again in the request
 REFRESH_RETRY = timedelta(minutes=10)  # a refresh queued this long ago with no figure yet is queued again
-LARGE_PROJECT = 20_000  # labels from which a project's first figure is left to a worker
+LARGE_PROJECT = 10_000  # items from which a project's first figure is left to a worker
 
 
 def figures_changed() -> None:
@@ -94,8 +103,8 @@ def figure(name: str, project: Project, *params: Any, state: str | None = None) 
 
 
 def _large(project: Project) -> bool:
-    """Whether the project has `LARGE_PROJECT` labels or more (counting no further)."""
-    return Label.objects.filter(task__project=project).values("id")[:LARGE_PROJECT].count() >= LARGE_PROJECT
+    """Whether the project has `LARGE_PROJECT` items or more (counting no further, over an index)."""
+    return Task.objects.filter(project=project).values("id")[:LARGE_PROJECT].count() >= LARGE_PROJECT
 
 
 def figure_age(name: str, project: Project, *params: Any, state: str | None = None) -> dict[str, Any] | None:

@@ -101,7 +101,7 @@ def test_a_large_projects_first_figure_is_left_to_a_worker_and_its_pages_say_so(
     project, ann = counted
     _label(project, ann)
     _label(project, ann)
-    monkeypatch.setattr(figures, "LARGE_PROJECT", 2)  # two labels stand for a million
+    monkeypatch.setattr(figures, "LARGE_PROJECT", 2)  # two items stand for half a million
     with django_capture_on_commit_callbacks(execute=False) as sent:
         assert figures.figure("count", project) is None  # nothing computed in the request
         assert figures.figure("count", project) is None
