@@ -210,9 +210,10 @@ class FollowupScorer:
 
     @classmethod
     def from_pretrained(
-        cls, model_path: str | Path, adapter_path: str | Path | None = None, **kwargs: Any
+        cls, model_path: str | Path, adapter_path: str | Path | None = None, *, device: str = "cpu", **kwargs: Any
     ) -> FollowupScorer:
-        """Load the scorer's model from a ``save_pretrained`` folder, with an optional LoRA adapter merged in."""
+        """Load the scorer's model from a ``save_pretrained`` folder onto ``device``, with an optional
+        LoRA adapter merged in."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
@@ -221,7 +222,7 @@ class FollowupScorer:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-        return cls(model, tokenizer, **kwargs)
+        return cls(model.to(device), tokenizer, **kwargs)  # type: ignore[arg-type]  # transformers types .to oddly
 
     def logprobs(self, items: Sequence[tuple[Chat, str, str]]) -> list[float]:
         """:func:`followup_logprobs` with this scorer's model, batch size and length limit."""

@@ -56,6 +56,7 @@ class LiPOTrainConfig:
     max_length: int = field(default=1024, metadata={"help": "Longest prompt plus answer, in tokens (longer: cut)."})
     seed: int = field(default=0, metadata={"help": "Seed of the order of the rankings."})
     bf16: bool = field(default=False, metadata={"help": "Load the base in bfloat16 (GPU)."})
+    device: str = field(default="cpu", metadata={"help": "Where the model trains: cpu or cuda (training.device)."})
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
@@ -69,9 +70,13 @@ class LiPOTrainConfig:
 
 
 def sequence_logps(model, tokenizer, prompt: list[dict[str, str]], completions: Sequence[str], max_length: int):
-    """Summed log-probabilities of each completion after the prompt, shape (n,)."""
+    """Summed log-probabilities of each completion after the prompt, shape (n,), on the model's
+    device (every tensor built here is put there: training.device)."""
     import torch
 
+    from training.device import device_of
+
+    device = device_of(model)
     prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -83,16 +88,29 @@ def sequence_logps(model, tokenizer, prompt: list[dict[str, str]], completions: 
         starts.append(max(len(ids) - len(answer), 1))
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # (n, width), right padded
-    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)  # (n, width), right padded
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
     logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]  # (n, width-1, vocab)
     targets = input_ids[:, 1:]  # (n, width-1): token t+1 predicted at t
     token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    positions = torch.arange(targets.shape[1]).unsqueeze(0)  # (1, width-1)
-    lengths = torch.tensor([len(r) for r in rows]).unsqueeze(1)
-    first = torch.tensor(starts).unsqueeze(1) - 1  # the first answer token is predicted at start-1
+    positions = torch.arange(targets.shape[1], device=device).unsqueeze(0)  # (1, width-1)
+    lengths = torch.tensor([len(r) for r in rows], device=device).unsqueeze(1)
+    first = torch.tensor(starts, device=device).unsqueeze(1) - 1  # the first answer token is predicted at start-1
     answer_mask = (positions >= first) & (positions < lengths - 1)
     return (token_logps * answer_mask).sum(dim=1)  # (n,)
+
+
+def lipo_step_loss(model, tokenizer, ranking: RankedAnswers, reference, config: LiPOTrainConfig):
+    """One ranking's LiPO-λ loss and its diagnostics, `reference` being the starting policy's
+    log-probabilities of its answers; every tensor on the model's device."""
+    import torch
+
+    from training.device import device_of
+    from training.losses import lipo_lambda_loss
+
+    policy = sequence_logps(model, tokenizer, ranking.prompt, ranking.completions, config.max_length)
+    ranks = torch.tensor([ranking.ranks], device=device_of(model))
+    return lipo_lambda_loss(policy.unsqueeze(0), reference.unsqueeze(0), ranks, beta=config.beta)
 
 
 def train_lipo(
@@ -111,14 +129,12 @@ def train_lipo(
     import torch
     from transformers import AutoTokenizer
 
-    from training.losses import lipo_lambda_loss
-
     rankings = list(rankings)
     if not rankings:
         raise ValueError("train_lipo needs at least one ranking, got none")
     adapter, out = check_folders(adapter_path, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
-    model = load_trainable_policy(base_model_path, adapter, bf16=config.bf16)
+    model = load_trainable_policy(base_model_path, adapter, bf16=config.bf16).to(config.device)
     model.eval()  # no dropout: policy and reference log-probs must be comparable
     with torch.no_grad():  # the reference is the starting policy: score it once, before any update
         ref = [sequence_logps(model, tokenizer, r.prompt, r.completions, config.max_length) for r in rankings]
@@ -131,10 +147,7 @@ def train_lipo(
         rng.shuffle(order)
         for i in order:
             ranking = rankings[i]
-            policy = sequence_logps(model, tokenizer, ranking.prompt, ranking.completions, config.max_length)
-            loss, diag = lipo_lambda_loss(
-                policy.unsqueeze(0), ref[i].unsqueeze(0), torch.tensor([ranking.ranks]), beta=config.beta
-            )
+            loss, diag = lipo_step_loss(model, tokenizer, ranking, ref[i], config)
             optimiser.zero_grad()
             (loss * ranking.weight).backward()  # a ranking's weight scales its step's gradient
             optimiser.step()

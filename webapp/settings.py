@@ -296,6 +296,9 @@ REWARD_CALIBRATE = env_bool("REWARD_CALIBRATE", True)
 REWARD_LENGTH_ROBUST = env_bool("REWARD_LENGTH_ROBUST", False)
 # Where the worker trains: "auto" (a CUDA GPU when one is visible, in bf16 where supported), "cpu" or "cuda".
 TRAIN_DEVICE = env_choice("TRAIN_DEVICE", "auto", ("auto", "cpu", "cuda"))
+# The largest LoRA rank the policy server loads: recipes refuse more, and vLLM is started with it as
+# --max-lora-rank (docker-compose.yml, training.vllm_server), so a version never fails to load.
+MAX_LORA_RANK = int(env_choice("MAX_LORA_RANK", "64", ("8", "16", "32", "64", "128", "256")))
 # GRPO runs: the newest GRPO_PROMPTS prompts, the serving reward model's mean - λ·variance score.
 GRPO_PROMPTS = env_int("GRPO_PROMPTS", 64, minimum=1)
 GRPO_MAX_STEPS = env_int("GRPO_MAX_STEPS", 0, minimum=0)  # 0: one epoch over the prompts

@@ -112,9 +112,10 @@ def followup_rows(kind: str) -> Iterator[dict[str, Any]]:
 
 @lru_cache(maxsize=1)
 def _scorer(model: str) -> Any:
+    from training.device import placement
     from training.followup import FollowupScorer  # the model is loaded on the worker only
 
-    return FollowupScorer.from_pretrained(model)
+    return FollowupScorer.from_pretrained(model, device=placement(settings.TRAIN_DEVICE).device)
 
 
 def followups_score_all() -> int:

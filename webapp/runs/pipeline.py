@@ -58,7 +58,7 @@ from webapp.runs.guard import RunCancelled, RunGuard, progress_reporter
 from webapp.runs.models import ModelVersion, RewardModel, TrainingRun
 from webapp.runs.recipe import Recipe
 from webapp.runs.selectors import reward_model_serving, run_get, version_serving
-from webapp.runs.updates import Update, device_options, load_ensemble, policy_update
+from webapp.runs.updates import Update, device_options, load_ensemble, policy_update, train_placement
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def evaluate_against(
     elif prompts:
         ensemble = load_ensemble(reward_model)
         score_members = lambda p, a: ensemble.score(p, a)["members"]  # noqa: E731
-    options = device_options()
+    where = train_placement()
     figures = evaluate_candidate(
         base_model_path=settings.POLICY_BASE_MODEL,
         candidate_adapter=version_local_path(version),
@@ -175,9 +175,7 @@ def evaluate_against(
         pairs=pairs,
         prompts=prompts,
         score_members=score_members,
-        config=GateConfig(
-            max_tokens=settings.POLICY_MAX_TOKENS, bf16=options["bf16"], device="cpu" if options["use_cpu"] else "cuda"
-        ),
+        config=GateConfig(max_tokens=settings.POLICY_MAX_TOKENS, bf16=where.bf16, device=where.device),
         should_stop=guard.check if guard is not None else None,
     )
     gate = gate_judge(figures, recipe, against=serving.name, skipped=skipped)

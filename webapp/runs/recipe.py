@@ -264,7 +264,10 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(0 <= r.learning_rate <= 1, "learning_rate", "must be in (0, 1], or 0 for the method's own")
     need(0 <= r.epochs <= 100, "epochs", "must be from 1 to 100, or 0 for the method's own")
     need(0 <= r.max_steps <= 100_000, "max_steps", "must be from 0 (train by epochs) to 100000")
-    need(1 <= r.lora_rank <= 256, "lora_rank", "must be from 1 to 256")
+    from django.conf import settings
+
+    top = settings.MAX_LORA_RANK  # what the policy server loads: vLLM's --max-lora-rank reads it too
+    need(1 <= r.lora_rank <= top, "lora_rank", f"must be from 1 to {top} (MAX_LORA_RANK: what the policy server loads)")
     need(0 <= r.robust_epsilon < 0.5, "robust_epsilon", "must be in [0, 0.5)")
     need(r.method != "robust_dpo" or r.robust_epsilon > 0, "robust_epsilon", "robust DPO needs ε > 0")
     need(r.grpo_score in GRPO_SCORES, "grpo_score", f"must be one of {', '.join(GRPO_SCORES)}")

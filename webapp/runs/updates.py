@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 
+from training.device import Placement, placement
 from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
 from training.followup import FollowupScorer
 from training.grpo import GRPOTrainConfig, ensemble_reward, followup_reward, train_grpo
@@ -37,16 +38,16 @@ class DeviceOptions(TypedDict):
     bf16: bool
 
 
-def device_options() -> DeviceOptions:
-    """The trainer configs' `use_cpu` and `bf16` for TRAIN_DEVICE: a visible CUDA GPU is used (in
-    bfloat16 where it supports it) unless TRAIN_DEVICE=cpu."""
-    import torch
+def train_placement() -> Placement:
+    """Where this worker's models run, from TRAIN_DEVICE (training.device.placement: a visible CUDA
+    GPU, in bfloat16 where it supports it, unless TRAIN_DEVICE=cpu)."""
+    return placement(settings.TRAIN_DEVICE)
 
-    cuda = torch.cuda.is_available()
-    if settings.TRAIN_DEVICE == "cuda" and not cuda:
-        raise RuntimeError("TRAIN_DEVICE=cuda but no CUDA device is visible to this worker")
-    use_cuda = cuda and settings.TRAIN_DEVICE != "cpu"
-    return DeviceOptions(use_cpu=not use_cuda, bf16=use_cuda and torch.cuda.is_bf16_supported())
+
+def device_options() -> DeviceOptions:
+    """The TRL trainer configs' `use_cpu` and `bf16` for this worker's placement."""
+    where = train_placement()
+    return DeviceOptions(use_cpu=where.use_cpu, bf16=where.bf16)
 
 
 @dataclass
@@ -132,8 +133,10 @@ def _lipo_update(data: TrainingData, recipe: Recipe) -> Update:
         RankedAnswers(prompt=r["prompt"], completions=r["completions"], ranks=r["ranks"], weight=r.get("weight", 1.0))
         for r in rows
     ]
-    options = device_options()
-    config = LiPOTrainConfig(**_common(recipe, LiPOTrainConfig, epochs_field="epochs"), bf16=options["bf16"])
+    where = train_placement()
+    config = LiPOTrainConfig(
+        **_common(recipe, LiPOTrainConfig, epochs_field="epochs"), bf16=where.bf16, device=where.device
+    )
     return Update(train_lipo, {"rankings": rankings}, config, rows, len(rankings), _pair_label_ids(rows))
 
 
@@ -185,7 +188,7 @@ def _grpo_update(data: TrainingData, recipe: Recipe, project: Project | None = N
     if not prompts:
         raise ValueError("no prompts yet for GRPO (chat, or import prompts)")
     if reward_model is None:
-        scorer = FollowupScorer.from_pretrained(settings.FOLLOWUP_MODEL)
+        scorer = FollowupScorer.from_pretrained(settings.FOLLOWUP_MODEL, device=train_placement().device)
         reward_fn, source = followup_reward(scorer), {"reward": "followup", "followup_model": settings.FOLLOWUP_MODEL}
     else:
         ensemble = load_ensemble(reward_model)
@@ -269,7 +272,7 @@ def _online_dpo_update(data: TrainingData, recipe: Recipe, project: Project) -> 
 
 def load_ensemble(reward_model: RewardModel) -> RewardEnsemble:
     root = Path(reward_model_local_path(reward_model))
-    return RewardEnsemble.load([root / m for m in reward_model.member_paths])
+    return RewardEnsemble.load([root / m for m in reward_model.member_paths], device=train_placement().device)
 
 
 POLICY_UPDATES: dict[str, Callable[[TrainingData, Recipe, Project], Update]] = {

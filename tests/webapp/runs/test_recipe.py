@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from webapp.runs.gate import gate_judge
@@ -155,3 +157,14 @@ def test_train_from_first_needs_every_label():
         Recipe.from_dict({"train_from": "first", "label_scope": "new"})
     with pytest.raises(RecipeError, match="train_from: must be one of serving, first"):
         Recipe.from_dict({"train_from": "scratch"})
+
+
+def test_a_lora_rank_above_what_the_policy_server_loads_is_refused(settings):
+    """One setting, MAX_LORA_RANK, bounds the recipe and starts vLLM (docker-compose.yml)."""
+    assert Recipe.from_dict({"lora_rank": 64}).lora_rank == 64
+    with pytest.raises(RecipeError, match=r"lora_rank: must be from 1 to 64 \(MAX_LORA_RANK"):
+        Recipe.from_dict({"lora_rank": 128})
+    settings.MAX_LORA_RANK = 256
+    assert Recipe.from_dict({"lora_rank": 128}).lora_rank == 128
+    compose = (Path(__file__).resolve().parents[3] / "docker-compose.yml").read_text()
+    assert '"--max-lora-rank", "${MAX_LORA_RANK:-64}"' in compose
