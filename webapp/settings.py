@@ -271,6 +271,12 @@ def _minilm_path() -> str:
 # A local folder or a hub id; the default is the tiny policy that `manage.py prefloop_setup` builds.
 POLICY_BASE_MODEL = env_str("POLICY_BASE_MODEL", str(ARTIFACT_DIR / "base" / "tiny-policy"))
 POLICY_SERVER_URL = env_str("POLICY_SERVER_URL", "http://127.0.0.1:8100")
+# Several policy servers (replicas of one model; empty: POLICY_SERVER_URL alone): adapters are
+# loaded on every one, all or nothing, and requests are spread over the live ones, or sent to
+# POLICY_PROXY_URL (a reverse proxy in front of them, with health checks) where the deployment has
+# one (webapp.runs.policy).
+POLICY_SERVER_URLS = env_list("POLICY_SERVER_URLS", [])
+POLICY_PROXY_URL = env_str("POLICY_PROXY_URL", "")
 # The name under which the serving LoRA adapter is loaded (and hot-swapped in place).
 POLICY_MODEL_NAME = env_str("POLICY_MODEL_NAME", "policy")
 POLICY_MAX_TOKENS = env_int("POLICY_MAX_TOKENS", 64, minimum=1)

@@ -10,7 +10,6 @@ from webapp.feedback import services
 from webapp.feedback.models import Message
 from webapp.feedback.selectors import context_before
 from webapp.runs import policy
-from webapp.runs.selectors import version_serving
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,8 @@ def answer_unwritable(message: Message) -> str | None:
 def answer_deltas(message: Message) -> Iterator[str]:
     """The answer of the turn's version as text deltas while it is written, stored at the end.
 
-    A version other than the serving one (picked by an admin, or retired since) is loaded first.
+    A version other than the serving one (picked by an admin, or retired since) is loaded where
+    it is missing (webapp.runs.policy).
     When the policy server fails, what was written is stored as a failed answer with the reason,
     and AnswerFailed is raised with it.
     """
@@ -41,9 +41,7 @@ def answer_deltas(message: Message) -> Iterator[str]:
     context = context_before(message=message)
     parts: list[str] = []
     try:
-        if version != version_serving():
-            policy.adapter_load(version)
-        for delta in policy.stream(context, version=version):
+        for delta in policy.stream(context, version=version):  # an older version is loaded where it is missing
             parts.append(delta)
             yield delta
     except policy.PolicyServerError as exc:
