@@ -64,6 +64,10 @@ class TinyPolicyConfig:
     num_key_value_heads: int = field(default=1, metadata={"help": "Key/value heads (grouped-query attention)."})
     max_position_embeddings: int = field(default=1024, metadata={"help": "Longest context, in tokens."})
     pretrain_steps: int = field(default=300, metadata={"help": "Steps of pre-training on the built-in chat corpus."})
+    model_vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "The model's embedding rows (None: the tokenizer's); more give a real model's size."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed for the tokenizer corpus order and the weights."})
 
     def __post_init__(self) -> None:
@@ -148,7 +152,7 @@ def build_tiny_policy(out_dir: str | Path, config: TinyPolicyConfig | None = Non
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     model_config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), config.model_vocab_size or 0),
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers,
