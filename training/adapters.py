@@ -137,7 +137,9 @@ def save_trained(trainer, out: Path, history: list[dict[str, Any]], what: str) -
     """Save the trained adapter; return the first and last step logs."""
     if not history:
         raise RuntimeError(f"{what} training logged no step; check max_steps and the data")
-    save_adapter(trainer.accelerator.unwrap_model(trainer.model), out)
+    if trainer.is_world_process_zero():  # with several processes (training.launch), one writes
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), out)
+    trainer.accelerator.wait_for_everyone()
     return history[0], history[-1]
 
 

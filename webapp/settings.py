@@ -302,6 +302,9 @@ REWARD_CALIBRATE = env_bool("REWARD_CALIBRATE", True)
 REWARD_LENGTH_ROBUST = env_bool("REWARD_LENGTH_ROBUST", False)
 # Where the worker trains: "auto" (a CUDA GPU when one is visible, in bf16 where supported), "cpu" or "cuda".
 TRAIN_DEVICE = env_choice("TRAIN_DEVICE", "auto", ("auto", "cpu", "cuda"))
+# Processes a DPO or KTO run trains on (torchrun, DDP: one per GPU; gloo on the CPU); a recipe's
+# `processes` overrides it. Each takes the config's batch, so the effective batch grows with them.
+TRAIN_PROCESSES = env_int("TRAIN_PROCESSES", 1, minimum=1)
 # The largest LoRA rank the policy server loads: recipes refuse more, and vLLM is started with it as
 # --max-lora-rank (docker-compose.yml, training.vllm_server), so a version never fails to load.
 MAX_LORA_RANK = int(env_choice("MAX_LORA_RANK", "64", ("8", "16", "32", "64", "128", "256")))

@@ -104,7 +104,8 @@ def candidate_train(
         start = version_local_path(origin)
         if adapter_rank(start) != recipe.lora_rank:  # the recipe's rank: resize the parent's adapter, keeping ΔW
             start = str(resize_adapter(start, Path(scratch) / "adapter", recipe.lora_rank))
-        metrics = update.train(start, folder, progress_reporter(run.pk, guard))
+        processes = recipe.processes or settings.TRAIN_PROCESSES
+        metrics = update.train(start, folder, progress_reporter(run.pk, guard), processes=processes, check=guard.check)
         guard.check()  # a cancel during the last step: the folder is removed, nothing is registered
         digest = data_hash(update.records)
         config = {"kind": run.kind, "method": recipe.method, "trained_from": origin.name, **asdict(update.config)}

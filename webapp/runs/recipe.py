@@ -68,6 +68,10 @@ class Recipe:
         default=0, metadata={"help": "Passes over the training data (unless max_steps is set); 0: the method's own."}
     )
     max_steps: int = field(default=0, metadata={"help": "Optimiser steps per run; 0 trains by epochs."})
+    processes: int = field(
+        default=0,
+        metadata={"help": "Processes a DPO or KTO run trains on (DDP, one per GPU); 0: the worker's TRAIN_PROCESSES."},
+    )
     lora_rank: int = field(
         default=8, metadata={"help": "LoRA rank of the versions its runs write (a parent of another rank is resized)."}
     )
@@ -264,6 +268,7 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(0 <= r.learning_rate <= 1, "learning_rate", "must be in (0, 1], or 0 for the method's own")
     need(0 <= r.epochs <= 100, "epochs", "must be from 1 to 100, or 0 for the method's own")
     need(0 <= r.max_steps <= 100_000, "max_steps", "must be from 0 (train by epochs) to 100000")
+    need(0 <= r.processes <= 64, "processes", "must be from 0 (the worker's TRAIN_PROCESSES) to 64")
     from django.conf import settings
 
     top = settings.MAX_LORA_RANK  # what the policy server loads: vLLM's --max-lora-rank reads it too

@@ -9,6 +9,7 @@ project's serving reward model (`reward_model_serving`).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from training.dpo import DPOTrainConfig, PreferencePair, train_dpo
 from training.followup import FollowupScorer
 from training.grpo import GRPOTrainConfig, ensemble_reward, followup_reward, train_grpo
 from training.kto import KTOTrainConfig, ThumbExample, train_kto
+from training.launch import run_on_processes
 from training.lipo import LiPOTrainConfig, RankedAnswers, train_lipo
 from training.online import mix_by_share, pair_verdicts
 from training.reward import RewardEnsemble
@@ -50,6 +52,11 @@ def device_options() -> DeviceOptions:
     return DeviceOptions(use_cpu=where.use_cpu, bf16=where.bf16)
 
 
+# The trainers that run on several processes: TRL's, whose Trainer is DDP through accelerate. LiPO's
+# own loop and GRPO's reward function (a loaded model) stay in the worker's process.
+DISTRIBUTED_TRAINERS = ("train_dpo", "train_kto")
+
+
 @dataclass
 class Update:
     """What one policy-update run trains on: a trainer (`train_dpo`, `train_lipo`, `train_kto`,
@@ -64,16 +71,36 @@ class Update:
     label_ids: list[int] = field(default_factory=list)  # the labels the trainer sees
     notes: dict[str, Any] = field(default_factory=dict)  # added to the run's metrics
 
-    def train(self, adapter: str, out: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        metrics = self.trainer(
-            base_model_path=settings.POLICY_BASE_MODEL,
-            adapter_path=adapter,
-            out_dir=out,
-            config=self.config,
-            progress=progress,
-            **self.data,
-        )
-        return {**metrics, **self.notes}
+    def train(
+        self,
+        adapter: str,
+        out: Path,
+        progress: Callable[[dict[str, Any]], None],
+        *,
+        processes: int = 1,
+        check: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train from `adapter` into `out`, in this process or, with `processes` > 1, on that many
+        under torchrun (training.launch: DDP; `check` stops them all when it raises)."""
+        kwargs = {"base_model_path": settings.POLICY_BASE_MODEL, "adapter_path": adapter, "out_dir": out,
+                  "config": self.config, **self.data}  # fmt: skip
+        if processes <= 1:
+            return {**self.trainer(**kwargs, progress=progress), **self.notes}
+        if self.trainer.__name__ not in DISTRIBUTED_TRAINERS:
+            raise ValueError(
+                f"{self.trainer.__name__} trains on one process; only DPO and KTO runs take "
+                f"processes > 1 (the recipe's processes, or TRAIN_PROCESSES={settings.TRAIN_PROCESSES})"
+            )
+        with tempfile.TemporaryDirectory(prefix="prefloop-processes-") as work:
+            metrics = run_on_processes(
+                f"{self.trainer.__module__}.{self.trainer.__name__}",
+                kwargs,
+                processes=processes,
+                work_dir=work,
+                progress=progress,
+                check=check,
+            )
+        return {**metrics, **self.notes, "processes": processes}
 
 
 def _common(recipe: Recipe, config_cls: type, *, epochs_field: str = "num_train_epochs") -> dict[str, Any]:
