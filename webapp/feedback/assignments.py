@@ -32,6 +32,9 @@ OPEN_STATUSES = (Assignment.Status.LEASED, Assignment.Status.SUBMITTED)
 def leases_expire(*, now: Any = None) -> int:
     """Mark every lease past its time as expired (freeing its slot); return how many."""
     now = now or timezone.now()
+    expired = Assignment.objects.filter(status=Assignment.Status.LEASED, expires_at__lt=now)
+    if not expired.exists():  # the usual case, read over the (status, expires_at) index: no transaction
+        return 0
     with transaction.atomic():
         rows = list(
             Assignment.objects.select_for_update(skip_locked=True)

@@ -57,8 +57,11 @@ def label_list_for(*, user: User) -> QuerySet[Label]:
     return labels if user.is_prefloop_admin else labels.filter(annotator=user)
 
 
-def labels_since_last_run(*, kind: str = TrainingRun.Kind.DPO, project: Project | None = None) -> int:
-    """Labels (of `project`, when given) written since the last run of `kind` (of that project)."""
+def labels_since_last_run(
+    *, kind: str = TrainingRun.Kind.DPO, project: Project | None = None, at_most: int | None = None
+) -> int:
+    """Labels (of `project`, when given) written since the last run of `kind` (of that project),
+    counting no further than `at_most` (what a threshold needs: a bounded read at every label)."""
     runs = TrainingRun.objects.filter(kind=kind)
     labels = Label.objects.all()
     if project is not None:
@@ -66,6 +69,8 @@ def labels_since_last_run(*, kind: str = TrainingRun.Kind.DPO, project: Project 
     last = runs.order_by("-created_at").first()
     if last is not None:
         labels = labels.filter(created_at__gt=last.created_at)
+    if at_most is not None:
+        return labels.values("id")[:at_most].count()
     return labels.count()
 
 

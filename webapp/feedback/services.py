@@ -32,7 +32,7 @@ from webapp.feedback.models import (
 )
 from webapp.feedback.projects import project_default
 from webapp.feedback.validation import clean_label, clean_messages, clean_user_text
-from webapp.hooks.services import event_emit
+from webapp.hooks.services import event_emit, hooks_active
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
 from webapp.runs.services import run_maybe_trigger
@@ -175,10 +175,11 @@ def label_create(
             if assignment is not None:
                 mine = Assignment.objects.filter(pk=assignment.pk)
                 submitted = {"status": Assignment.Status.SUBMITTED, "finished_at": timezone.now()}
-                mine.filter(status=Assignment.Status.LEASED).update(**submitted)
                 # a lease that expired (or was given back) meanwhile takes its slot again: the work is kept
                 closed = (Assignment.Status.EXPIRED, Assignment.Status.SKIPPED)
-                if mine.filter(status__in=closed).update(**submitted):
+                if not mine.filter(status=Assignment.Status.LEASED).update(**submitted) and mine.filter(
+                    status__in=closed
+                ).update(**submitted):
                     task_taken_add([task.pk], +1)
     except IntegrityError:
         existing = (
@@ -190,21 +191,22 @@ def label_create(
         return existing, False
     n_labels = task_stats_refresh([task.pk])[task.pk]
     _label_events(label, task, n_labels)
-    run_maybe_trigger()
+    run_maybe_trigger(only=task.project)  # only this label's project has a new label
     return label, True
 
 
 def _label_events(label: Label, task: Task, n_labels: int) -> None:
     """Tell the webhooks that listen: a label was stored; and, when it was the last its item's
     overlap asked for (the item now has `n_labels`), the item is complete."""
+    hooks = hooks_active()  # one read for both events
     event_emit("label.created", {
         "label": label.pk, "task": task.pk, "project": task.project_id, "kind": label.kind,
         "annotator": label.annotator.username, "source": label.source, "choice": label.choice or None,
         "strength": label.strength, "ranking": label.ranking, "rating": label.rating,
         "critique": label.critique or None, "rewrite": label.rewrite or None, "rationale": label.rationale or None,
-    })  # fmt: skip
+    }, hooks=hooks)  # fmt: skip
     if n_labels == task.required_labels:
-        event_emit("item.completed", {"task": task.pk, "project": task.project_id, "labels": n_labels})
+        event_emit("item.completed", {"task": task.pk, "project": task.project_id, "labels": n_labels}, hooks=hooks)
 
 
 def labels_bulk_create(*, labels: list[Label]) -> list[Label]:

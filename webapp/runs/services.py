@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -432,14 +433,17 @@ def run_cancelled(*, run_id: int) -> TrainingRun | None:
     )
 
 
-def run_maybe_trigger() -> list[TrainingRun]:
-    """Queue each project's policy run every `auto_train_every` new labels of that project (its
-    recipe) and a reward-model run every `REWARD_EVERY_N_LABELS` (0 = never), counted since the
-    project's last run of that kind; return those queued."""
+def run_maybe_trigger(*, only: Project | None = None) -> list[TrainingRun]:
+    """Queue each project's (or only `only`'s) policy run every `auto_train_every` new labels of that
+    project (its recipe) and a reward-model run every `REWARD_EVERY_N_LABELS` (0 = never), counted
+    since the project's last run of that kind; return those queued."""
     from webapp.feedback.selectors import labels_since_last_run
 
     queued = []
-    for project in Project.objects.filter(archived_at__isnull=True):  # an archived project waits for a person
+    projects: Iterable[Project] = Project.objects.filter(archived_at__isnull=True)
+    if only is not None:
+        projects = [only] if only.archived_at is None else []  # an archived project waits for a person
+    for project in projects:
         try:
             recipe = recipe_for(project)
         except RecipeError as exc:  # a stored recipe made invalid by hand must not fail a label
@@ -452,7 +456,7 @@ def run_maybe_trigger() -> list[TrainingRun]:
             if every <= 0:
                 continue
             active = TrainingRun.objects.filter(project=project, kind=kind, status__in=TrainingRun.ACTIVE_STATUSES)
-            if active.exists() or labels_since_last_run(kind=kind, project=project) < every:
+            if active.exists() or labels_since_last_run(kind=kind, project=project, at_most=every) < every:
                 continue
             run, created = run_create(trigger=TrainingRun.Trigger.THRESHOLD, kind=kind, project=project)
             if created:
