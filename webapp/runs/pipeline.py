@@ -104,7 +104,8 @@ def candidate_train(
         start = version_local_path(origin)
         if adapter_rank(start) != recipe.lora_rank:  # the recipe's rank: resize the parent's adapter, keeping ΔW
             start = str(resize_adapter(start, Path(scratch) / "adapter", recipe.lora_rank))
-        processes = recipe.processes or settings.TRAIN_PROCESSES
+        # the worker's TRAIN_PROCESSES is for the runs that can use it; a recipe's is checked already
+        processes = recipe.processes or (settings.TRAIN_PROCESSES if update.distributable else 1)
         metrics = update.train(start, folder, progress_reporter(run.pk, guard), processes=processes, check=guard.check)
         guard.check()  # a cancel during the last step: the folder is removed, nothing is registered
         digest = data_hash(update.records)

@@ -269,6 +269,11 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(0 <= r.epochs <= 100, "epochs", "must be from 1 to 100, or 0 for the method's own")
     need(0 <= r.max_steps <= 100_000, "max_steps", "must be from 0 (train by epochs) to 100000")
     need(0 <= r.processes <= 64, "processes", "must be from 0 (the worker's TRAIN_PROCESSES) to 64")
+    need(
+        r.processes <= 1 or METHODS.get(r.method) in ("dpo", "kto"),
+        "processes",
+        "only DPO-family and KTO runs train on several processes (LiPO and GRPO train on one)",
+    )
     from django.conf import settings
 
     top = settings.MAX_LORA_RANK  # what the policy server loads: vLLM's --max-lora-rank reads it too

@@ -71,6 +71,11 @@ class Update:
     label_ids: list[int] = field(default_factory=list)  # the labels the trainer sees
     notes: dict[str, Any] = field(default_factory=dict)  # added to the run's metrics
 
+    @property
+    def distributable(self) -> bool:
+        """Whether its trainer runs on several processes (DISTRIBUTED_TRAINERS)."""
+        return self.trainer.__name__ in DISTRIBUTED_TRAINERS
+
     def train(
         self,
         adapter: str,
@@ -86,7 +91,7 @@ class Update:
                   "config": self.config, **self.data}  # fmt: skip
         if processes <= 1:
             return {**self.trainer(**kwargs, progress=progress), **self.notes}
-        if self.trainer.__name__ not in DISTRIBUTED_TRAINERS:
+        if not self.distributable:
             raise ValueError(
                 f"{self.trainer.__name__} trains on one process; only DPO and KTO runs take "
                 f"processes > 1 (the recipe's processes, or TRAIN_PROCESSES={settings.TRAIN_PROCESSES})"

@@ -168,3 +168,12 @@ def test_a_lora_rank_above_what_the_policy_server_loads_is_refused(settings):
     assert Recipe.from_dict({"lora_rank": 128}).lora_rank == 128
     compose = (Path(__file__).resolve().parents[3] / "docker-compose.yml").read_text()
     assert '"--max-lora-rank", "${MAX_LORA_RANK:-64}"' in compose
+
+
+def test_only_runs_that_can_use_them_take_several_processes():
+    assert Recipe.from_dict({"processes": 2}).processes == 2  # DPO, the default
+    assert Recipe.from_dict({"method": "kto", "processes": 4}).processes == 4
+    with pytest.raises(RecipeError, match="only DPO-family and KTO runs"):
+        Recipe.from_dict({"method": "lipo", "processes": 2})
+    with pytest.raises(RecipeError, match="processes: must be from 0"):
+        Recipe.from_dict({"processes": 65})
