@@ -116,7 +116,7 @@ def main() -> None:
     try:
         where = placement("cpu" if args.dry_run else "cuda")  # a GPU run refuses to fall back to the CPU
     except RuntimeError as exc:
-        sys.exit(f"{exc}: run it on a GPU machine, or with --dry-run to check the script on the CPU")
+        sys.exit(f"device cuda: {exc}; run it on a GPU machine, or with --dry-run to check the script on the CPU")
     cuda = where.device == "cuda"
     steps = args.steps or (2 if args.dry_run else 8)
     device = {"use_cpu": where.use_cpu, "bf16": where.bf16}

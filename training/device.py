@@ -43,7 +43,7 @@ def placement(choice: str = "auto") -> Placement:
         raise ValueError(f"device must be one of {', '.join(CHOICES)}, got {choice!r}")
     cuda = torch.cuda.is_available()
     if choice == "cuda" and not cuda:
-        raise RuntimeError("device cuda was asked for, but no CUDA device is visible to this process")
+        raise RuntimeError("no CUDA device is visible to this process")
     use_cuda = cuda and choice != "cpu"
     return Placement(device="cuda" if use_cuda else "cpu", bf16=use_cuda and torch.cuda.is_bf16_supported())
 

@@ -100,7 +100,7 @@ def test_the_training_device_follows_train_device(settings) -> None:
     assert updates.device_options()["use_cpu"] is (not torch.cuda.is_available())
     if not torch.cuda.is_available():
         settings.TRAIN_DEVICE = "cuda"
-        with pytest.raises(RuntimeError, match="TRAIN_DEVICE=cuda but no CUDA device is visible"):
+        with pytest.raises(RuntimeError, match="TRAIN_DEVICE=cuda but no CUDA device is visible to this process"):
             updates.device_options()
 
 

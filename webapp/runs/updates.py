@@ -43,7 +43,10 @@ class DeviceOptions(TypedDict):
 def train_placement() -> Placement:
     """Where this worker's models run, from TRAIN_DEVICE (training.device.placement: a visible CUDA
     GPU, in bfloat16 where it supports it, unless TRAIN_DEVICE=cpu)."""
-    return placement(settings.TRAIN_DEVICE)
+    try:
+        return placement(settings.TRAIN_DEVICE)
+    except RuntimeError as exc:  # name the setting an operator changes
+        raise RuntimeError(f"TRAIN_DEVICE={settings.TRAIN_DEVICE} but {exc}") from None
 
 
 def device_options() -> DeviceOptions:
