@@ -357,7 +357,7 @@ RECIPE_FIELDS = [
     ("epochs", "Epochs (0: the method's own)", "number", "1"),
     ("max_steps", "Steps (0: by epochs)", "number", "1"),
     ("lora_rank", "LoRA rank", "number", "1"),
-    ("processes", "Training processes (DPO, KTO; 0: the worker's TRAIN_PROCESSES)", "number", "1"),
+    ("processes", "Training processes (DPO family, KTO; 0: the worker's TRAIN_PROCESSES)", "number", "1"),
     ("robust_epsilon", "Robust DPO ε", "number", "any"),
     ("grpo_lambda", "GRPO λ", "number", "any"),
     ("followup_margin", "KTO: follow-up score margin (0: off)", "number", "any"),

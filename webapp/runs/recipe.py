@@ -70,7 +70,7 @@ class Recipe:
     max_steps: int = field(default=0, metadata={"help": "Optimiser steps per run; 0 trains by epochs."})
     processes: int = field(
         default=0,
-        metadata={"help": "Processes a DPO or KTO run trains on (DDP, one per GPU); 0: the worker's TRAIN_PROCESSES."},
+        metadata={"help": "Processes a DPO-family or KTO run trains on (DDP, one per GPU); 0: TRAIN_PROCESSES."},
     )
     lora_rank: int = field(
         default=8, metadata={"help": "LoRA rank of the versions its runs write (a parent of another rank is resized)."}
@@ -270,9 +270,9 @@ def _check(r: Recipe | SimpleNamespace) -> dict[str, str]:
     need(0 <= r.max_steps <= 100_000, "max_steps", "must be from 0 (train by epochs) to 100000")
     need(0 <= r.processes <= 64, "processes", "must be from 0 (the worker's TRAIN_PROCESSES) to 64")
     need(
-        r.processes <= 1 or METHODS.get(r.method) in ("dpo", "kto"),
+        r.processes <= 1 or METHODS.get(r.method) in ("dpo", "online_dpo", "kto"),
         "processes",
-        "only DPO-family and KTO runs train on several processes (LiPO and GRPO train on one)",
+        "only DPO-family runs (online DPO too) and KTO runs train on several processes (LiPO and GRPO on one)",
     )
     from django.conf import settings
 

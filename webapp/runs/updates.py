@@ -96,7 +96,7 @@ class Update:
             return {**self.trainer(**kwargs, progress=progress), **self.notes}
         if not self.distributable:
             raise ValueError(
-                f"{self.trainer.__name__} trains on one process; only DPO and KTO runs take "
+                f"{self.trainer.__name__} trains on one process; only DPO-family and KTO runs take "
                 f"processes > 1 (the recipe's processes, or TRAIN_PROCESSES={settings.TRAIN_PROCESSES})"
             )
         with tempfile.TemporaryDirectory(prefix="prefloop-processes-") as work:

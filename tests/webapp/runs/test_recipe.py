@@ -173,7 +173,8 @@ def test_a_lora_rank_above_what_the_policy_server_loads_is_refused(settings):
 def test_only_runs_that_can_use_them_take_several_processes():
     assert Recipe.from_dict({"processes": 2}).processes == 2  # DPO, the default
     assert Recipe.from_dict({"method": "kto", "processes": 4}).processes == 4
-    with pytest.raises(RecipeError, match="only DPO-family and KTO runs"):
+    assert Recipe.from_dict({"method": "online_dpo", "processes": 2}).processes == 2  # it trains with DPO
+    with pytest.raises(RecipeError, match=r"only DPO-family runs \(online DPO too\) and KTO runs"):
         Recipe.from_dict({"method": "lipo", "processes": 2})
     with pytest.raises(RecipeError, match="processes: must be from 0"):
         Recipe.from_dict({"processes": 65})
