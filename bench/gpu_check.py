@@ -219,10 +219,10 @@ def _policy_server(base: Path, adapter: Path) -> Iterator[Any]:
 
     from tests.processes import free_port, stop_process_group
     from training.policy_client import PolicyClient
+    from training.policy_server import policy_server_command
 
     port = free_port()
-    argv = [sys.executable, "-m", "training.policy_server", "--model", str(base), "--served-model-name", "base",
-            "--port", str(port), "--lora-modules", f"policy={adapter}"]  # fmt: skip
+    argv = policy_server_command(base, port=port, lora_modules={"policy": adapter})
     with (adapter.parent / "server.log").open("wb") as log:
         server = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)  # fmt: skip

@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -778,6 +778,26 @@ def serve(config: PolicyServerConfig) -> None:
 
     engine = PolicyEngine(config)
     uvicorn.run(build_app(engine), host=config.host, port=config.port, log_level=config.log_level)
+
+
+def policy_server_command(
+    model_path: str | Path,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    served_model_name: str = "base",
+    lora_modules: Mapping[str, str | Path] | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The argv that starts this server (``python -m training.policy_server``), as
+    ``training.vllm_server.vllm_command`` gives vLLM's; ``extra``: more flags (``--num-threads``)."""
+    import sys
+
+    argv = [sys.executable, "-m", "training.policy_server", "--model", str(model_path),
+            "--served-model-name", served_model_name, "--host", host, "--port", str(port)]  # fmt: skip
+    if lora_modules:
+        argv += ["--lora-modules", *(f"{name}={path}" for name, path in lora_modules.items())]
+    return [*argv, *extra]
 
 
 def _lora_module(text: str) -> tuple[str, str]:

@@ -85,20 +85,10 @@ def loop_files(tiny_policy_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def builtin_policy_server(loop_files: LoopFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from training.policy_server import policy_server_command
+
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "training.policy_server",
-        "--model",
-        str(loop_files.base_model),
-        "--served-model-name",
-        "base",
-        "--port",
-        str(port),
-        "--lora-modules",
-        f"policy-v1={loop_files.v1_adapter}",
-    ]
+    argv = policy_server_command(loop_files.base_model, port=port, lora_modules={"policy-v1": loop_files.v1_adapter})
     process = start_process("builtin-policy-server", argv, dict(os.environ), tmp_path_factory.mktemp("logs"))
     url = f"http://127.0.0.1:{port}"
     wait_for_server(process, url, timeout=120)

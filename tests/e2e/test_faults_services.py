@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
 from tests.e2e.test_faults import own_redis
 from tests.factories import make_project, make_task, make_user
 from tests.processes import OwnPostgres, celery_broker, free_port
+from training.policy_server import policy_server_command
 
 pytestmark = pytest.mark.e2e
 
@@ -124,9 +125,7 @@ def test_the_policy_server_going_away_is_said_clearly_labelling_goes_on_and_its_
 ):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "training.policy_server", "--model", str(loop_files.base_model),
-            "--served-model-name", "base", "--port", str(port),
-            "--lora-modules", f"policy-v1={loop_files.v1_adapter}"]  # fmt: skip
+    argv = policy_server_command(loop_files.base_model, port=port, lora_modules={"policy-v1": loop_files.v1_adapter})
 
     def start():
         process = start_process("policy-server", argv, dict(os.environ), tmp_path)

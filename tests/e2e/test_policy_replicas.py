@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
 from django.core.management import call_command
@@ -16,6 +15,7 @@ from rest_framework.test import APIClient
 from tests.e2e.conftest import start_process, wait_for_server
 from tests.factories import make_serving_version, make_user
 from tests.processes import free_port
+from training.policy_server import policy_server_command
 from webapp.runs import policy, services
 from webapp.runs.models import ModelVersion
 from webapp.runs.selectors import version_serving
@@ -34,10 +34,8 @@ class Replica:
         self.process = None
 
     def start(self, *, with_v1: bool = True) -> None:
-        argv = [sys.executable, "-m", "training.policy_server", "--model", str(self.files.base_model),
-                "--served-model-name", "base", "--port", str(self.port)]  # fmt: skip
-        if with_v1:
-            argv += ["--lora-modules", f"policy-v1={self.files.v1_adapter}"]
+        lora = {"policy-v1": self.files.v1_adapter} if with_v1 else None
+        argv = policy_server_command(self.files.base_model, port=self.port, lora_modules=lora)
         self.process = start_process(self.name, argv, dict(os.environ), self.log_dir)
         wait_for_server(self.process, self.url, timeout=120)
 

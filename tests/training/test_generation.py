@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from tests.processes import free_port, stop_process_group
 from training.dpo import DPOTrainConfig, create_initial_adapter
 from training.generation import Generation, Generator, HttpGenerator, LocalGenerator, SamplingConfig
 from training.policy_client import PolicyClient, PolicyServerError
+from training.policy_server import policy_server_command
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
@@ -126,15 +126,8 @@ def test_local_default_version_names(tiny_policy_path: Path, adapter: Path) -> N
 def server(tiny_policy_path: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyClient]:
     """``python -m training.policy_server`` serving the tiny policy with the adapter as "policy"."""
     port = free_port()
-    argv = [
-        sys.executable, "-m", "training.policy_server",
-        "--model", str(tiny_policy_path),
-        "--served-model-name", "base",
-        "--port", str(port),
-        "--lora-modules", f"policy={adapter}",
-        "--num-threads", "1",
-        "--log-level", "warning",
-    ]  # fmt: skip
+    argv = policy_server_command(tiny_policy_path, port=port, lora_modules={"policy": adapter},
+                                 extra=["--num-threads", "1", "--log-level", "warning"])  # fmt: skip
     log_path = tmp_path_factory.mktemp("logs") / "policy-server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

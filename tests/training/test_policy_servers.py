@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 
 from tests.processes import free_port, stop_process_group
 from training.policy_client import PolicyClient, PolicyServerError
+from training.policy_server import policy_server_command
 from training.vllm_server import default_vllm_python, vllm_command
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -115,15 +115,9 @@ def builtin_server(
     tiny_policy_path: Path, adapters: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """``python -m training.policy_server`` serving the tiny policy, with adapter 1 as "policy"."""
-    argv = [
-        sys.executable, "-m", "training.policy_server",
-        "--model", str(tiny_policy_path),
-        "--served-model-name", BASE,
-        "--port", str(free_port()),
-        "--lora-modules", f"{ADAPTER}={adapters[0]}",
-        "--num-threads", "1",
-        "--log-level", "warning",
-    ]  # fmt: skip
+    argv = policy_server_command(tiny_policy_path, port=free_port(), served_model_name=BASE,
+                                 lora_modules={ADAPTER: adapters[0]},
+                                 extra=["--num-threads", "1", "--log-level", "warning"])  # fmt: skip
     log_path = tmp_path_factory.mktemp("logs") / "builtin-server.log"
     yield from _run_server(_start("builtin", argv, dict(os.environ), log_path, ready_timeout=120))
 

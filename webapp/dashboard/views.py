@@ -18,7 +18,7 @@ from webapp.core.http import AuthedHttpRequest
 from webapp.core.jobs import JOB_KINDS, job_cancel, job_model_for, job_waiting_on, jobs_list, queue_listeners
 from webapp.core.parsing import parse_id
 from webapp.dashboard.overview import active_annotators, labels_per_day, queue_depth
-from webapp.feedback.figures import data_state, figure, figure_age, project_quality_figure
+from webapp.feedback.figures import figure_with_age
 from webapp.feedback.followups import followup_row, followups_scored
 from webapp.feedback.generation import arena_job_create, generation_job_create, generation_settings_error
 from webapp.feedback.models import Conversation, GenerationJob, ImportJob, JobStatus, Label, Project, Task
@@ -303,9 +303,7 @@ def recipe_preview(request: AuthedHttpRequest, project_id: int) -> HttpResponse:
             '<section class="card" id="recipe-preview"><p>Fix the recipe to see what a run would train on.</p>'
             "</section>"
         )
-    state = data_state()
-    summary = figure("training-preview", project, current.to_dict(), state=state)
-    age = figure_age("training-preview", project, current.to_dict(), state=state)
+    summary, age = figure_with_age("training-preview", project, current.to_dict())
     if summary is None:  # a large project's first count: a worker does it; the card asks again
         again = reverse("dashboard:recipe_preview", args=[project.pk])
         return HttpResponse(
@@ -384,9 +382,7 @@ def quality(request: AuthedHttpRequest) -> HttpResponse:
     """Agreement per project and kind, and each annotator's agreement, gold accuracy and trust."""
     projects = Project.objects.all()
     selected = projects.filter(pk=request.GET.get("project") or 0).first() or projects.first()
-    state = data_state()
-    report = project_quality_figure(selected, state=state) if selected else None
-    age = figure_age("quality", selected, state=state) if selected else None
+    report, age = figure_with_age("quality", selected) if selected else (None, None)
     context: dict[str, Any] = {"projects": projects, "selected": selected, "report": report, "age": age}
     if selected is not None:  # groups of annotators, as the project's serving reward model found them
         reward_model = reward_model_serving(selected)

@@ -86,20 +86,28 @@ def figure(name: str, project: Project, *params: Any, state: str | None = None) 
     """Figure `name` of `project` (computed with `params`, a recipe say) in the current data state,
     or the stored one while a worker computes it again (see the module). `state`: one
     `data_state()` read already, for several figures in one request."""
+    return figure_with_age(name, project, *params, state=state)[0]
+
+
+def figure_with_age(
+    name: str, project: Project, *params: Any, state: str | None = None
+) -> tuple[Any, dict[str, Any] | None]:
+    """`figure` and `figure_age` from one read of the stored figure: what a page shows with it."""
     state = state if state is not None else data_state()
     key = _params_key(params)
     stored = Figure.objects.filter(project=project, name=name, params_key=key).first()
     if stored is not None and stored.state == state:
-        return stored.value
+        return stored.value, _age(stored, state)
     quick = stored.computed_at is not None and stored.seconds <= INLINE_SECONDS if stored else not _large(project)
     if quick:
-        return figure_compute(project, name, list(params), state).value
+        stored = figure_compute(project, name, list(params), state)
+        return stored.value, _age(stored, state)
     if stored is None:  # a large project's first figure: a placeholder the worker fills
         stored, _ = Figure.objects.get_or_create(
             project=project, name=name, params_key=key, defaults={"params": list(params), "value": None}
         )
     _refresh_queue(stored)
-    return stored.value
+    return stored.value, _age(stored, state)
 
 
 def _large(project: Project) -> bool:
@@ -107,19 +115,21 @@ def _large(project: Project) -> bool:
     return Task.objects.filter(project=project).values("id")[:LARGE_PROJECT].count() >= LARGE_PROJECT
 
 
-def figure_age(name: str, project: Project, *params: Any, state: str | None = None) -> dict[str, Any] | None:
-    """When the stored figure was computed, whether it is behind the data, and whether it is still to
-    be computed for the first time (`pending`); None when none is stored."""
-    state = state if state is not None else data_state()
-    stored = Figure.objects.filter(project=project, name=name, params_key=_params_key(params)).first()
-    if stored is None:
-        return None
+def _age(stored: Figure, state: str) -> dict[str, Any]:
     return {
         "computed_at": stored.computed_at,
         "stale": stored.state != state,
         "pending": stored.computed_at is None,
         "seconds": stored.seconds,
     }
+
+
+def figure_age(name: str, project: Project, *params: Any, state: str | None = None) -> dict[str, Any] | None:
+    """When the stored figure was computed, whether it is behind the data, and whether it is still to
+    be computed for the first time (`pending`); None when none is stored. Computes nothing."""
+    state = state if state is not None else data_state()
+    stored = Figure.objects.filter(project=project, name=name, params_key=_params_key(params)).first()
+    return None if stored is None else _age(stored, state)
 
 
 def figure_compute(project: Project, name: str, params: list[Any], state: str) -> Figure:

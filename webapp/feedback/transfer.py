@@ -122,16 +122,17 @@ def _import_batch(project: Project, batch: list[ImportedItem], report: ImportRep
     unique: dict[str, ImportedItem] = {}
     for item in batch:  # the same id twice in one file: the first one counts
         unique.setdefault(item.external_id, item)
-    # an item of a kind the project does not ask for is a bad line, with the fix in its words
-    refused = [i for i in unique.values() if i.kind != "prompt" and i.kind not in project.feedback_types]
+    prompts_only: list[ImportedItem] = []
+    with_tasks: list[ImportedItem] = []
+    refused: list[ImportedItem] = []  # of a kind the project does not ask for: a bad line, with the fix in its words
+    for i in unique.values():
+        (prompts_only if i.kind == "prompt" else with_tasks if i.kind in project.feedback_types else refused).append(i)
     asks = ", ".join(project.feedback_types) or "nothing"
     report.bad += [
         BadRecord(i.line, f"a {i.kind} item, and the project asks for {asks}: add {i.kind} to its judgment kinds")
         for i in refused
     ]
     report.items += len(batch) - len(refused)
-    prompts_only = [i for i in unique.values() if i.kind == "prompt"]
-    with_tasks = [i for i in unique.values() if i.kind != "prompt" and i.kind in project.feedback_types]
     known = set(
         Prompt.objects.filter(project=project, external_id__in=[i.external_id for i in prompts_only]).values_list(
             "external_id", flat=True

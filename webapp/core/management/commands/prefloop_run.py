@@ -138,19 +138,6 @@ class Command(BaseCommand):
             return vllm_command(
                 settings.POLICY_BASE_MODEL, host=host, port=port, served_model_name="base", lora_modules=lora
             )
-        argv = [
-            sys.executable,
-            "-m",
-            "training.policy_server",
-            "--model",
-            settings.POLICY_BASE_MODEL,
-            "--served-model-name",
-            "base",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--lora-modules",
-            f"{serving.adapter_name}={lora[serving.adapter_name]}",
-        ]
-        return argv, {}
+        from training.policy_server import policy_server_command
+
+        return policy_server_command(settings.POLICY_BASE_MODEL, host=host, port=port, lora_modules=lora), {}
