@@ -121,15 +121,17 @@ def _mean_logprobs(model: Any, tokenizer: Any, encoded: list[tuple[list[int], in
         for chunk_start in range(0, len(order), batch_size):
             chunk = order[chunk_start : chunk_start + batch_size]
             width = max(len(encoded[i][0]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)  # target positions 1..width-1
-            for row, i in enumerate(chunk):
-                ids, start = encoded[i]
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention_mask[row, : len(ids)] = 1
-                scored[row, start - 1 : len(ids) - 1] = True
-            input_ids, attention_mask, scored = input_ids.to(device), attention_mask.to(device), scored.to(device)
+            rows = [encoded[i] for i in chunk]
+
+            def on_model(values: list[list[Any]], dtype: Any) -> Any:  # (chunk, columns), built where the model is
+                return torch.tensor(values, dtype=dtype, device=device)
+
+            input_ids = on_model([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], torch.long)
+            attention_mask = on_model([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], torch.long)
+            # target positions 1..width-1: those of the tokens from each sequence's start index on
+            scored = on_model(
+                [[start - 1 <= j < len(ids) - 1 for j in range(width - 1)] for ids, start in rows], torch.bool
+            )
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()  # (b, w-1, V)
             token_logps = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]  # (b, w-1)
             means = (token_logps * scored).sum(-1) / scored.sum(-1)

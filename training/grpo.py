@@ -195,7 +195,8 @@ def ensemble_reward(score_fn: EnsembleScoreFn, lam: float) -> RewardFn:
         import torch
 
         raw = score_fn(prompts, completions)
-        scores = raw.detach().float().cpu() if isinstance(raw, torch.Tensor) else torch.as_tensor(raw).float()
+        # combined on the host: the scores are a few floats per answer
+        scores = torch.as_tensor(raw.detach() if isinstance(raw, torch.Tensor) else raw, device="cpu").float()
         if scores.dim() != 2 or scores.shape[1] != len(completions) or scores.shape[0] < 1:
             raise ValueError(
                 f"score_fn must return scores of shape (members, {len(completions)}), got {tuple(scores.shape)}"
@@ -212,9 +213,7 @@ def _uwo(scores: Any, lam: float) -> Any:  # scores: torch.Tensor (members, batc
         from training.losses import ensemble_score
     except ImportError:
         return scores.mean(0) - lam * scores.var(0, unbiased=False)
-    import torch
-
-    return torch.as_tensor(ensemble_score(scores, mode="uwo", lam=lam)).float().reshape(-1)
+    return ensemble_score(scores, mode="uwo", lam=lam).float().reshape(-1)
 
 
 def followup_reward(scorer: FollowupScorer) -> RewardFn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from training.device import device_of
 from training.reward.inputs import _ListCollator, _row_targets, answer_lengths
 
 if TYPE_CHECKING:
@@ -29,13 +30,15 @@ def _score_head(model):  # -> torch.nn.Linear
 def _head_features(model, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int) -> list[Tensor]:
     """The score head's input for every answer of ``rows``: one ``(answers of the row, hidden)`` tensor per row.
 
-    Taken with a forward hook in eval mode (no dropout), batches sorted by length. A causal LM's
+    Taken with a forward hook in eval mode (no dropout), batches sorted by length, on the model's
+    device; the features come back to the CPU, where the probe (a small linear fit) runs. A causal LM's
     head sees every position; the position read is the one transformers reads for the score (the
     last token that is not padding), and the features are checked to give the model's own scores.
     """
     import torch
 
     head = _score_head(model)
+    device = device_of(model)
     collate = _ListCollator(pad_token_id=pad_token_id)
     captured: list[Tensor] = []
     hook = head.register_forward_hook(lambda module, args, output: captured.append(args[0].detach()))
@@ -47,20 +50,20 @@ def _head_features(model, rows: list[dict[str, Any]], pad_token_id: int, batch_s
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                batch = collate([rows[i] for i in chunk])
+                batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
                 captured.clear()
                 logits = model(**_ListCollator.model_inputs(batch)).logits.float()  # (answers, heads)
                 features = captured[-1]
                 if features.dim() == 3:  # (answers, length, hidden): a causal LM scores its last real token
                     non_pad = (batch["input_ids"] != model.config.pad_token_id).long()
-                    positions = torch.arange(non_pad.shape[1]) * non_pad
-                    features = features[torch.arange(features.shape[0]), positions.argmax(-1)]
+                    positions = torch.arange(non_pad.shape[1], device=device) * non_pad
+                    features = features[torch.arange(features.shape[0], device=device), positions.argmax(-1)]
                 if not torch.allclose(head(features).float(), logits.reshape(len(features), -1), atol=1e-3, rtol=1e-3):
                     raise RuntimeError(f"cannot read the score head's features of {type(model).__name__}")
                 offset = 0
                 for i in chunk:
                     n = len(rows[i]["completion_ids"])
-                    per_row[i] = features[offset : offset + n].float()
+                    per_row[i] = features[offset : offset + n].float().cpu()  # the probe's fit is host-side
                     offset += n
     finally:
         hook.remove()

@@ -88,19 +88,14 @@ class RewardScorer:
         with torch.no_grad():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                length = max(len(encoded[i][0]) for i in chunk)
-                input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)  # (chunk, length)
-                attention_mask = torch.zeros((len(chunk), length), dtype=torch.long)
-                token_type_ids = torch.zeros((len(chunk), length), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    ids, types, _ = encoded[i]
-                    input_ids[row, : len(ids)] = torch.tensor(ids)
-                    attention_mask[row, : len(ids)] = 1
-                    if types is not None:
-                        token_type_ids[row, : len(types)] = torch.tensor(types)
-                inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+                ids = [list(encoded[i][0]) for i in chunk]
+                inputs = {
+                    "input_ids": _padded(ids, pad, device),
+                    "attention_mask": _padded([[1] * len(r) for r in ids], 0, device),
+                }
                 if self.layout.type_ids is not None:
-                    inputs["token_type_ids"] = token_type_ids.to(device)
+                    types = [list(encoded[i][1] or []) for i in chunk]
+                    inputs["token_type_ids"] = _padded(types, 0, device, length=max(map(len, ids)))
                 logits = self.model(**inputs).logits.float().reshape(len(chunk), self.heads)  # (chunk, heads)
                 for row, i in enumerate(chunk):
                     for k in range(self.heads):
@@ -143,7 +138,8 @@ class RewardEnsemble:
         from training.losses import ensemble_score
 
         per_member = [head for member in self.members for head in member.score_heads(prompts, completions)]
-        scores = torch.tensor(per_member, dtype=torch.float64).reshape(len(per_member), len(completions))
+        scores = torch.tensor(per_member, dtype=torch.float64, device="cpu")  # host floats: combined on the host
+        scores = scores.reshape(len(per_member), len(completions))
         mean = ensemble_score(scores, mode="mean")
         return {
             "mean": mean.tolist(),
@@ -152,6 +148,14 @@ class RewardEnsemble:
             "uwo": ensemble_score(scores, mode="uwo", lam=self.lam).tolist(),
             "members": per_member,
         }
+
+
+def _padded(rows: list[list[int]], value: int, device: Any, length: int | None = None) -> Any:  # -> torch.Tensor
+    """`rows` right-padded with `value` to `length` (the longest), one (rows, length) tensor built on `device`."""
+    import torch
+
+    length = max(map(len, rows)) if length is None else length
+    return torch.tensor([r + [value] * (length - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 def _column_means(rows: Sequence[Sequence[float]]) -> list[float]:

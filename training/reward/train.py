@@ -163,6 +163,7 @@ def _train_member(
     pooling = _resolve_pooling(config)
     heads = config.ensemble_size if config.ensemble_method == "heads" else 1
     model = _load_scoring_model(config.backbone, pooling=pooling, heads=heads)
+    model.to("cpu" if config.use_cpu else "cuda")  # where it trains: the head probe's forward passes run there too
     trainable = freeze_bottom_layers(model, config.freeze_layers)  # first: a bad count fails before any work
     probe: dict[str, float] = {}
     if heads > 1 and config.head_init == "random":
