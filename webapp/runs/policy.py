@@ -11,7 +11,10 @@ One or several replicas of the policy serve it (`POLICY_SERVER_URLS`; by default
 - a replica that (re)starts without the versions' adapters catches up before it answers: the
   `policy_sync` command loads the serving adapter on every replica, and a request that finds its
   version missing on a replica (a 404 for its name) loads it there and asks again, as a request
-  for an older version (a chat an admin pinned to it) does anywhere.
+  for an older version (a chat an admin pinned to it) does anywhere; behind a proxy, which does not
+  say which replica answered, it loads it on every replica that lacks it.
+
+`caddyfile` writes the proxy's configuration (`manage.py policy_proxy_config`).
 """
 
 from __future__ import annotations
@@ -105,7 +108,10 @@ def _on_a_replica(version: ModelVersion, call: Callable[[PolicyClient], T]) -> T
             except PolicyServerError as exc:
                 if not _missing(exc):
                     raise
-                _load_on(client, version)  # an older version, or a replica that started later
+                if settings.POLICY_PROXY_URL:  # the replica behind the proxy that answered is unknown
+                    _load_where_missing(version)
+                else:
+                    _load_on(client, version)  # an older version, or a replica that started later
                 result = call(client)
         except PolicyServerError as exc:
             if not _unreachable(exc):
@@ -159,6 +165,32 @@ def _load_on(client: PolicyClient, version: ModelVersion) -> None:
     path = version_local_path(version)  # a remote version is downloaded (once) for the servers
     if client.adapter_root(version.adapter_name) != path:
         client.load_lora_adapter(version.adapter_name, path, load_inplace=True)
+
+
+def _load_where_missing(version: ModelVersion) -> None:
+    """Load `version` on every replica that can be reached (a no-op where it is loaded already)."""
+    for client in replicas():
+        try:
+            _load_on(client, version)
+        except PolicyServerError as exc:
+            if not _unreachable(exc):
+                raise
+
+
+def caddyfile(listen: str, urls: list[str]) -> str:
+    """A Caddy configuration that serves the replicas at `urls` behind one address, `listen` (e.g.
+    ":8100"): round robin over the healthy ones (`GET /v1/models` each second), a replica that
+    refuses a connection tried no more for 10 s, and a request it could not take sent to another."""
+    upstreams = " ".join(url.rstrip("/") for url in urls)  # Caddy takes scheme://host:port upstreams
+    return (
+        "{\n\tadmin off\n\tauto_https off\n}\n\n"
+        f"http://{listen.removeprefix('http://')} {{\n"
+        f"\treverse_proxy {upstreams} {{\n"
+        "\t\tlb_policy round_robin\n\t\tlb_try_duration 5s\n\t\tfail_duration 10s\n"
+        "\t\thealth_uri /v1/models\n\t\thealth_interval 1s\n\t\thealth_timeout 2s\n"
+        "\t\tflush_interval -1\n"  # answers stream: pass each event on as it comes
+        "\t}\n}\n"
+    )
 
 
 def adapter_load(version: ModelVersion, *, only: list[PolicyClient] | None = None) -> None:
