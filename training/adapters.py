@@ -45,10 +45,30 @@ def load_trainable_policy(base_model_path: str | Path, adapter_path: Path, *, bf
     return PeftModel.from_pretrained(load_base_model(base_model_path, bf16=bf16), str(adapter_path), is_trainable=True)
 
 
+SHARDINGS = ("ddp", "fsdp")
+
+
+def check_sharding(sharding: Any) -> None:
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding={sharding!r} must be one of {SHARDINGS}")
+
+
 def trainer_arguments(config: Any) -> dict[str, Any]:
     """TrainingArguments every adapter trainer shares: the config's optimisation settings, a log
-    line every step, and nothing written besides the adapter (no checkpoints, no reports)."""
+    line every step, and nothing written besides the adapter (no checkpoints, no reports). On
+    several processes (training.launch) a config whose `sharding` is "fsdp" shards the model with
+    FSDP2 instead of copying it to each process (DDP)."""
+    from training.launch import allow_fsdp_on_cpu, world_size
+
+    sharded: dict[str, Any] = {}
+    if getattr(config, "sharding", "ddp") == "fsdp" and world_size() > 1:
+        # FSDP2: parameters, gradients and optimiser state split over the processes; `cpu_ram_efficient_loading`
+        # off because the model is loaded whole in each process before the Trainer sees it
+        sharded = {"fsdp": True, "fsdp_config": {"version": 2, "cpu_ram_efficient_loading": False}}
+        if config.use_cpu:
+            allow_fsdp_on_cpu()
     return {
+        **sharded,
         "learning_rate": config.learning_rate,
         "num_train_epochs": config.num_train_epochs,
         "max_steps": config.max_steps if config.max_steps is not None else -1,
@@ -124,12 +144,20 @@ def train_quietly(trainer, model, *, reference: bool) -> float:  # trainer: tran
     return time.perf_counter() - start
 
 
-def save_adapter(model, out_dir: Path) -> Path:  # model: PeftModel
-    """Save only the trained "default" adapter, as vLLM and ``PeftModel.from_pretrained`` expect it."""
-    model.save_pretrained(str(out_dir), selected_adapters=["default"], save_embedding_layers=False)
+def save_adapter(model, out_dir: Path, state_dict: dict[str, Any] | None = None) -> Path:  # model: PeftModel
+    """Save only the trained "default" adapter, as vLLM and ``PeftModel.from_pretrained`` expect it:
+    every one of its tensors (from `state_dict`, the gathered weights of a sharded model, if given)."""
+    from safetensors.torch import load_file
+
+    extra = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(str(out_dir), selected_adapters=["default"], save_embedding_layers=False, **extra)
     missing = [name for name in ADAPTER_FILES if not (out_dir / name).is_file()]
     if missing:
         raise RuntimeError(f"saving the adapter to {out_dir} did not write {missing}")
+    expected = sum(1 for name, _ in model.named_parameters() if ".default." in name)
+    saved = len(load_file(str(out_dir / "adapter_model.safetensors")))
+    if saved != expected:  # e.g. wrapped modules whose names peft no longer recognises: it saves nothing
+        raise RuntimeError(f"saving the adapter to {out_dir} wrote {saved} of its {expected} tensors")
     return out_dir
 
 
@@ -137,10 +165,20 @@ def save_trained(trainer, out: Path, history: list[dict[str, Any]], what: str) -
     """Save the trained adapter; return the first and last step logs."""
     if not history:
         raise RuntimeError(f"{what} training logged no step; check max_steps and the data")
+    # sharded (FSDP): every process takes part in gathering the whole weights, which process 0 gets
+    state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.is_world_process_zero():  # with several processes (training.launch), one writes
-        save_adapter(trainer.accelerator.unwrap_model(trainer.model), out)
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), out, state)
     trainer.accelerator.wait_for_everyone()
     return history[0], history[-1]
+
+
+def sharding_used(trainer) -> str:  # trainer: transformers.Trainer
+    """How the run's processes held the model: "fsdp" (sharded), "ddp" (a copy each), or "none"
+    (one process). Read from the trainer, so a setting that was silently ignored shows."""
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    return "ddp" if trainer.accelerator.num_processes > 1 else "none"
 
 
 def adapter_rank(adapter_path: str | Path) -> int:

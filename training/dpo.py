@@ -22,11 +22,13 @@ from typing import Any
 from training.adapters import (
     ProgressFn,
     check_folders,
+    check_sharding,
     load_base_model,
     load_trainable_policy,
     progress_callback,
     save_adapter,
     save_trained,
+    sharding_used,
     train_quietly,
     trainer_arguments,
 )
@@ -165,6 +167,13 @@ class DPOTrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward to save memory on large models."}
     )
+    sharding: str = field(
+        default="ddp",
+        metadata={
+            "help": "On several processes: 'ddp' (a whole copy of the model on each) or 'fsdp' (FSDP2: weights, "
+            "gradients and optimiser state split over them, for a policy too big for one device)."
+        },
+    )
     use_cpu: bool = field(default=True, metadata={"help": "Train on the CPU even if an accelerator is visible."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (for GPUs that support it)."})
 
@@ -203,6 +212,7 @@ class DPOTrainConfig:
             raise ValueError(f"target_modules={self.target_modules!r}: TRL's DPO cannot train a LoRA on lm_head")
         if self.bf16 and self.use_cpu:
             raise ValueError("bf16=True needs use_cpu=False (bfloat16 mixed precision is for accelerators)")
+        check_sharding(self.sharding)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, e.g. for ``VersionMeta.config``."""
@@ -359,4 +369,5 @@ def train_dpo(
         "final_rewards_margins": last.get("rewards/margins"),
         "final_rewards_accuracies": last.get("rewards/accuracies"),
         "train_seconds": round(seconds, 3),
+        "sharding": sharding_used(trainer),
     }

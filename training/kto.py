@@ -23,9 +23,11 @@ from typing import Any
 from training.adapters import (
     ProgressFn,
     check_folders,
+    check_sharding,
     load_trainable_policy,
     progress_callback,
     save_trained,
+    sharding_used,
     train_quietly,
     trainer_arguments,
 )
@@ -146,6 +148,13 @@ class KTOTrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward to save memory on large models."}
     )
+    sharding: str = field(
+        default="ddp",
+        metadata={
+            "help": "On several processes: 'ddp' (a whole copy of the model on each) or 'fsdp' (FSDP2: weights, "
+            "gradients and optimiser state split over them, for a policy too big for one device)."
+        },
+    )
     use_cpu: bool = field(default=True, metadata={"help": "Train on the CPU even if an accelerator is visible."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (for GPUs that support it)."})
 
@@ -173,6 +182,7 @@ class KTOTrainConfig:
             raise ValueError(f"max_length={self.max_length!r} must be an integer >= 8")
         if self.bf16 and self.use_cpu:
             raise ValueError("bf16=True needs use_cpu=False (bfloat16 mixed precision is for accelerators)")
+        check_sharding(self.sharding)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, e.g. for ``VersionMeta.config``."""
@@ -291,4 +301,5 @@ def train_kto(
         "final_rewards_chosen": last.get("rewards/chosen"),
         "final_rewards_rejected": last.get("rewards/rejected"),
         "train_seconds": round(seconds, 3),
+        "sharding": sharding_used(trainer),
     }

@@ -2,8 +2,8 @@
 
 The worker that owns the run (webapp.runs.distributed) writes SPEC, a pickle of the trainer's
 dotted name and its keyword arguments, and starts this module under torchrun. Every process
-trains (PyTorch DDP through the Trainer's accelerate: gloo on the CPU, NCCL on GPUs; FSDP when the
-spec asks for it); process 0 alone writes the adapter (training.adapters.save_trained), appends
+trains (PyTorch DDP through the Trainer's accelerate: gloo on the CPU, NCCL on GPUs; FSDP2 when the
+trainer's config says `sharding="fsdp"`); process 0 alone writes the adapter (training.adapters.save_trained), appends
 each step's log to the progress file, and writes the trainer's result. The worker reads both, and
 cancels the run by stopping the process group.
 """
@@ -21,6 +21,38 @@ from typing import Any
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """How many processes train together (torchrun's WORLD_SIZE; 1 outside it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def allow_fsdp_on_cpu() -> None:
+    """Let accelerate shard with FSDP on CPU processes (gloo), as it does on GPUs.
+
+    accelerate 1.15 turns an FSDP plugin into `DistributedType.FSDP` on accelerator backends only; on
+    MULTI_CPU it keeps DDP and drops the plugin without a word. Torch's FSDP2 (`fully_shard`) itself
+    runs on gloo, so this makes each `AcceleratorState` (each re-reads MULTI_CPU) keep the plugin.
+    On GPUs it changes nothing. `training.adapters.sharding_used` reads back what the run used, and
+    tests/training/test_launch.py checks that an FSDP run on the CPU is sharded.
+    """
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+    if getattr(original, "_prefloop_fsdp_on_cpu", False):
+        return
+
+    def __init__(self, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        plugin = fsdp_plugin if fsdp_plugin is not None else self.__dict__.get("fsdp_plugin")
+        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = plugin
+
+    __init__._prefloop_fsdp_on_cpu = True  # type: ignore[attr-defined]
+    AcceleratorState.__init__ = __init__  # type: ignore[method-assign]
 
 
 def main(spec_path: str) -> None:

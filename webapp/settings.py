@@ -305,6 +305,9 @@ TRAIN_DEVICE = env_choice("TRAIN_DEVICE", "auto", ("auto", "cpu", "cuda"))
 # Processes a DPO or KTO run trains on (torchrun, DDP: one per GPU; gloo on the CPU); a recipe's
 # `processes` overrides it. Each takes the config's batch, so the effective batch grows with them.
 TRAIN_PROCESSES = env_int("TRAIN_PROCESSES", 1, minimum=1)
+# How those processes hold the policy: "ddp" (a whole copy on each) or "fsdp" (FSDP2: weights, gradients
+# and optimiser state split over them, for a policy too big for one GPU).
+TRAIN_SHARDING = env_choice("TRAIN_SHARDING", "ddp", ("ddp", "fsdp"))
 # The largest LoRA rank the policy server loads: recipes refuse more, and vLLM is started with it as
 # --max-lora-rank (docker-compose.yml, training.vllm_server), so a version never fails to load.
 MAX_LORA_RANK = int(env_choice("MAX_LORA_RANK", "64", ("8", "16", "32", "64", "128", "256")))

@@ -1,7 +1,7 @@
 """A DPO policy run on two processes (the recipe's `processes`), launched through the API and run by
-a real Celery worker: it trains under torchrun over gloo, is gated and serves a new version as a
-one-process run does; a second one, cancelled through the API while it trains, stops both of its
-training processes and leaves no version."""
+a real Celery worker whose TRAIN_SHARDING is "fsdp": it trains under torchrun over gloo, sharded, is
+gated and serves a new version as a one-process run does; a second one, cancelled through the API
+while it trains, stops both of its training processes and leaves no version."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_a_run_on_two_processes_serves_a_version_and_a_cancel_stops_both(
     for question in ["What is the capital of Italy?", "How many legs does a cat have?", "Why do we sleep?"]:
         task = make_pairwise_task(created_by=owner, question=question, texts=("A short, kind answer.", "No."))
         label_create(task=task, annotator=ann, data={"choice": "a", "strength": 2}, source="api")
-    start_worker(policy_url=builtin_policy_server, files=loop_files)
+    start_worker(policy_url=builtin_policy_server, files=loop_files, env={"TRAIN_SHARDING": "fsdp"})
     api = httpx.Client(base_url=f"{live_server.url}/api", timeout=120)
     token = api.post("/auth/token/", json={"username": "boss", "password": "boss-password"}).json()["token"]
     boss = {"Authorization": f"Token {token}"}
@@ -63,6 +63,7 @@ def test_a_run_on_two_processes_serves_a_version_and_a_cancel_stops_both(
         run = _run(api, boss, run["id"])
     assert run["status"] == "succeeded", run["error"]
     assert run["metrics"]["processes"] == 2 and run["metrics"]["steps"] == 2 and run["result_version"] == 2
+    assert run["metrics"]["sharding"] == "fsdp"  # the worker's TRAIN_SHARDING, as the trainer used it
     assert ModelVersion.objects.get(number=2).gate.get("verdict")  # gated as a one-process run is
 
     services.recipe_update(project=chat, data={"max_steps": 5000})  # long enough to cancel mid-way

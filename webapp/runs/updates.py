@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -89,7 +89,8 @@ class Update:
         check: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Train from `adapter` into `out`, in this process or, with `processes` > 1, on that many
-        under torchrun (training.launch: DDP; `check` stops them all when it raises)."""
+        under torchrun (training.launch: DDP, or FSDP2 with TRAIN_SHARDING=fsdp; `check` stops them
+        all when it raises)."""
         kwargs = {"base_model_path": settings.POLICY_BASE_MODEL, "adapter_path": adapter, "out_dir": out,
                   "config": self.config, **self.data}  # fmt: skip
         if processes <= 1:
@@ -99,6 +100,7 @@ class Update:
                 f"{self.trainer.__name__} trains on one process; only DPO-family and KTO runs take "
                 f"processes > 1 (the recipe's processes, or TRAIN_PROCESSES={settings.TRAIN_PROCESSES})"
             )
+        kwargs["config"] = replace(self.config, sharding=settings.TRAIN_SHARDING)
         with tempfile.TemporaryDirectory(prefix="prefloop-processes-") as work:
             metrics = run_on_processes(
                 f"{self.trainer.__module__}.{self.trainer.__name__}",
