@@ -45,6 +45,12 @@ sys.path.insert(0, str(ROOT))
 from tests.processes import scratch_database  # noqa: E402
 
 LABEL_STUDIO = "label-studio==1.23.2"
+# How Prefloop's simulated annotators work (--flows): the API's two requests a label, or one, as the
+# queue page makes (each submit is answered with the next item).
+FLOWS = {
+    "two": "next, then submit: two requests a label",
+    "one": "submit-and-next: one request a label",
+}
 # the labels the load submitted (those seeded as already judged are imports)
 COUNT_LABELS = "from webapp.feedback.models import Label; print(Label.objects.exclude(source='import').count())"
 LS_CONFIG = (
@@ -87,6 +93,8 @@ class Arm:
     nothing_left: int  # the status `next` answers when no item is left for the annotator
     submit_call: Callable[[httpx.AsyncClient, int], object]
     stored: Callable[[], int]  # labels in the database
+    # submit and be served the next item in one request (answers {"submitted", "next"}), if the system can
+    submit_next_call: Callable[[httpx.AsyncClient, int], object] | None = None
 
 
 def _items(n: int) -> Iterator[tuple[str, str, str]]:
@@ -184,7 +192,7 @@ def _prefloop_closed(dsn: str, project: int, n: int) -> None:
 
 
 @contextmanager
-def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
+def prefloop_arm(args: argparse.Namespace, server_url: str, *, flow: str) -> Iterator[Arm]:
     people = max(args.levels)
     with scratch_database(server_url, "prefloop_load") as name:
         port = 18000 + secrets.randbelow(1000)
@@ -224,12 +232,12 @@ def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
                 return int(count.stdout.strip().splitlines()[-1])
 
             print(
-                f"Prefloop ({args.workers} prefloop_serve processes, PostgreSQL with a pool of "
+                f"Prefloop, {FLOWS[flow]} ({args.workers} prefloop_serve processes, PostgreSQL with a pool of "
                 f"{env['DATABASE_POOL_MAX']} connections per process, {args.tasks} open pairwise items, "
                 f"{args.closed} judged ones, overlap 1)"
             )
             yield Arm(
-                name="Prefloop",
+                name=f"Prefloop ({flow})",
                 base=base,
                 project=project,
                 headers=lambda i: {"Authorization": f"Token {tokens[i]}"},
@@ -239,6 +247,11 @@ def prefloop_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]:
                     f"/api/assignments/{assignment}/submit/", json={"choice": "a", "strength": 2}
                 ),
                 stored=stored,
+                submit_next_call=None
+                if flow == "two"
+                else lambda client, assignment: client.post(
+                    f"/api/assignments/{assignment}/submit-and-next/", json={"choice": "a", "strength": 2}
+                ),
             )
 
 
@@ -343,6 +356,8 @@ def label_studio_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]
 
 
 async def _annotator(arm: Arm, client: httpx.AsyncClient, until: float, stats: dict) -> None:
+    if arm.submit_next_call is not None:
+        return await _annotator_one_request(arm, client, until, stats)
     while time.monotonic() < until:
         start = time.perf_counter()
         served = await arm.next_call(client, arm.project)  # type: ignore[misc]
@@ -360,6 +375,31 @@ async def _annotator(arm: Arm, client: httpx.AsyncClient, until: float, stats: d
             stats["accepted"] += 1
         else:
             stats["errors"].append(("submit", done.status_code, done.text[:200]))
+
+
+async def _annotator_one_request(arm: Arm, client: httpx.AsyncClient, until: float, stats: dict) -> None:
+    """`next` once, then each submit is served the following item in its answer ("submit" times both)."""
+    start = time.perf_counter()
+    served = await arm.next_call(client, arm.project)  # type: ignore[misc]
+    stats["next"].append(time.perf_counter() - start)
+    if served.status_code == arm.nothing_left:
+        stats["nothing_left"] += 1
+        return
+    if served.status_code != 200:
+        stats["errors"].append(("next", served.status_code, served.text[:200]))
+        return
+    assignment = served.json()
+    while time.monotonic() < until and assignment is not None:
+        start = time.perf_counter()
+        done = await arm.submit_next_call(client, assignment["id"])  # type: ignore[misc]
+        stats["submit"].append(time.perf_counter() - start)
+        if done.status_code != 201:
+            stats["errors"].append(("submit", done.status_code, done.text[:200]))
+            return
+        stats["accepted"] += 1
+        assignment = done.json()["next"]
+        if assignment is None:
+            stats["nothing_left"] += 1
 
 
 async def _level(arm: Arm, level: int, seconds: float) -> dict:
@@ -412,19 +452,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="Server processes, for each system.")
     parser.add_argument("--label-studio-venv", type=Path, default=ROOT / "var" / "label-studio-venv")
     parser.add_argument("--skip-label-studio", action="store_true", help="Prefloop's arm only.")
+    parser.add_argument(
+        "--flows", nargs="+", choices=sorted(FLOWS), default=["one"],
+        help="Prefloop's flows, each on a database of its own: " + "; ".join(f"{k}: {v}" for k, v in FLOWS.items()),
+    )  # fmt: skip
     args = parser.parse_args()
 
     server_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    with prefloop_arm(args, server_url) as arm:
-        ours = run_arm(arm, args)
+    ours = {}
+    for flow in args.flows:
+        with prefloop_arm(args, server_url, flow=flow) as arm:
+            ours[flow] = run_arm(arm, args)
     if args.skip_label_studio:
         return
     with label_studio_arm(args, server_url) as arm:
         theirs = run_arm(arm, args)
     for level in args.levels:
-        ratio = ours[level] / theirs[level] if theirs[level] else float("inf")
-        line = f"Prefloop {ours[level]:.1f}, Label Studio {theirs[level]:.1f} labels/s"
-        print(f"{level:>4} annotators: {line}: ×{ratio:.2f}")
+        for flow in args.flows:
+            ratio = ours[flow][level] / theirs[level] if theirs[level] else float("inf")
+            line = f"Prefloop ({flow}) {ours[flow][level]:.1f}, Label Studio {theirs[level]:.1f} labels/s"
+            print(f"{level:>4} annotators: {line}: ×{ratio:.2f}")
 
 
 if __name__ == "__main__":

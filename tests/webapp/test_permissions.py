@@ -197,6 +197,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "api-project-recipe": ("get", ("project_id",), {}, ADMIN_ONLY),
     "api-project-quality": ("get", ("project_id",), {}, ADMIN_ONLY),
     "api-assignment-submit": ("post", ("assignment_id",), {"choice": "a"}, OWNER),
+    "api-assignment-submit-next": ("post", ("assignment_id",), {"choice": "a"}, OWNER),
     "api-assignment-skip": ("post", ("assignment_id",), {"reason": "unclear"}, OWNER),
     "api-tasks-bulk": ("post", (), {"items": []}, ADMIN_ONLY),
     "api-message-thumbs": ("post", ("message_id",), {"value": "up"}, OWNER),

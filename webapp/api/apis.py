@@ -41,6 +41,7 @@ from webapp.api.serializers import (
     RewardModelSerializer,
     RunCreateSerializer,
     SkipSerializer,
+    SubmittedNextSerializer,
     TaskBulkSerializer,
     TaskSerializer,
     ThumbsSerializer,
@@ -458,11 +459,17 @@ class ProjectNextApi(APIView):
     def post(self, request: Request, project_id: int) -> Response:
         user = api_user(request)
         project = get_object_or_404(projects_for(user), pk=project_id)
-        assignment = assignments.assignment_next(project=project, annotator=user)
-        if assignment is None:
-            return Response(status=status.HTTP_204_NO_CONTENT)
-        assignment.task = task_list_for(user=user).get(pk=assignment.task_id)
-        return Response(AssignmentSerializer(assignment, context={"request": request}).data)
+        served = _served_next(request, project, user)
+        return Response(status=status.HTTP_204_NO_CONTENT) if served is None else Response(served)
+
+
+def _served_next(request: Request, project: Any, user: User) -> dict[str, Any] | None:
+    """The next task of `project` served to `user` under a lease, as the API shows it; None when none is left."""
+    assignment = assignments.assignment_next(project=project, annotator=user)
+    if assignment is None:
+        return None
+    assignment.task = task_list_for(user=user).get(pk=assignment.task_id)
+    return dict(AssignmentSerializer(assignment, context={"request": request}).data)
 
 
 class AssignmentSubmitApi(APIView):
@@ -473,20 +480,43 @@ class AssignmentSubmitApi(APIView):
         summary="Judge a task you were served",
     )
     def post(self, request: Request, assignment_id: int) -> Response:
-        user = api_user(request)
-        assignment = get_object_or_404(
-            Assignment.objects.select_related("task__project"), pk=assignment_id, annotator=user
+        return _submitted(request, assignment_id)[0]
+
+
+def _submitted(request: Request, assignment_id: int) -> tuple[Response, Assignment]:
+    """Store the judgment of the caller's assignment: the answer (a label, or a 409) and the assignment."""
+    user = api_user(request)
+    assignment = get_object_or_404(Assignment.objects.select_related("task__project"), pk=assignment_id, annotator=user)
+    serializer = JudgmentSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = dict(serializer.validated_data)
+    try:
+        label, created = assignments.assignment_submit(
+            assignment=assignment, data=data, source=Label.Source.API, idempotency_key=_idempotency_key(request)
         )
-        serializer = JudgmentSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
-        try:
-            label, created = assignments.assignment_submit(
-                assignment=assignment, data=data, source=Label.Source.API, idempotency_key=_idempotency_key(request)
-            )
-        except ValueError as exc:
-            return Response({"error": {"code": "conflict", "message": str(exc)}}, status=status.HTTP_409_CONFLICT)
-        return _label_response(request, label, created, data, task_id=assignment.task_id)
+    except ValueError as exc:
+        conflict = {"error": {"code": "conflict", "message": str(exc)}}
+        return Response(conflict, status=status.HTTP_409_CONFLICT), assignment
+    return _label_response(request, label, created, data, task_id=assignment.task_id), assignment
+
+
+class AssignmentSubmitNextApi(APIView):
+    @extend_schema(
+        request=JudgmentSerializer,
+        responses={201: SubmittedNextSerializer, 200: SubmittedNextSerializer},
+        parameters=[IDEMPOTENCY_KEY],
+        summary="Judge a task you were served and be served the next of its project in the same request",
+    )
+    def post(self, request: Request, assignment_id: int) -> Response:
+        """One round trip a label, as the queue page makes: the submit's answer as `submitted`, and the
+        next task as `next` (null when none is left, or when the project is no longer yours). A
+        repeated submit answers the same label and the task served since."""
+        answer, assignment = _submitted(request, assignment_id)
+        if answer.status_code >= 400:
+            return answer
+        project = projects_for(assignment.annotator).filter(pk=assignment.task.project_id).first()
+        served = None if project is None else _served_next(request, project, assignment.annotator)
+        return Response({"submitted": answer.data, "next": served}, status=answer.status_code)
 
 
 class AssignmentSkipApi(APIView):

@@ -354,6 +354,13 @@ class LabelSerializer(AdminOnlyFields, serializers.ModelSerializer):
         ]
 
 
+class SubmittedNextSerializer(serializers.Serializer):
+    """What `submit-and-next` answers: the label submitted, and the next task served (null: none left)."""
+
+    submitted = LabelSerializer()
+    next = AssignmentSerializer(allow_null=True)
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     name = serializers.CharField(read_only=True)
     parent = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True)  # type: ignore[assignment,var-annotated]

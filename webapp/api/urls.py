@@ -47,6 +47,11 @@ urlpatterns = [
     path("projects/<int:project_id>/recipe/", apis.ProjectRecipeApi.as_view(), name="api-project-recipe"),
     path("projects/<int:project_id>/quality/", apis.ProjectQualityApi.as_view(), name="api-project-quality"),
     path("assignments/<int:assignment_id>/submit/", apis.AssignmentSubmitApi.as_view(), name="api-assignment-submit"),
+    path(
+        "assignments/<int:assignment_id>/submit-and-next/",
+        apis.AssignmentSubmitNextApi.as_view(),
+        name="api-assignment-submit-next",
+    ),
     path("assignments/<int:assignment_id>/skip/", apis.AssignmentSkipApi.as_view(), name="api-assignment-skip"),
     path("tasks/bulk/", apis.TaskBulkCreateApi.as_view(), name="api-tasks-bulk"),
     path("conversations/", chat.ConversationListCreateApi.as_view(), name="api-conversations"),

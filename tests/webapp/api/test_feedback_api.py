@@ -57,6 +57,34 @@ def test_queue_next_submit_with_idempotency_key_then_empty():
     assert client.post(f"/api/projects/{project.pk}/next/").status_code == 204
 
 
+def test_submit_and_next_labels_and_serves_the_next_task_in_one_request():
+    person = make_user()
+    project = make_project(overlap=1, members=[person])
+    first, second = (make_task(project=project, question=q) for q in ("One?", "Two?"))
+    client = client_for(person)
+    served = client.post(f"/api/projects/{project.pk}/next/").json()
+    url = f"/api/assignments/{served['id']}/submit-and-next/"
+    answer = client.post(url, {"choice": "a", "strength": 2}, format="json", HTTP_IDEMPOTENCY_KEY="k1")
+    assert answer.status_code == 201
+    body = answer.json()
+    assert body["submitted"]["choice"] == "a" and body["submitted"]["task"] == served["task"]["id"]
+    following = body["next"]
+    assert {served["task"]["id"], following["task"]["id"]} == {first.pk, second.pk}
+    # a retry of the same submit answers the same label and the task served since, and adds nothing
+    again = client.post(url, {"choice": "a", "strength": 2}, format="json", HTTP_IDEMPOTENCY_KEY="k1")
+    assert again.status_code == 200 and again.json() == body
+    assert Label.objects.count() == 1
+    # a different judgment of the same task is refused, as a plain submit refuses it
+    assert client.post(url, {"choice": "b"}, format="json").status_code == 409
+    last = client.post(f"/api/assignments/{following['id']}/submit-and-next/", {"choice": "b"}, format="json")
+    assert last.status_code == 201 and last.json()["next"] is None  # nothing left
+    assert (
+        client.post(f"/api/assignments/{following['id']}/submit-and-next/", {"choice": 7}, format="json").status_code
+        == 400
+    )
+    assert Label.objects.count() == 2
+
+
 def test_bad_judgments_get_400_and_store_nothing():
     person = make_user()
     project = make_project(members=[person])
