@@ -514,8 +514,9 @@ class AssignmentSubmitNextApi(APIView):
         answer, assignment = _submitted(request, assignment_id)
         if answer.status_code >= 400:
             return answer
-        project = projects_for(assignment.annotator).filter(pk=assignment.task.project_id).first()
-        served = None if project is None else _served_next(request, project, assignment.annotator)
+        user = api_user(request)
+        project = projects_for(user).filter(pk=assignment.task.project_id).first()
+        served = None if project is None else _served_next(request, project, user)
         return Response({"submitted": answer.data, "next": served}, status=answer.status_code)
 
 
