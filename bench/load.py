@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -355,22 +356,26 @@ def label_studio_arm(args: argparse.Namespace, server_url: str) -> Iterator[Arm]
 # The load
 
 
+async def _timed(stats: dict, key: str, call: Any) -> httpx.Response:
+    """Await `call` (a request), adding its seconds to `stats[key]`."""
+    start = time.perf_counter()
+    response = await call
+    stats[key].append(time.perf_counter() - start)
+    return response
+
+
 async def _annotator(arm: Arm, client: httpx.AsyncClient, until: float, stats: dict) -> None:
     if arm.submit_next_call is not None:
         return await _annotator_one_request(arm, client, until, stats)
     while time.monotonic() < until:
-        start = time.perf_counter()
-        served = await arm.next_call(client, arm.project)  # type: ignore[misc]
-        stats["next"].append(time.perf_counter() - start)
+        served = await _timed(stats, "next", arm.next_call(client, arm.project))
         if served.status_code == arm.nothing_left:
             stats["nothing_left"] += 1
             return
         if served.status_code != 200:
             stats["errors"].append(("next", served.status_code, served.text[:200]))
             continue
-        start = time.perf_counter()
-        done = await arm.submit_call(client, served.json()["id"])  # type: ignore[misc]
-        stats["submit"].append(time.perf_counter() - start)
+        done = await _timed(stats, "submit", arm.submit_call(client, served.json()["id"]))
         if done.status_code == 201:
             stats["accepted"] += 1
         else:
@@ -379,9 +384,7 @@ async def _annotator(arm: Arm, client: httpx.AsyncClient, until: float, stats: d
 
 async def _annotator_one_request(arm: Arm, client: httpx.AsyncClient, until: float, stats: dict) -> None:
     """`next` once, then each submit is served the following item in its answer ("submit" times both)."""
-    start = time.perf_counter()
-    served = await arm.next_call(client, arm.project)  # type: ignore[misc]
-    stats["next"].append(time.perf_counter() - start)
+    served = await _timed(stats, "next", arm.next_call(client, arm.project))
     if served.status_code == arm.nothing_left:
         stats["nothing_left"] += 1
         return
@@ -390,9 +393,7 @@ async def _annotator_one_request(arm: Arm, client: httpx.AsyncClient, until: flo
         return
     assignment = served.json()
     while time.monotonic() < until and assignment is not None:
-        start = time.perf_counter()
-        done = await arm.submit_next_call(client, assignment["id"])  # type: ignore[misc]
-        stats["submit"].append(time.perf_counter() - start)
+        done = await _timed(stats, "submit", arm.submit_next_call(client, assignment["id"]))
         if done.status_code != 201:
             stats["errors"].append(("submit", done.status_code, done.text[:200]))
             return

@@ -48,6 +48,19 @@ def load_trainable_policy(base_model_path: str | Path, adapter_path: Path, *, bf
 SHARDINGS = ("ddp", "fsdp")
 
 
+def sharding_field() -> Any:  # a dataclasses.field
+    """The `sharding` field of a trainer config whose runs may take several processes (DPO, KTO)."""
+    from dataclasses import field
+
+    return field(
+        default="ddp",
+        metadata={
+            "help": "On several processes: 'ddp' (a whole copy of the model on each) or 'fsdp' (FSDP2: weights, "
+            "gradients and optimiser state split over them, for a policy too big for one device)."
+        },
+    )
+
+
 def check_sharding(sharding: Any) -> None:
     if sharding not in SHARDINGS:
         raise ValueError(f"sharding={sharding!r} must be one of {SHARDINGS}")

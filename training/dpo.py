@@ -28,6 +28,7 @@ from training.adapters import (
     progress_callback,
     save_adapter,
     save_trained,
+    sharding_field,
     sharding_used,
     train_quietly,
     trainer_arguments,
@@ -167,13 +168,7 @@ class DPOTrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward to save memory on large models."}
     )
-    sharding: str = field(
-        default="ddp",
-        metadata={
-            "help": "On several processes: 'ddp' (a whole copy of the model on each) or 'fsdp' (FSDP2: weights, "
-            "gradients and optimiser state split over them, for a policy too big for one device)."
-        },
-    )
+    sharding: str = sharding_field()
     use_cpu: bool = field(default=True, metadata={"help": "Train on the CPU even if an accelerator is visible."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (for GPUs that support it)."})
 
