@@ -30,6 +30,8 @@ SHOTS_DIR_ENV = "PREFLOOP_SCREENSHOT_DIR"
 
 def send(page, text: str) -> None:
     """Type a message, press Enter, and wait until its streamed answer is complete."""
+    # chat.js binds Enter to send once the page has loaded; a key pressed before is a new line
+    page.wait_for_load_state("load")
     done_before = page.locator(".message.assistant[data-done]").count()
     page.fill("#composer textarea", text)
     page.press("#composer textarea", "Enter")
