@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LATENCY_ENV = "PREFLOOP_E2E_LATENCY_MS"  # network latency for every browser page (0: none)
 
 
 @dataclass
@@ -255,8 +257,43 @@ def browser() -> Iterator:
                 "--disable-sync",
             ],
         )
-        yield browser
+        latency_ms = int(os.environ.get(LATENCY_ENV, "0") or 0)
+        yield _SlowNetwork(browser, latency_ms) if latency_ms else browser
         browser.close()
+
+
+class _SlowNetwork:
+    """The browser, with every page given `latency_ms` of network latency (PREFLOOP_E2E_LATENCY_MS).
+
+    Scripts then arrive well after the page's first elements, so a test that acts before they are
+    bound (a key pressed before its handler exists) fails every time instead of on a slow day.
+    """
+
+    def __init__(self, browser: Any, latency_ms: int) -> None:
+        self._browser, self._latency_ms = browser, latency_ms
+
+    def new_context(self, **kwargs: Any) -> Any:
+        context = self._browser.new_context(**kwargs)
+        new_page = context.new_page
+
+        def slow_page(**page_kwargs: Any) -> Any:
+            page = new_page(**page_kwargs)
+            cdp = context.new_cdp_session(page)
+            cdp.send("Network.enable")
+            conditions = {
+                "offline": False,
+                "latency": self._latency_ms,
+                "downloadThroughput": -1,
+                "uploadThroughput": -1,
+            }
+            cdp.send("Network.emulateNetworkConditions", conditions)
+            return page
+
+        context.new_page = slow_page
+        return context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._browser, name)
 
 
 @pytest.fixture
